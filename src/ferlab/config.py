@@ -1,0 +1,304 @@
+"""The typed experiment configuration: load YAML, apply ``--set`` overrides, validate, dump.
+
+Unknown keys and wrong types are errors that name the key and, for a file, its line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad experiment file or override; the message names the key, file and line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Strict):
+    """One dataset: adapter name, path (for ``synthetic`` the domain) and adapter options."""
+
+    name: str
+    path: str = ""
+    label: str | None = None  # display name; defaults to name, or name:path for synthetic
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        return f"{self.name}-{self.path}" if self.name == "synthetic" else self.name
+
+
+class AugmentConfig(_Strict):
+    """Batched tensor augmentations applied on the training device."""
+
+    hflip: float = 0.5
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # random resized crop area range
+    crop_ratio: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.1  # fraction of the side
+    rotate: float = 10.0  # degrees
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.0  # colour input only
+    hue: float = 0.0  # colour input only
+    erasing: float = 0.25  # probability of one random erased rectangle
+    mixup: float = 0.0  # probability of a Mixup batch
+    cutmix: float = 0.0  # probability of a CutMix batch
+    mixup_alpha: float = 0.4
+    cutmix_alpha: float = 1.0
+    enabled: bool = True
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = Field(0.05, ge=0)
+    scheduler: Literal["cosine", "onecycle", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = 5.0
+    monitor: Literal["balanced_accuracy", "accuracy", "macro_f1", "loss"] = "balanced_accuracy"
+    patience: int = Field(8, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    balance: Literal["oversample", "weighted", "none"] = "oversample"
+    soft_labels: bool = False  # train on vote shares when the dataset has them (FER+)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "cuda", "mps", "gpu"] = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    threads: int | None = None  # torch threads on CPU; None = all cores
+    limit_train_batches: int | float | None = None  # tests and smoke runs
+    limit_val_batches: int | float | None = None
+
+
+class ModelConfig(_Strict):
+    """One model; ``train`` overrides fields of the experiment's ``train`` for this model."""
+
+    name: str
+    pretrained: bool | str = False
+    batch_size: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=8)
+    channels: Literal[1, 3] | None = None
+    label: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the architecture
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name.replace(":", "-")
+
+
+class TTAConfig(_Strict):
+    hflip: bool = True
+    crops: int = 0  # 0, 5 (corners + centre) or 10 (with flips)
+    crop_fraction: float = Field(0.9, gt=0, le=1)
+    scales: list[float] = Field(default_factory=list)  # e.g. [0.9, 1.1]
+
+    @property
+    def enabled(self) -> bool:
+        return self.hflip or self.crops > 0 or bool(self.scales)
+
+
+class EvalConfig(_Strict):
+    tta: TTAConfig = Field(default_factory=TTAConfig)
+    cross_dataset: bool = True
+    ensembles: bool = True
+    bootstrap: int = Field(1000, ge=0)
+    batch_size: int = Field(256, ge=1)
+
+
+class MegaConfig(_Strict):
+    enabled: bool = False
+    datasets: list[str] = Field(default_factory=list)  # display names; empty = all
+    balance_sources: bool = False
+
+
+class DataConfig(_Strict):
+    image_size: int = Field(48, ge=8)
+    channels: Literal[1, 3] = 1
+    cache_dir: str = "~/.cache/ferlab"
+    on_bad_file: Literal["error", "skip"] = "skip"
+    split_seed: int = 0
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    output_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    datasets: list[DatasetConfig]
+    models: list[ModelConfig]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    mega: MegaConfig = Field(default_factory=MegaConfig)
+
+    @field_validator("datasets", "models")
+    @classmethod
+    def _not_empty(cls, v: list[Any]) -> list[Any]:
+        if not v:
+            raise ValueError("must list at least one entry")
+        return v
+
+    def train_for(self, model: ModelConfig) -> TrainConfig:
+        """The experiment's training settings with the model's overrides applied."""
+        merged = _deep_merge(self.train.model_dump(), model.train)
+        if model.batch_size is not None:
+            merged["batch_size"] = model.batch_size
+        try:
+            return TrainConfig.model_validate(merged)
+        except ValidationError as e:
+            raise ConfigError(_format_errors(e, prefix=f"models[{model.name}].train", lines={})) from e
+
+
+def config_hash(obj: Any) -> str:
+    """A stable short hash of a JSON-able object (config sections, run keys)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe YAML loader that remembers the line of every mapping key."""
+
+
+def _load_with_lines(text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    lines: dict[tuple[Any, ...], int] = {}
+    node = yaml.compose(text, Loader=_LineLoader)
+    if node is None:
+        return {}, lines
+
+    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                p = (*path, k.value)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                lines[(*path, i)] = v.start_mark.line + 1
+                walk(v, (*path, i))
+
+    walk(node, ())
+    return yaml.safe_load(text), lines
+
+
+def _format_errors(
+    err: ValidationError, *, prefix: str = "", lines: dict[tuple[Any, ...], int], file: str = ""
+) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if prefix:
+            key = f"{prefix}.{key}"
+        line = None
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        where = f" ({file}, line {line})" if file and line else (f" ({file})" if file else "")
+        what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        got = "" if e["type"] in ("extra_forbidden", "missing") else f"; got {e.get('input')!r}"
+        msgs.append(f"  {key}{where}: {what}{got}")
+    return "Invalid experiment configuration:\n" + "\n".join(msgs)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.lr=0.01`` -> (["train", "lr"], 0.01); the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"Override {item!r} is not KEY=VALUE (e.g. train.epochs=5).")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` items; list items are addressed by index (``models.0.batch_size=32``)."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                except (ValueError, IndexError) as e:
+                    raise ConfigError(f"Override {item!r}: no list item {part!r}.") from e
+            else:
+                if part not in node or node[part] is None:
+                    node[part] = {}
+                node = node[part]
+            if not isinstance(node, dict | list):
+                raise ConfigError(
+                    f"Override {item!r}: {'.'.join(path[: i + 1])} is not a section."
+                )
+        last = path[-1]
+        if isinstance(node, list):
+            try:
+                node[int(last)] = value
+            except (ValueError, IndexError) as e:
+                raise ConfigError(f"Override {item!r}: no list item {last!r}.") from e
+        else:
+            node[last] = value
+    return raw
+
+
+def resolve_config_path(name: str | Path | None) -> Path:
+    """A path, or the name of a shipped config (``default``, ``fer2013_cpu``, ``seed_gpu``)."""
+    if name is None:
+        return CONFIGS_DIR / "default.yaml"
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    shipped = CONFIGS_DIR / f"{Path(str(name)).stem}.yaml"
+    if shipped.exists() and p.suffix in ("", ".yaml", ".yml") and len(p.parts) <= 2:
+        return shipped
+    known = ", ".join(sorted(q.stem for q in CONFIGS_DIR.glob("*.yaml")))
+    raise ConfigError(f"Experiment file {str(p)!r} does not exist. Shipped configs: {known}.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment file (default: the shipped ``default.yaml``)."""
+    file = resolve_config_path(path)
+    text = file.read_text()
+    try:
+        raw, lines = _load_with_lines(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: the experiment file must be a mapping of sections.")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, lines=lines, file=str(file))) from e
+
+
+def dump_config(cfg: BaseModel, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,189 @@
+"""What every dataset adapter returns, and the registry that finds adapters by name.
+
+An adapter only *indexes* a dataset: it lists, per split, the records to decode and their
+canonical labels, and states its split protocol. Decoding, validation of image content and the
+decode-once cache live in ``ferlab.data.decode`` and ``ferlab.data.cache``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """Bad dataset input: the message names the file, what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image to decode, with its canonical label.
+
+    Exactly one of three sources is used: ``pixels`` (a CSV row's space-separated grey
+    values, ``path`` then names the CSV file and ``row`` the line), ``draw`` (a synthetic
+    image: (domain, seed)), or else the image file at ``path``, cropped to ``box`` when given.
+    """
+
+    path: str
+    label: int  # index into ferlab.labels.CANONICAL
+    box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom), pixels
+    pixels: str | None = None
+    row: int | None = None
+    draw: tuple[str, int] | None = None
+    soft: tuple[float, ...] | None = None  # vote shares over CANONICAL (FER+)
+    source: str = ""  # source dataset tag (mega dataset)
+
+    @property
+    def key(self) -> str:
+        """A name unique within a dataset: file, CSV row, box or synthetic seed."""
+        if self.draw is not None:
+            return f"{self.path}#{self.draw[0]}:{self.draw[1]}"
+        if self.row is not None:
+            return f"{self.path}#row{self.row}"
+        if self.box is not None:
+            return f"{self.path}#box{','.join(map(str, self.box))}"
+        return self.path
+
+
+@dataclass(frozen=True)
+class BadFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class DatasetIndex:
+    """An adapter's result: records per split in the canonical label space."""
+
+    name: str
+    root: str
+    labels: list[str]  # canonical names this dataset uses, in canonical order
+    splits: dict[str, list[Record]]
+    protocol: str  # how train/val/test were obtained, in one sentence
+    bad_files: list[BadFile] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> count (e.g. FER+ no majority)
+    color: bool = False  # the source images are in colour
+
+
+@dataclass
+class ArraySplit:
+    """A decoded split in memory (or memory-mapped from the cache)."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64, canonical indices
+    keys: list[str]
+    soft: np.ndarray | None = None  # (N, len(CANONICAL)) float32, or None
+    sources: list[str] | None = None  # per-image source tag (mega dataset)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class LoadedDataset:
+    """A dataset decoded at one size and channel count, ready for training and evaluation."""
+
+    name: str  # the spec's name, e.g. "fer2013" or "synthetic:wild"
+    labels: list[str]
+    splits: dict[str, ArraySplit]
+    protocol: str
+    fingerprint: str
+    bad_files: list[BadFile] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)
+
+
+Adapter = Callable[..., DatasetIndex]
+_ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_dataset(name: str) -> Callable[[Adapter], Adapter]:
+    """Register ``fn(root: Path, **options) -> DatasetIndex`` under ``name``; names are unique."""
+
+    def wrap(fn: Adapter) -> Adapter:
+        if name in _ADAPTERS:
+            raise ValueError(f"dataset adapter {name!r} is already registered")
+        _ADAPTERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    _import_builtin_adapters()
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(name: str) -> Adapter:
+    _import_builtin_adapters()
+    if name not in _ADAPTERS:
+        close = difflib.get_close_matches(name, list(_ADAPTERS), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise DatasetError(
+            f"Unknown dataset {name!r}.{hint} Known datasets: {', '.join(sorted(_ADAPTERS))}."
+        )
+    return _ADAPTERS[name]
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``NAME:PATH`` (``synthetic:wild``, ``fer2013:../data/fer2013``)."""
+    name, sep, path = spec.partition(":")
+    if not sep or not name:
+        raise DatasetError(
+            f"Dataset spec {spec!r} is not NAME:PATH. Examples: fer2013:/data/fer2013, "
+            f"folder:/data/jaffe, synthetic:wild. Known names: {', '.join(list_datasets())}."
+        )
+    return name.strip().lower(), path
+
+
+def index_dataset(name: str, path: str, **options: Any) -> DatasetIndex:
+    """Index a dataset by adapter name; a missing root is reported before the adapter runs."""
+    adapter = get_adapter(name)
+    if name != "synthetic":
+        root = Path(path).expanduser()
+        if not root.exists():
+            raise DatasetError(
+                f"Dataset root {str(root)!r} for {name!r} does not exist. "
+                "Check the path in the spec or the experiment file."
+            )
+        return adapter(root, **options)
+    return adapter(path, **options)
+
+
+def _import_builtin_adapters() -> None:
+    # Importing the modules runs their @register_dataset decorators.
+    from ferlab.data import adapters  # noqa: F401
+
+
+def stratified_split(
+    records: list[Record], fractions: dict[str, float], seed: int
+) -> dict[str, list[Record]]:
+    """Split records per class by ``fractions`` (e.g. {"train": .8, "val": .1, "test": .1}).
+
+    Deterministic for a seed and the record keys, whatever order the files were listed in.
+    """
+    names = list(fractions)
+    total = sum(fractions.values())
+    out: dict[str, list[Record]] = {n: [] for n in names}
+    by_class: dict[int, list[Record]] = {}
+    for r in sorted(records, key=lambda r: r.key):
+        by_class.setdefault(r.label, []).append(r)
+    rng = np.random.default_rng(seed)
+    for label in sorted(by_class):
+        group = by_class[label]
+        order = rng.permutation(len(group))
+        start = 0
+        for i, n in enumerate(names):
+            if i == len(names) - 1:
+                stop = len(group)
+            else:
+                stop = start + int(round(len(group) * fractions[n] / total))
+            out[n].extend(group[j] for j in order[start:stop])
+            start = stop
+    return out
