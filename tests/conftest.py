@@ -1,0 +1,34 @@
+"""Shared test fixtures: real datasets beside the checkout, small torch thread counts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = Path(os.environ.get("FERLAB_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def shared_dataset(rel: str) -> Path:
+    """Path of a real dataset under ../shared/datasets, or skip the test with the reason."""
+    path = SHARED_DATASETS / rel
+    if not path.exists():
+        pytest.skip(f"real dataset {rel!r} not found at {path} (set FERLAB_SHARED_DATASETS)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    import torch
+
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "cache"
+    d.mkdir()
+    return d
