@@ -164,7 +164,9 @@ class ExperimentConfig(_Strict):
         try:
             return TrainConfig.model_validate(merged)
         except ValidationError as e:
-            raise ConfigError(_format_errors(e, prefix=f"models[{model.name}].train", lines={})) from e
+            raise ConfigError(
+                _format_errors(e, prefix=f"models[{model.name}].train", lines={})
+            ) from e
 
 
 def config_hash(obj: Any) -> str:
@@ -255,9 +257,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                     node[part] = {}
                 node = node[part]
             if not isinstance(node, dict | list):
-                raise ConfigError(
-                    f"Override {item!r}: {'.'.join(path[: i + 1])} is not a section."
-                )
+                raise ConfigError(f"Override {item!r}: {'.'.join(path[: i + 1])} is not a section.")
         last = path[-1]
         if isinstance(node, list):
             try:
@@ -283,7 +283,9 @@ def resolve_config_path(name: str | Path | None) -> Path:
     raise ConfigError(f"Experiment file {str(p)!r} does not exist. Shipped configs: {known}.")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Load and validate an experiment file (default: the shipped ``default.yaml``)."""
     file = resolve_config_path(path)
     text = file.read_text()
@@ -294,10 +296,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: the experiment file must be a mapping of sections.")
     raw = apply_overrides(raw, list(overrides or []))
+    return validate_config(raw, file=str(file), lines=lines)
+
+
+def validate_config(
+    raw: dict[str, Any], *, file: str = "", lines: dict[tuple[Any, ...], int] | None = None
+) -> ExperimentConfig:
+    """Validate a raw mapping; errors name each bad key (and its file line when known)."""
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, lines=lines, file=str(file))) from e
+        raise ConfigError(_format_errors(e, lines=lines or {}, file=file)) from e
 
 
 def dump_config(cfg: BaseModel, path: Path) -> None:

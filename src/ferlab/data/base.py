@@ -68,7 +68,9 @@ class DatasetIndex:
     splits: dict[str, list[Record]]
     protocol: str  # how train/val/test were obtained, in one sentence
     bad_files: list[BadFile] = field(default_factory=list)
-    excluded: dict[str, int] = field(default_factory=dict)  # reason -> count (e.g. FER+ no majority)
+    excluded: dict[str, int] = field(
+        default_factory=dict
+    )  # reason -> count (e.g. FER+ no majority)
     color: bool = False  # the source images are in colour
 
 
@@ -183,7 +185,7 @@ def stratified_split(
             if i == len(names) - 1:
                 stop = len(group)
             else:
-                stop = start + int(round(len(group) * fractions[n] / total))
+                stop = start + round(len(group) * fractions[n] / total)
             out[n].extend(group[j] for j in order[start:stop])
             start = stop
     return out

@@ -1,0 +1,310 @@
+"""The ``ferlab`` command: a thin layer over functions a user can import.
+
+ferlab run [EXPERIMENT] [--set key=value ...] [--out DIR] [--force]
+ferlab train --data NAME:PATH --model NAME [--set key=value ...]
+ferlab evaluate --weights RUN_OR_FILE --data NAME:PATH [--tta] [--json]
+ferlab data inspect NAME:PATH [--json] [--out DIR]
+ferlab report DIR
+ferlab models [PATTERN]    ferlab datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ferlab import __version__
+from ferlab.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED_PAIRS = 3
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.epochs=5 --set models.0.batch_size=32 "
+        "(values are parsed as YAML; repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferlab",
+        description="Train, evaluate and compare facial-emotion-recognition models across datasets.",
+    )
+    parser.add_argument("--version", action="version", version=f"ferlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="train every model on every dataset, evaluate, cross-evaluate, report",
+        description="Run an experiment file: every (dataset, model) pair is trained (or reused "
+        "from the run cache), evaluated with and without TTA on its own test split and on every "
+        "other dataset's, then ensembles and the HTML report. With no file, runs the built-in "
+        "demo (configs/default.yaml on synthetic data).",
+    )
+    p.add_argument(
+        "experiment",
+        nargs="?",
+        default=None,
+        help="experiment YAML file, or a shipped name: default, fer2013_cpu, seed_gpu",
+    )
+    _add_set(p)
+    p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
+    p.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser(
+        "train",
+        help="train one model on one dataset (with evaluation on its test split)",
+        description="Train one model on one dataset with the default training settings, early "
+        "stopping on the validation split, and save weights (safetensors + meta.json). Running "
+        "the same command again returns at once from the run cache; a changed setting retrains.",
+    )
+    p.add_argument("--data", required=True, metavar="NAME:PATH", help="e.g. fer2013:/data/fer2013")
+    p.add_argument("--model", default=None, help="model name (default: the compact CPU net)")
+    p.add_argument("--config", default=None, help="base experiment file for the other settings")
+    _add_set(p)
+    p.add_argument("--out", help="experiment folder (default: runs/train_<dataset>)")
+    p.add_argument("--force", action="store_true", help="retrain even if a matching run exists")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate saved weights on any dataset",
+        description="Evaluate saved weights (a run folder or a weights.safetensors with its "
+        "meta.json) on a dataset's test split. Classes the model and dataset do not share are "
+        "left out and listed.",
+    )
+    p.add_argument("--weights", required=True, help="run folder or weights file")
+    p.add_argument("--data", required=True, metavar="NAME:PATH")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
+    p.add_argument("--tta-crops", type=int, default=0, help="add N crops to the TTA views (5/10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cache-dir", default="~/.cache/ferlab")
+    p.add_argument("--batch-size", type=int, default=256)
+
+    p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    q = dsub.add_parser(
+        "inspect",
+        help="counts, imbalance, bad files and duplicates of a dataset",
+        description="Index a dataset, decode it once into the cache, and report counts per "
+        "split and class, class imbalance, bad files, and exact duplicates (within and across "
+        "splits and classes). Writes a class-distribution PNG.",
+    )
+    q.add_argument("spec", metavar="NAME:PATH", help="e.g. fer2013:../shared/datasets/fer2013")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.add_argument("--out", default=None, help="folder for the PNG and JSON (default: none)")
+    q.add_argument("--cache-dir", default="~/.cache/ferlab")
+    q.add_argument("--no-decode", action="store_true", help="skip decoding (no image checks)")
+    q.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, e.g. --option margin=0.1",
+    )
+
+    p = sub.add_parser(
+        "report",
+        help="rebuild the summary tables, plots and report.html of an experiment folder",
+        description="Rebuild summary.csv/.md, the cross-dataset heatmap, the plots and "
+        "report.html from the files of an experiment folder, without retraining.",
+    )
+    p.add_argument("dir", help="experiment folder")
+
+    p = sub.add_parser("models", help="list model names", description="List model names.")
+    p.add_argument("pattern", nargs="?", default="ferlab_*", help="glob, e.g. 'convnext*' or '*'")
+
+    sub.add_parser("datasets", help="list dataset adapters", description="List dataset adapters.")
+    return parser
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, Any]:
+    from ferlab.config import parse_override
+
+    opts: dict[str, Any] = {}
+    for item in items:
+        path, value = parse_override(item)
+        opts[".".join(path)] = value
+    return opts
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ferlab.config import load_config
+    from ferlab.pipeline import run_experiment
+
+    cfg = load_config(args.experiment, args.overrides)
+    result = run_experiment(cfg, out=args.out, force=args.force, progress=not args.no_progress)
+    print(f"\nReport: {result.report.resolve() if result.report else '-'}")
+    return EXIT_FAILED_PAIRS if result.failed else 0
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """The experiment config behind ``ferlab train``: one dataset, one model, no cross-eval."""
+    from ferlab.config import apply_overrides, load_config, validate_config
+    from ferlab.data.base import parse_spec
+    from ferlab.models import DEFAULT_CPU_MODEL
+
+    name, path = parse_spec(args.data)
+    base = load_config(args.config) if args.config else None
+    raw: dict[str, Any] = base.model_dump(mode="json") if base else {}
+    raw.update(
+        name=f"train_{name}" if name != "synthetic" else f"train_synthetic_{path}",
+        datasets=[{"name": name, "path": path}],
+        models=[{"name": args.model or DEFAULT_CPU_MODEL}],
+    )
+    raw.setdefault("eval", {})
+    raw["eval"]["cross_dataset"] = False
+    raw["eval"]["ensembles"] = False
+    raw.setdefault("mega", {})["enabled"] = False
+    return validate_config(apply_overrides(raw, args.overrides))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ferlab.pipeline import run_experiment
+
+    cfg = train_config(args)
+    result = run_experiment(cfg, out=args.out, force=args.force, progress=not args.no_progress)
+    for p in result.pairs:
+        print(f"{p.dataset} / {p.model}: {p.status}  weights: {p.run_dir}")
+    return EXIT_FAILED_PAIRS if result.failed else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ferlab.config import TTAConfig
+    from ferlab.data.base import DatasetError, parse_spec
+    from ferlab.data.loading import load_dataset
+    from ferlab.evaluation import evaluate_split, flat_metrics
+    from ferlab.models import load_model
+
+    model, meta = load_model(args.weights)
+    name, path = parse_spec(args.data)
+    data = load_dataset(
+        name, path, size=meta.image_size, channels=meta.channels, cache_dir=args.cache_dir
+    )
+    if args.split not in data.splits:
+        raise DatasetError(f"{args.data} has no {args.split!r} split; it has {list(data.splits)}.")
+    split = data.splits[args.split]
+    tta = TTAConfig(hflip=True, crops=args.tta_crops) if args.tta else None
+    result = evaluate_split(
+        model,
+        meta,
+        split.images,
+        split.labels,
+        data.labels,
+        tta=tta,
+        batch_size=args.batch_size,
+        bootstrap=1000,
+        seed=0,
+    )
+    flat = flat_metrics(result, use_tta=args.tta)
+    if args.json:
+        print(json.dumps(flat, indent=2))
+        return 0
+    print(
+        f"{meta.architecture} on {args.data} ({args.split}, n={flat['n']}, TTA={'on' if args.tta else 'off'})"
+    )
+    for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+        print(f"  {k:18s} {100 * flat[k]:6.2f}%")
+    if flat.get("dropped_labels"):
+        print(f"  left out (not shared by model and data): {', '.join(flat['dropped_labels'])}")
+    print("  per class (precision / recall / F1 / support):")
+    for label, pc in flat["per_class"].items():
+        print(
+            f"    {label:9s} {100 * pc['precision']:6.1f} {100 * pc['recall']:6.1f} "
+            f"{100 * pc['f1']:6.1f} {pc['support']:6d}"
+        )
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from ferlab.data.base import parse_spec
+    from ferlab.data.inspect import format_inspection, inspect_dataset, write_inspection_outputs
+
+    name, path = parse_spec(args.spec)
+    report = inspect_dataset(
+        name,
+        path,
+        options=_parse_options(args.option),
+        cache_dir=args.cache_dir,
+        with_cache=not args.no_decode,
+    )
+    written = write_inspection_outputs(report, Path(args.out)) if args.out else []
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_inspection(report))
+        for w in written:
+            print(f"wrote {w}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ferlab.reporting import build_report, collect_summary, format_console_table
+
+    exp = Path(args.dir)
+    if not exp.is_dir():
+        raise ConfigError(f"Experiment folder {str(exp)!r} does not exist.")
+    path = build_report(exp)
+    print(format_console_table(collect_summary(exp)))
+    print(f"Report: {path.resolve()}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ferlab.models import list_models
+
+    for name in list_models(args.pattern):
+        print(name)
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from ferlab.data.base import list_datasets
+
+    for name in list_datasets():
+        print(name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "data" and args.data_command is None:
+        parser.parse_args(["data", "--help"])
+    handlers = {
+        "run": cmd_run,
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "data": cmd_data_inspect,
+        "report": cmd_report,
+        "models": cmd_models,
+        "datasets": cmd_datasets,
+    }
+    from ferlab.data.base import DatasetError
+    from ferlab.labels import UnknownLabelError
+
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DatasetError, UnknownLabelError, FileNotFoundError) as e:
+        print(f"ferlab: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

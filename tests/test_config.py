@@ -1,0 +1,117 @@
+"""The experiment file: validation with key and line, overrides, shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ferlab.config import (
+    CONFIGS_DIR,
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    load_config,
+)
+from ferlab.labels import UnknownLabelError, canonical_name, shared_labels
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.datasets and cfg.models
+
+
+def test_default_is_the_demo() -> None:
+    cfg = load_config(None)
+    assert cfg.name == "default"
+    assert {d.name for d in cfg.datasets} == {"synthetic"}
+    assert len({d.path for d in cfg.datasets}) >= 2  # two visual domains
+    assert len(cfg.models) == 2
+
+
+def test_seed_gpu_matches_the_seed() -> None:
+    cfg = load_config("seed_gpu")
+    batch = {m.name: m.batch_size for m in cfg.models}
+    assert batch == {"densenet121": 96, "resnet50": 144, "efficientnet_b0": 144}
+    assert cfg.data.image_size == 224
+    assert {d.name for d in cfg.datasets} == {"fer2013", "rafdb", "expw"}
+
+
+def test_unknown_key_names_key_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "exp.yaml"
+    f.write_text(
+        "name: x\n"
+        "datasets:\n"
+        "  - name: synthetic\n"
+        "    path: lab\n"
+        "models:\n"
+        "  - name: ferlab_vgg\n"
+        "train:\n"
+        "  epochs: 3\n"
+        "  learning_rate: 0.1\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert "train.learning_rate" in msg
+    assert "line 9" in msg
+    assert "unknown key" in msg
+
+
+def test_wrong_type_names_key_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "exp.yaml"
+    f.write_text(
+        "datasets:\n  - name: synthetic\n    path: lab\nmodels:\n  - name: m\ntrain:\n  epochs: many\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert "train.epochs" in str(e.value) and "line 7" in str(e.value)
+
+
+def test_overrides_apply_and_validate(tmp_path: Path) -> None:
+    cfg = load_config(
+        "default", ["train.epochs=2", "models.0.batch_size=16", "eval.tta.crops=5", "seed=7"]
+    )
+    assert cfg.train.epochs == 2
+    assert cfg.models[0].batch_size == 16
+    assert cfg.train_for(cfg.models[0]).batch_size == 16
+    assert cfg.eval.tta.crops == 5
+    assert cfg.seed == 7
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config("default", ["train.epochs=0"])
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        load_config("default", ["train.epochs"])
+    with pytest.raises(ConfigError, match="no list item"):
+        apply_overrides({"models": []}, ["models.3.name=x"])
+
+
+def test_model_train_overrides_merge() -> None:
+    cfg = load_config("default", ["models.0.train={lr: 0.5, augment: {hflip: 0.0}}"])
+    t = cfg.train_for(cfg.models[0])
+    assert t.lr == 0.5 and t.augment.hflip == 0.0
+    assert t.augment.rotate == cfg.train.augment.rotate  # untouched fields kept
+    assert cfg.train_for(cfg.models[1]).lr == cfg.train.lr
+
+
+def test_missing_file_lists_shipped() -> None:
+    with pytest.raises(ConfigError, match="default"):
+        load_config("/nonexistent/exp.yaml")
+
+
+def test_config_hash_stable_and_sensitive() -> None:
+    a = load_config("default")
+    b = load_config("default")
+    c = load_config("default", ["train.lr=0.1"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_labels_synonyms_and_errors() -> None:
+    assert canonical_name("Happiness") == "happy"
+    assert canonical_name("surprised") == "surprise"
+    assert canonical_name("ANGER") == "angry"
+    with pytest.raises(UnknownLabelError) as e:
+        canonical_name("happyy", where="/data/x/happyy")
+    assert "happy" in str(e.value) and "/data/x/happyy" in str(e.value)
+    common, dropped = shared_labels(["angry", "happy", "contempt"], ["happy", "angry", "sad"])
+    assert common == ["angry", "happy"] and dropped == ["sad", "contempt"]
