@@ -217,7 +217,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{meta.architecture} on {args.data} ({args.split}, n={flat['n']}, TTA={'on' if args.tta else 'off'})"
     )
     for k in ("accuracy", "balanced_accuracy", "macro_f1"):
-        print(f"  {k:18s} {100 * flat[k]:6.2f}%")
+        print(f"  {k:18s} {_pct(flat[k])}")
     if flat.get("dropped_labels"):
         print(f"  left out (not shared by model and data): {', '.join(flat['dropped_labels'])}")
     print("  per class (precision / recall / F1 / support):")
@@ -227,6 +227,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{100 * pc['f1']:6.1f} {pc['support']:6d}"
         )
     return 0
+
+
+def _pct(v: float | None) -> str:
+    return "   n/a" if v is None else f"{100 * v:6.2f}%"
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:

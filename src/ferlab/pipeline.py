@@ -241,13 +241,11 @@ def write_data_outputs(
     size, ch = cfg.data.image_size, cfg.data.channels
     for entry in _dataset_entries(cfg):
         data = _get_data(store, entry, size, ch)
-        splits = {}
+        per_class: dict[str, dict[str, int]] = {}
         for split_name, split in data.splits.items():
             counts = np.bincount(split.labels, minlength=len(CANONICAL))
-            splits[split_name] = {
-                "total": len(split),
-                "per_class": {n: int(counts[CANONICAL.index(n)]) for n in data.labels},
-            }
+            per_class[split_name] = {n: int(counts[CANONICAL.index(n)]) for n in data.labels}
+        splits = {s: {"total": sum(c.values()), "per_class": c} for s, c in per_class.items()}
         summary = {
             "dataset": data.name,
             "labels": data.labels,
@@ -262,7 +260,7 @@ def write_data_outputs(
         }
         _write_json(out / f"{data.name}_data.json", summary)
         plot_distribution(
-            {s: v["per_class"] for s, v in splits.items()},
+            per_class,
             out / f"{data.name}_dist_original.png",
             f"{data.name}: class distribution",
         )

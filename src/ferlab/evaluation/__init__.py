@@ -1,0 +1,68 @@
+"""Evaluation: batched TTA prediction, metrics with bootstrap CIs, label-set intersection,
+cross-dataset matrices and soft-voting ensembles."""
+
+from ferlab.evaluation.ensemble import (
+    ENSEMBLE_NAME,
+    ensemble_from_files,
+    ensemble_results,
+    soft_vote,
+)
+from ferlab.evaluation.evaluate import (
+    Alignment,
+    CrossMatrix,
+    EvalEntry,
+    EvalResult,
+    align_labels,
+    cross_dataset_matrix,
+    entry_metric,
+    evaluate,
+    evaluate_split,
+    flat_metrics,
+    load_result,
+    read_eval_tree,
+    write_metrics_json,
+    write_predictions,
+    write_predictions_csv,
+)
+from ferlab.evaluation.metrics import bootstrap_ci, compute_metrics, confusion_matrix
+from ferlab.evaluation.tta import (
+    auto_device,
+    n_views,
+    predict_probs,
+    predict_views,
+    predict_with_timing,
+    tta_views,
+    view_names,
+)
+
+__all__ = [
+    "ENSEMBLE_NAME",
+    "Alignment",
+    "CrossMatrix",
+    "EvalEntry",
+    "EvalResult",
+    "align_labels",
+    "auto_device",
+    "bootstrap_ci",
+    "compute_metrics",
+    "confusion_matrix",
+    "cross_dataset_matrix",
+    "ensemble_from_files",
+    "ensemble_results",
+    "entry_metric",
+    "evaluate",
+    "evaluate_split",
+    "flat_metrics",
+    "load_result",
+    "n_views",
+    "predict_probs",
+    "predict_views",
+    "predict_with_timing",
+    "read_eval_tree",
+    "soft_vote",
+    "tta_views",
+    "view_names",
+    "write_metrics_json",
+    "write_predictions",
+    "write_predictions_csv",
+]

@@ -1,0 +1,213 @@
+"""Soft-voting ensembles of models evaluated on the same split.
+
+Members may have different label sets; the ensemble votes over the *intersection* of their
+labels (a class some member cannot predict would get a vote diluted by that member's silence,
+so it is left out rather than guessed). Each member's probabilities are restricted to the
+intersection and renormalised before the (optionally weighted) average of probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferlab.evaluation.evaluate import (
+    METRICS_FILE,
+    PROBS_FILE,
+    EvalResult,
+    load_result,
+    write_metrics_json,
+    write_predictions,
+)
+from ferlab.evaluation.metrics import compute_metrics
+from ferlab.labels import CANONICAL
+
+
+def _intersection(label_lists: Sequence[Sequence[str]]) -> list[str]:
+    common = set(label_lists[0]).intersection(*map(set, label_lists[1:]))
+    order = [n for n in CANONICAL if n in common]
+    # Names outside the canonical space keep the first member's order.
+    return order + [n for n in label_lists[0] if n in common and n not in CANONICAL]
+
+
+def _weights(weights: Sequence[float] | None, m: int) -> np.ndarray:
+    if weights is None:
+        return np.full(m, 1.0 / m)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (m,) or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(
+            f"Ensemble weights {list(weights)} must be {m} non-negative numbers with a positive sum."
+        )
+    return w / w.sum()
+
+
+def soft_vote(
+    prob_list: Sequence[np.ndarray],
+    label_lists: Sequence[Sequence[str]],
+    weights: Sequence[float] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Average members' probabilities over their shared labels: ``((N, S) float32, labels)``.
+
+    ``prob_list[i]`` is ``(N, len(label_lists[i]))`` for the same N images in the same order.
+    """
+    if not prob_list or len(prob_list) != len(label_lists):
+        raise ValueError(
+            f"soft_vote needs one label list per probability array; got {len(prob_list)} arrays "
+            f"and {len(label_lists)} label lists."
+        )
+    n = prob_list[0].shape[0]
+    for i, (p, labels) in enumerate(zip(prob_list, label_lists, strict=True)):
+        if p.ndim != 2 or p.shape != (n, len(labels)):
+            raise ValueError(
+                f"Ensemble member {i}: probabilities of shape {p.shape}; expected ({n}, "
+                f"{len(labels)}) for labels {list(labels)} and the first member's {n} images."
+            )
+    shared = _intersection(label_lists)
+    if not shared:
+        raise ValueError(f"Ensemble members share no label: {[list(x) for x in label_lists]}.")
+    w = _weights(weights, len(prob_list))
+    total = np.zeros((n, len(shared)), dtype=np.float64)
+    for p, labels, wi in zip(prob_list, label_lists, w, strict=True):
+        cols = [list(labels).index(name) for name in shared]
+        sub = p[:, cols].astype(np.float64)
+        total += wi * sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-30, None)
+    return total.astype(np.float32), shared
+
+
+def ensemble_results(
+    results: Sequence[EvalResult],
+    *,
+    weights: Sequence[float] | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> EvalResult:
+    """Soft-vote ensemble of several models' results on the *same* split.
+
+    The plain ensemble averages the members' plain probabilities; when every member has TTA
+    probabilities, the TTA ensemble averages those. Scores the images every member kept whose
+    true class is among the shared labels; ``metrics`` has the shape of ``evaluate_split``'s.
+    """
+    if not results:
+        raise ValueError("ensemble_results needs at least one EvalResult.")
+    n_split = results[0].kept_mask.shape[0]
+    if any(r.kept_mask.shape[0] != n_split for r in results):
+        raise ValueError("Ensemble members were evaluated on splits of different sizes.")
+    label_lists = [r.labels for r in results]
+    shared = _intersection(label_lists)
+    if not shared:
+        raise ValueError(f"Ensemble members share no label: {label_lists}.")
+    # Index into `shared` of each split image's true class; -1 where dropped by anyone.
+    first = results[0]
+    lut = np.array([shared.index(n) if n in shared else -1 for n in first.labels], dtype=np.int64)
+    truth = np.full(n_split, -1, dtype=np.int64)
+    truth[first.kept_mask] = lut[first.y_true]
+    keep = np.logical_and.reduce([r.kept_mask for r in results]) & (truth >= 0)
+    rows = [np.flatnonzero(keep[r.kept_mask]) for r in results]  # member rows the ensemble keeps
+    y_true = truth[keep]
+    plain, labels = soft_vote(
+        [r.probs_plain[i] for r, i in zip(results, rows, strict=True)], label_lists, weights
+    )
+    tta: np.ndarray | None = None
+    if all(r.probs_tta is not None for r in results):
+        tta, _ = soft_vote(
+            [r.probs_tta[i] for r, i in zip(results, rows, strict=True) if r.probs_tta is not None],
+            label_lists,
+            weights,
+        )
+    dropped = {d for r in results for d in r.metrics.get("dropped_labels", [])}
+    dropped |= {n for names in label_lists for n in names if n not in labels}
+    metrics: dict[str, Any] = {
+        "plain": compute_metrics(y_true, plain, labels, bootstrap=bootstrap, seed=seed),
+        "tta": (
+            compute_metrics(y_true, tta, labels, bootstrap=bootstrap, seed=seed)
+            if tta is not None
+            else None
+        ),
+        "labels": labels,
+        "dropped_labels": [n for n in CANONICAL if n in dropped]
+        + sorted(d for d in dropped if d not in CANONICAL),
+        "n_total": int(n_split),
+        "n_dropped_images": int(n_split - keep.sum()),
+        "n_members": len(results),
+        "weights": _weights(weights, len(results)).tolist(),
+    }
+    return EvalResult(metrics, plain, tta, y_true, keep)
+
+
+ENSEMBLE_NAME = "ensemble"
+
+
+def _member_dirs(eval_dir: Path, train_name: str) -> dict[str, dict[str, Path]]:
+    """test set -> {model: folder} for the saved evaluations of models trained on ``train_name``."""
+    found: dict[str, dict[str, Path]] = {}
+    for metrics_path in sorted(eval_dir.glob(f"*/on_*/{METRICS_FILE}")):
+        folder = metrics_path.parent
+        if not (folder / PROBS_FILE).exists():
+            continue
+        try:
+            data = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged file: that member is skipped, the report flags the file
+        train, _, model = folder.parent.name.partition("__")
+        train = str(data.get("train_dataset", train))
+        model = str(data.get("model", model))
+        test = str(data.get("test_dataset", folder.name.removeprefix("on_")))
+        if train == train_name and model != ENSEMBLE_NAME:
+            found.setdefault(test, {})[model] = folder
+    return found
+
+
+def ensemble_from_files(
+    exp_dir: str | Path,
+    train_name: str,
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    weights: Sequence[float] | None = None,
+) -> int:
+    """Soft-vote the saved evaluations of every model trained on ``train_name``; write the files.
+
+    For each test set with at least two members' ``probs.npz`` under
+    ``<exp_dir>/eval/<train>__<model>/on_<test>/``, writes ``metrics.json``, ``predictions.csv``
+    and ``probs.npz`` into ``<exp_dir>/eval/<train>__ensemble/on_<test>/`` (``model`` is
+    ``"ensemble"``, ``members`` names the models). Returns the number of members of the largest
+    ensemble (0: nothing to ensemble). Members evaluated on different image lists are an error.
+    """
+    eval_dir = Path(exp_dir) / "eval"
+    largest = 0
+    for test, members in _member_dirs(eval_dir, train_name).items():
+        if len(members) < 2:
+            continue
+        names = sorted(members)
+        loaded = [load_result(members[m]) for m in names]
+        keys = loaded[0][1]
+        for name, (_, other) in zip(names[1:], loaded[1:], strict=True):
+            if other != keys:
+                raise ValueError(
+                    f"Cannot ensemble on {test!r}: {members[name]} and {members[names[0]]} were "
+                    "evaluated on different images; rerun `ferlab run` to refresh the evaluations."
+                )
+        results = [r for r, _ in loaded]
+        ens = ensemble_results(results, weights=weights, bootstrap=bootstrap, seed=seed)
+        ips = [float(r.metrics.get("throughput_ips") or 0.0) for r in results]
+        views = {r.metrics.get("tta_views") for r in results}
+        prefix = members[names[0]].parent.name.partition("__")[0]
+        out = eval_dir / f"{prefix}__{ENSEMBLE_NAME}" / members[names[0]].name
+        write_predictions(out, keys, ens)
+        metrics = {
+            "train_dataset": train_name,
+            "model": ENSEMBLE_NAME,
+            "test_dataset": test,
+            "members": names,
+            **ens.metrics,
+            # The members run one after another: their times per image add up.
+            "throughput_ips": 1.0 / sum(1.0 / v for v in ips) if all(v > 0 for v in ips) else None,
+            "tta_views": views.pop() if len(views) == 1 else None,
+        }
+        write_metrics_json(out / METRICS_FILE, metrics)
+        largest = max(largest, len(names))
+    return largest

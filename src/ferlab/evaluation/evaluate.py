@@ -1,0 +1,490 @@
+"""Evaluate a model on a split: label-set intersection, one TTA pass, metrics and their files.
+
+A model trained on one label set and tested on a dataset with another is scored on the
+*shared* classes only: the model is restricted to its outputs for the shared classes (softmax
+over their logits, per TTA view, which is the renormalised restriction of its probabilities),
+and test images whose true class the model cannot predict are
+excluded and counted (``n_dropped_images``). ``dropped_labels`` names every class left out,
+from either side, so a report can say so.
+
+Cross-dataset helpers read the experiment's ``eval/<dataset>__<model>/on_<testset>/metrics.json``
+files back into a train x test matrix, so reports are rebuilt from files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ferlab.config import TTAConfig
+from ferlab.data.base import ArraySplit
+from ferlab.evaluation.metrics import compute_metrics
+from ferlab.evaluation.tta import MetaLike, n_views, predict_views
+from ferlab.labels import CANONICAL, INDEX
+
+# ----------------------------------------------------------------------------- label alignment
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How a model's outputs line up with a dataset's classes."""
+
+    shared: list[str]  # classes both know, canonical order
+    dropped_from_model: list[str]  # model outputs the dataset has no images for
+    dropped_from_data: list[str]  # dataset classes the model cannot predict (images excluded)
+    model_idx: np.ndarray  # (S,) model output column of each shared class
+    data_idx: np.ndarray  # (S,) canonical index of each shared class
+
+    @property
+    def dropped(self) -> list[str]:
+        """Every class left out, from either side, in canonical order."""
+        gone = set(self.dropped_from_model) | set(self.dropped_from_data)
+        return [n for n in CANONICAL if n in gone]
+
+    def keep_mask(self, labels_canonical: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: images whose true class is shared."""
+        return np.isin(np.asarray(labels_canonical), self.data_idx)
+
+    def to_shared(self, labels_canonical: np.ndarray) -> np.ndarray:
+        """Canonical indices of shared classes -> indices into ``shared``."""
+        lut = np.full(len(CANONICAL), -1, dtype=np.int64)
+        lut[self.data_idx] = np.arange(len(self.shared))
+        out = lut[np.asarray(labels_canonical, dtype=np.int64)]
+        if (out < 0).any():
+            raise ValueError(
+                "to_shared() got labels outside the shared classes; apply keep_mask first."
+            )
+        return out
+
+    def restrict(self, probs: np.ndarray) -> np.ndarray:
+        """Model probabilities ``(N, K_model)`` -> shared-class probabilities ``(N, S)``, rows summing to 1."""
+        sub = probs[:, self.model_idx].astype(np.float64)
+        total = sub.sum(axis=1, keepdims=True)
+        return (sub / np.clip(total, 1e-30, None)).astype(np.float32)
+
+
+def _check_canonical(names: Sequence[str], what: str) -> None:
+    bad = [n for n in names if n not in INDEX]
+    if bad:
+        raise ValueError(
+            f"{what} {list(names)} contain non-canonical names {bad}; expected names among "
+            f"{list(CANONICAL)} (see ferlab.labels.canonical_name)."
+        )
+
+
+def align_labels(model_labels: Sequence[str], data_labels: Sequence[str]) -> Alignment:
+    """Match a model's output labels with a dataset's labels (both canonical names)."""
+    _check_canonical(model_labels, "Model labels")
+    _check_canonical(data_labels, "Dataset labels")
+    shared = [n for n in CANONICAL if n in model_labels and n in data_labels]
+    position = {name: i for i, name in enumerate(model_labels)}
+    return Alignment(
+        shared=shared,
+        dropped_from_model=[n for n in CANONICAL if n in model_labels and n not in data_labels],
+        dropped_from_data=[n for n in CANONICAL if n in data_labels and n not in model_labels],
+        model_idx=np.array([position[n] for n in shared], dtype=np.int64),
+        data_idx=np.array([INDEX[n] for n in shared], dtype=np.int64),
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalResult:
+    """Metrics plus the per-image arrays behind them (kept images only, in split order)."""
+
+    metrics: dict[str, Any]
+    probs_plain: np.ndarray  # (M, S) shared-class probabilities, identity view
+    probs_tta: np.ndarray | None  # (M, S) averaged over the TTA views, or None
+    y_true: np.ndarray  # (M,) indices into metrics["labels"]
+    kept_mask: np.ndarray  # (N,) bool over the split: the M images that were scored
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.metrics["labels"])
+
+    def write_predictions(self, path: str | Path, keys: Sequence[str]) -> None:
+        """Write predictions.csv for this result; ``keys`` are the whole split's keys."""
+        if len(keys) != self.kept_mask.shape[0]:
+            raise ValueError(
+                f"Got {len(keys)} keys for a split of {self.kept_mask.shape[0]} images; pass the "
+                "keys of the split that was evaluated (ArraySplit.keys)."
+            )
+        kept = [k for k, keep in zip(keys, self.kept_mask.tolist(), strict=True) if keep]
+        main = self.probs_tta if self.probs_tta is not None else self.probs_plain
+        plain = self.probs_plain if self.probs_tta is not None else None
+        write_predictions_csv(path, kept, self.y_true, main, self.labels, probs_plain=plain)
+
+
+def evaluate_split(
+    model: nn.Module,
+    meta: MetaLike,
+    images: np.ndarray,
+    labels_canonical: np.ndarray,
+    data_labels: Sequence[str],
+    *,
+    tta: TTAConfig | None = None,
+    batch_size: int = 256,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> EvalResult:
+    """Score a model on one split, on the classes it shares with the dataset.
+
+    One forward pass over all TTA views gives both the plain metrics (view 0, identity) and the
+    TTA metrics (``metrics["tta"]`` is None when ``tta`` is off). Only images whose true class is
+    shared are predicted; the others are counted in ``n_dropped_images``.
+    """
+    labels_canonical = np.asarray(labels_canonical, dtype=np.int64)
+    if labels_canonical.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"Got {images.shape[0]} images but {labels_canonical.shape[0]} labels; they must match."
+        )
+    align = align_labels(list(meta.labels), list(data_labels))
+    if not align.shared:
+        raise ValueError(
+            f"The model's labels {list(meta.labels)} and the dataset's labels {list(data_labels)} "
+            "share no class, so there is nothing to score."
+        )
+    kept = align.keep_mask(labels_canonical)
+    probs_plain, probs_tta, ips = predict_views(
+        model,
+        images,
+        meta,
+        tta,
+        batch_size,
+        device,
+        columns=align.model_idx.tolist(),
+        rows=None if kept.all() else np.flatnonzero(kept),
+    )
+    y_true = align.to_shared(labels_canonical[kept])
+    use_tta = tta is not None and tta.enabled
+    metrics: dict[str, Any] = {
+        "plain": compute_metrics(y_true, probs_plain, align.shared, bootstrap=bootstrap, seed=seed),
+        "tta": (
+            compute_metrics(y_true, probs_tta, align.shared, bootstrap=bootstrap, seed=seed)
+            if probs_tta is not None
+            else None
+        ),
+        "labels": align.shared,
+        "dropped_labels": align.dropped,
+        "dropped_from_model": align.dropped_from_model,
+        "dropped_from_data": align.dropped_from_data,
+        "n_total": int(images.shape[0]),
+        "n_dropped_images": int((~kept).sum()),
+        "throughput_ips": float(ips),
+        "tta_views": n_views(tta),
+        "tta_config": tta.model_dump(mode="json") if use_tta and tta is not None else None,
+    }
+    return EvalResult(metrics, probs_plain, probs_tta, y_true, kept)
+
+
+def evaluate(
+    model: nn.Module,
+    meta: MetaLike,
+    split: ArraySplit,
+    data_labels: Sequence[str],
+    tta: TTAConfig | None = None,
+    *,
+    batch_size: int = 256,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> EvalResult:
+    """``evaluate_split`` on an ``ArraySplit`` (images, canonical labels)."""
+    return evaluate_split(
+        model,
+        meta,
+        split.images,
+        split.labels,
+        data_labels,
+        tta=tta,
+        batch_size=batch_size,
+        bootstrap=bootstrap,
+        seed=seed,
+        device=device,
+    )
+
+
+FLAT_KEYS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "n",
+    "per_class",
+    "confusion_matrix",
+    "labels",
+    "ci",
+)
+
+
+def flat_metrics(result: EvalResult | Mapping[str, Any], use_tta: bool) -> dict[str, Any]:
+    """The ``ferlab evaluate --json`` object: accuracy, balanced_accuracy, macro_f1, n,
+    per_class, confusion_matrix, labels, dropped_labels and ci.
+
+    ``result`` is an ``EvalResult`` or its ``metrics`` dict (as read back from metrics.json).
+    """
+    metrics = result.metrics if isinstance(result, EvalResult) else result
+    which = "tta" if use_tta else "plain"
+    chosen = metrics.get(which)
+    if chosen is None:
+        raise ValueError(
+            f"These results have no {which!r} metrics; evaluate with a TTA config "
+            "(e.g. --tta) to get them, or ask for the plain ones."
+        )
+    flat = {key: chosen[key] for key in FLAT_KEYS}
+    flat["dropped_labels"] = list(metrics.get("dropped_labels", []))
+    return flat
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy values -> Python; NaN and infinities -> None (JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (see ``_atomic_write_bytes``)."""
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_metrics_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write metrics as JSON atomically (NaN becomes null)."""
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
+    _atomic_write_text(Path(path), text)
+
+
+def write_predictions_csv(
+    path: str | Path,
+    keys: Sequence[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    *,
+    probs_plain: np.ndarray | None = None,
+) -> None:
+    """Write one row per image, atomically: ``key, true, pred[, pred_plain], prob_<label>...``.
+
+    ``true``/``pred`` are label names; ``pred`` is the argmax of ``probs`` (the TTA probabilities
+    when there are some) and ``pred_plain`` that of ``probs_plain`` when given.
+    """
+    labels = list(labels)
+    n = len(keys)
+    if y_true.shape[0] != n or probs.shape != (n, len(labels)):
+        raise ValueError(
+            f"write_predictions_csv: {n} keys, {y_true.shape[0]} labels and probs of shape "
+            f"{probs.shape} for {len(labels)} classes do not match."
+        )
+    if probs_plain is not None and probs_plain.shape != probs.shape:
+        raise ValueError(f"probs_plain has shape {probs_plain.shape}; expected {probs.shape}.")
+    pred = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    pred_plain = probs_plain.argmax(axis=1) if probs_plain is not None and n else None
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    head = ["key", "true", "pred"] + (["pred_plain"] if probs_plain is not None else [])
+    w.writerow(head + [f"prob_{name}" for name in labels])
+    for i in range(n):
+        row = [keys[i], labels[int(y_true[i])], labels[int(pred[i])]]
+        if pred_plain is not None:
+            row.append(labels[int(pred_plain[i])])
+        w.writerow(row + [f"{p:.6g}" for p in probs[i].tolist()])
+    _atomic_write_text(Path(path), buf.getvalue())
+
+
+PREDICTIONS_FILE = "predictions.csv"
+PROBS_FILE = "probs.npz"
+METRICS_FILE = "metrics.json"
+
+
+def write_predictions(out_dir: str | Path, keys: Sequence[str], result: EvalResult) -> None:
+    """Write ``predictions.csv`` (for people) and ``probs.npz`` (for ensembles) into ``out_dir``.
+
+    ``keys`` are the whole evaluated split's keys. ``probs.npz`` holds ``keys`` (N,),
+    ``kept_mask`` (N,), ``y_true`` (M,), ``probs_plain`` (M, S), ``probs_tta`` (M, S) when
+    there is TTA, and ``labels`` (S,), so ``load_result`` can rebuild the ``EvalResult``.
+    """
+    out = Path(out_dir)
+    result.write_predictions(out / PREDICTIONS_FILE, keys)
+    arrays: dict[str, np.ndarray] = {
+        "keys": np.asarray(list(keys), dtype=str),
+        "kept_mask": result.kept_mask.astype(bool),
+        "y_true": result.y_true.astype(np.int64),
+        "probs_plain": result.probs_plain.astype(np.float32),
+        "labels": np.asarray(result.labels, dtype=str),
+    }
+    if result.probs_tta is not None:
+        arrays["probs_tta"] = result.probs_tta.astype(np.float32)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    _atomic_write_bytes(out / PROBS_FILE, buf.getvalue())
+
+
+def load_result(out_dir: str | Path) -> tuple[EvalResult, list[str]]:
+    """Read back ``write_predictions``' ``probs.npz`` (and ``metrics.json`` when present).
+
+    Returns the ``EvalResult`` and the split's keys. Without a metrics file, ``metrics`` holds
+    only ``labels``.
+    """
+    out = Path(out_dir)
+    path = out / PROBS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {name: z[name] for name in z.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"{path}: cannot read saved probabilities ({e}); delete the folder and rerun the evaluation."
+        ) from e
+    missing = {"keys", "kept_mask", "y_true", "probs_plain", "labels"} - set(data)
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {sorted(missing)}; rerun the evaluation.")
+    metrics: dict[str, Any] = {}
+    if (out / METRICS_FILE).exists():
+        metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
+    metrics["labels"] = [str(x) for x in data["labels"].tolist()]
+    result = EvalResult(
+        metrics=metrics,
+        probs_plain=data["probs_plain"],
+        probs_tta=data.get("probs_tta"),
+        y_true=data["y_true"],
+        kept_mask=data["kept_mask"].astype(bool),
+    )
+    return result, [str(k) for k in data["keys"].tolist()]
+
+
+# ----------------------------------------------------------------------------- cross-dataset
+
+
+@dataclass(frozen=True)
+class EvalEntry:
+    """One metrics.json of an experiment: a model trained on ``train`` tested on ``test``."""
+
+    train: str
+    model: str
+    test: str
+    metrics: dict[str, Any]
+    path: Path
+
+
+def read_eval_tree(eval_dir: str | Path) -> list[EvalEntry]:
+    """All ``<eval_dir>/<dataset>__<model>/on_<testset>/metrics.json`` files, sorted by path.
+
+    ``train_dataset``/``model``/``test_dataset`` keys in a metrics file win over the names
+    parsed from its path (display names may contain anything).
+    """
+    root = Path(eval_dir)
+    entries = []
+    for path in sorted(root.glob("*/on_*/metrics.json")):
+        pair, test_dir = path.parent.parent.name, path.parent.name
+        train, sep, model = pair.partition("__")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f"{path}: not a readable metrics JSON ({e}); delete it and rerun."
+            ) from e
+        entries.append(
+            EvalEntry(
+                train=str(data.get("train_dataset", train)),
+                model=str(data.get("model", model if sep else "")),
+                test=str(data.get("test_dataset", test_dir.removeprefix("on_"))),
+                metrics=data,
+                path=path,
+            )
+        )
+    return entries
+
+
+@dataclass(frozen=True)
+class CrossMatrix:
+    """A train x test table of one metric; NaN where a pair was not evaluated (or failed)."""
+
+    rows: list[str]
+    cols: list[str]
+    values: np.ndarray  # (len(rows), len(cols)) float
+    dropped: dict[tuple[str, str], list[str]]  # (row, col) -> classes left out of that cell
+
+
+def entry_metric(metrics: Mapping[str, Any], metric: str, use_tta: bool) -> float:
+    """One number from a metrics.json dict (NaN when absent or not computed)."""
+    section = metrics.get("tta" if use_tta else "plain")
+    value = section.get(metric) if isinstance(section, Mapping) else None
+    return float(value) if value is not None else math.nan
+
+
+def cross_dataset_matrix(
+    entries: Sequence[EvalEntry],
+    *,
+    metric: str = "accuracy",
+    use_tta: bool = False,
+    model: str | None = None,
+    order: Sequence[str] | None = None,
+) -> CrossMatrix:
+    """Train-on-A, test-on-B matrix of ``metric``.
+
+    With ``model`` given, rows are the training datasets of that model; otherwise rows are
+    ``"<dataset> / <model>"`` for every pair. Columns are test sets in ``order`` (default: the
+    training datasets first, in order of appearance, then test-only sets), so the in-domain
+    cells sit on the diagonal when there is one model.
+    """
+    chosen = [e for e in entries if model is None or e.model == model]
+    seen: list[str] = list(order or [])
+    for name in [e.train for e in chosen] + [e.test for e in chosen]:
+        if name not in seen:
+            seen.append(name)
+    cols = [c for c in seen if any(e.test == c for e in chosen)]
+
+    def row_of(e: EvalEntry) -> str:
+        return e.train if model is not None else f"{e.train} / {e.model}"
+
+    rows: list[str] = []
+    for e in sorted(chosen, key=lambda e: (seen.index(e.train), e.model)):
+        if row_of(e) not in rows:
+            rows.append(row_of(e))
+    values = np.full((len(rows), len(cols)), np.nan)
+    dropped: dict[tuple[str, str], list[str]] = {}
+    for e in chosen:
+        r, c = rows.index(row_of(e)), cols.index(e.test)
+        values[r, c] = entry_metric(e.metrics, metric, use_tta)
+        if e.metrics.get("dropped_labels"):
+            dropped[(rows[r], cols[c])] = list(e.metrics["dropped_labels"])
+    return CrossMatrix(rows, cols, values, dropped)
