@@ -1,0 +1,186 @@
+"""The ``ferplus`` adapter: Microsoft's FER+ relabelling of FER2013 by 10 annotators.
+
+Layout: ``FER2013Train/``, ``FER2013Valid/``, ``FER2013Test/`` (any subset), each with ``*.png``
+and ``label.csv`` rows ``file,"(x, y, w, h)",neutral,happiness,surprise,sadness,anger,disgust,
+fear,contempt,unknown,NF`` (vote counts; no header in Microsoft's file, one is skipped if present).
+
+Majority label, Microsoft's rule (FERPlus ``src/ferplus.py``, mode ``majority``): votes of a class
+with a single vote are dropped as outliers; the top class must then hold more than half of the
+remaining votes (unknown and NF included). Otherwise, or when unknown/NF wins, the image is left
+out and counted in ``excluded``. Each record's ``soft`` holds the vote shares over ``CANONICAL``
+after outlier removal, emotion classes only (soft-label targets).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ferlab.data.adapters.folder import ZERO_BYTE, check_options, require_dir
+from ferlab.data.base import BadFile, DatasetError, DatasetIndex, Record, register_dataset
+from ferlab.labels import CANONICAL, FERPLUS_COLUMNS, INDEX
+
+FOLDERS: dict[str, str] = {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test": "test"}
+NO_MAJORITY = "no majority label"
+MAJORITY_UNKNOWN = "majority unknown"
+MAJORITY_NOT_FACE = "majority not a face"
+FULL_BOX = (0, 0, 48, 48)
+
+
+@register_dataset("ferplus")
+def ferplus(root: Path, **options: Any) -> DatasetIndex:
+    """Index FER+ with majority labels (8 classes incl. contempt) and soft vote shares."""
+    check_options("ferplus", options)
+    root = require_dir(Path(root), "FER+ root", "Point it at the folder holding FER2013Valid/ etc.")
+    folders = _split_folders(root)
+    splits: dict[str, list[Record]] = {}
+    bad: list[BadFile] = []
+    excluded: Counter[str] = Counter()
+    for folder_name, split in FOLDERS.items():
+        if folder_name in folders:
+            records, bad_here, excluded_here = _index_folder(folders[folder_name])
+            splits[split] = records
+            bad.extend(bad_here)
+            excluded.update(excluded_here)
+    given = ", ".join(f"{name} -> {FOLDERS[name]}" for name in FOLDERS if name in folders)
+    missing = "" if "val" in splits else "; val is carved from train by the loader"
+    return DatasetIndex(
+        name="ferplus",
+        root=str(root),
+        labels=list(CANONICAL),
+        splits=splits,
+        protocol=f"FER+ official folders ({given}), majority labels under Microsoft's rule{missing}.",
+        bad_files=bad,
+        excluded=dict(sorted(excluded.items())),
+        color=False,
+    )
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """FER2013Train/Valid/Test under the root or its ``data/`` folder (name case ignored)."""
+    for base in (root, root / "data"):
+        if not base.is_dir():
+            continue
+        with os.scandir(base) as it:
+            names = {e.name.lower(): Path(e.path) for e in it if e.is_dir()}
+        found = {name: names[name.lower()] for name in FOLDERS if name.lower() in names}
+        if found:
+            return found
+    raise DatasetError(
+        f"FER+ root {str(root)!r} holds none of {', '.join(FOLDERS)}. Each holds the *.png "
+        "images and label.csv; point the path at their parent folder."
+    )
+
+
+def _index_folder(folder: Path) -> tuple[list[Record], list[BadFile], Counter[str]]:
+    label_file = folder / "label.csv"
+    if not label_file.is_file():
+        raise DatasetError(
+            f"FER+ folder {str(folder)!r} has no label.csv. Copy label.csv from "
+            f"microsoft/FERPlus data/{folder.name}/ into it."
+        )
+    with os.scandir(folder) as it:
+        sizes = {e.name: e.stat().st_size for e in it if e.is_file()}
+    records: list[Record] = []
+    bad: list[BadFile] = []
+    excluded: Counter[str] = Counter()
+    with open(label_file, newline="", encoding="utf-8") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row or (line_no == 1 and _is_header(row)):
+                continue
+            record, problem, reason = _row(row, folder, sizes)
+            if problem is not None:
+                bad.append(BadFile(f"{label_file}:{line_no}", f"line {line_no}: {problem}"))
+            elif reason is not None:
+                excluded[reason] += 1
+            elif record is not None:
+                records.append(record)
+    records.sort(key=lambda r: r.path)
+    return records, bad, excluded
+
+
+def _is_header(row: Sequence[str]) -> bool:
+    return len(row) > 2 and not row[2].strip().isdigit()
+
+
+def _row(
+    row: Sequence[str], folder: Path, sizes: dict[str, int]
+) -> tuple[Record | None, str | None, str | None]:
+    """(record, problem, excluded reason) for one label.csv row; at most one is not None."""
+    width = 2 + len(FERPLUS_COLUMNS)
+    if len(row) != width:
+        return None, f"{len(row)} fields, expected {width} (file, box, 10 vote counts)", None
+    name = row[0].strip()
+    texts = [v.strip() for v in row[2:]]
+    if not all(t.isdigit() for t in texts):
+        return None, f"vote counts {', '.join(texts)} are not all integers >= 0", None
+    box = _parse_box(row[1])
+    if box is None:
+        return None, f"box {row[1]!r} is not '(x, y, w, h)' with w, h > 0", None
+    path = str(folder / name)
+    if name not in sizes:
+        return None, f"image {path!r} is missing", None
+    if sizes[name] == 0:
+        return None, f"{path!r}: {ZERO_BYTE}", None
+    winner, reason = majority([int(t) for t in texts])
+    if winner is None:
+        return None, None, reason
+    kept = drop_outliers([int(t) for t in texts])
+    return (
+        Record(
+            path=path,
+            label=winner,
+            box=None if box == FULL_BOX else box,
+            soft=soft_votes(kept),
+        ),
+        None,
+        None,
+    )
+
+
+def _parse_box(text: str) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) from '(x, y, w, h)', or None when malformed."""
+    parts = text.strip().strip("()").split(",")
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        return None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        return None
+    return x, y, x + w, y + h
+
+
+def drop_outliers(votes: Sequence[int]) -> list[int]:
+    """Votes with single-vote classes set to 0 (Microsoft's outlier removal)."""
+    return [v if v > 1 else 0 for v in votes]
+
+
+def majority(votes: Sequence[int]) -> tuple[int | None, str | None]:
+    """(canonical index, None) of the majority class of 10 FER+ vote counts, or (None, reason).
+
+    After outlier removal the top class must hold more than half of the remaining votes
+    (unknown and NF count); a winning unknown or NF leaves the image out too.
+    """
+    kept = drop_outliers(votes)
+    total = sum(kept)
+    top = max(kept)
+    if total == 0 or 2 * top <= total:
+        return None, NO_MAJORITY
+    column, name = FERPLUS_COLUMNS[kept.index(top)]
+    if name is None:
+        return None, MAJORITY_UNKNOWN if column == "unknown" else MAJORITY_NOT_FACE
+    return INDEX[name], None
+
+
+def soft_votes(kept: Sequence[int]) -> tuple[float, ...]:
+    """Vote shares over CANONICAL from outlier-free votes, emotion classes only."""
+    counts = [0] * len(CANONICAL)
+    for (_, name), votes in zip(FERPLUS_COLUMNS, kept, strict=True):
+        if name is not None:
+            counts[INDEX[name]] += votes
+    total = sum(counts)
+    return tuple(c / total if total else 0.0 for c in counts)

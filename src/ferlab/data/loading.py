@@ -1,0 +1,195 @@
+"""Load a dataset by adapter name: index, fill missing splits, report bad files, decode once.
+
+``load_dataset`` is the one entry point the pipeline, the CLI and users call. It indexes the
+files (``ferlab.data.base.index_dataset``), carves the splits a dataset does not define from
+its train split (seeded and stratified, and the protocol string says so), applies the
+``on_bad_file`` policy to the problems the adapter found, then decodes through the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ferlab.config import DataConfig, DatasetConfig
+from ferlab.data.base import (
+    BadFile,
+    DatasetError,
+    LoadedDataset,
+    Record,
+    index_dataset,
+    stratified_split,
+)
+from ferlab.data.cache import ON_BAD_FILE, bad_files_message, build_or_load
+
+Log = Callable[[str], None]
+
+
+def load_dataset(
+    name: str,
+    path: str,
+    *,
+    size: int = 48,
+    channels: int = 1,
+    cache_dir: str | Path = "~/.cache/ferlab",
+    on_bad_file: str = "skip",
+    split_seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    options: dict[str, Any] | None = None,
+    log: Log | None = None,
+    display: str | None = None,
+    workers: int | None = None,
+) -> LoadedDataset:
+    """Index, split, validate and decode the dataset ``name`` at ``path``.
+
+    ``path`` is the dataset root (for ``synthetic``, the domain). The result's splits are
+    memory-mapped arrays from the decode-once cache in ``cache_dir``. Bad files are dropped
+    and listed (``on_bad_file="skip"``) or raise ``DatasetError`` naming them (``"error"``)
+    before anything is added to the cache. ``display`` overrides the result's name (default:
+    ``name``, or ``synthetic-<domain>``).
+    """
+    if on_bad_file not in ON_BAD_FILE:
+        raise DatasetError(
+            f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r} (data.on_bad_file)."
+        )
+    say = log or (lambda _msg: None)
+    label = display or (f"synthetic-{path}" if name == "synthetic" else name)
+    opts = dict(options or {})
+
+    t0 = time.perf_counter()
+    index = index_dataset(name, path, **opts)
+    splits, note = fill_splits(
+        index.splits,
+        seed=split_seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        where=label,
+    )
+    protocol = f"{index.protocol} {note}".strip() if note else index.protocol
+    say(
+        f"{label}: indexed {', '.join(f'{s} {len(r):,}' for s, r in splits.items())} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    if index.bad_files and on_bad_file == "error":
+        raise DatasetError(bad_files_message(label, index.bad_files))
+
+    extra = {
+        "adapter": name,
+        "options": opts,
+        "split_seed": split_seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+    }
+    arrays, decode_bad, fp = build_or_load(
+        label,
+        splits,
+        size=size,
+        channels=channels,
+        cache_dir=Path(cache_dir).expanduser(),
+        on_bad_file=on_bad_file,
+        extra=extra,
+        log=say,
+        workers=workers,
+    )
+    bad = merge_bad_files(index.bad_files, decode_bad)
+    if bad:
+        say(f"{label}: {len(bad)} bad file(s) left out (see the data report)")
+    return LoadedDataset(
+        name=label,
+        labels=list(index.labels),
+        splits=arrays,
+        protocol=protocol,
+        fingerprint=fp,
+        bad_files=bad,
+        excluded=dict(index.excluded),
+    )
+
+
+def load_from_config(
+    ds: DatasetConfig,
+    data: DataConfig,
+    log: Log | None = None,
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+) -> LoadedDataset:
+    """``load_dataset`` from the experiment file's sections; ``size``/``channels`` override
+    ``data.image_size``/``data.channels`` (the pipeline passes the model's input format)."""
+    return load_dataset(
+        ds.name,
+        ds.path,
+        size=size or data.image_size,
+        channels=channels or data.channels,
+        cache_dir=data.cache_dir,
+        on_bad_file=data.on_bad_file,
+        split_seed=data.split_seed,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        options=ds.options,
+        log=log,
+        display=ds.display,
+    )
+
+
+def fill_splits(
+    splits: dict[str, list[Record]],
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    where: str = "dataset",
+) -> tuple[dict[str, list[Record]], str]:
+    """Give ``splits`` a train, val and test split, carving missing ones from train.
+
+    Only train: stratified train/val/test by the fractions. Train and test: val is carved from
+    train. Train and val: test is carved from train. Returns the splits (in train, val, test
+    order) and a sentence for the protocol ("" when nothing was carved).
+    """
+    have = {k: v for k, v in splits.items() if v}
+    if "train" not in have:
+        given = ", ".join(f"{k} ({len(v)})" for k, v in splits.items()) or "none"
+        raise DatasetError(
+            f"{where}: no training images (splits found: {given}). Check that the dataset root "
+            "holds the train split in the layout its adapter expects."
+        )
+    if val_fraction + test_fraction >= 1:
+        raise DatasetError(
+            f"{where}: val_fraction + test_fraction = {val_fraction + test_fraction} leaves "
+            "nothing to train on; lower data.val_fraction or data.test_fraction."
+        )
+    missing = [s for s in ("val", "test") if s not in have]
+    if not missing:
+        return {s: have[s] for s in ("train", "val", "test")}, ""
+    fractions = {"train": 1.0 - sum(_fraction(s, val_fraction, test_fraction) for s in missing)}
+    fractions.update({s: _fraction(s, val_fraction, test_fraction) for s in missing})
+    carved = stratified_split(have["train"], fractions, seed)
+    out = {
+        "train": carved["train"],
+        "val": carved["val"] if "val" in missing else have["val"],
+        "test": carved["test"] if "test" in missing else have["test"],
+    }
+    parts = " and ".join(f"{s} ({fractions[s]:.0%})" for s in missing)
+    note = (
+        f"{parts.capitalize()} carved from the given train split by a stratified split "
+        f"with seed {seed}."
+    )
+    return out, note
+
+
+def _fraction(split: str, val_fraction: float, test_fraction: float) -> float:
+    return val_fraction if split == "val" else test_fraction
+
+
+def merge_bad_files(*groups: list[BadFile]) -> list[BadFile]:
+    """Bad files from the index and from decoding, each (path, reason) once, in order."""
+    seen: set[tuple[str, str]] = set()
+    out: list[BadFile] = []
+    for group in groups:
+        for b in group:
+            if (b.path, b.reason) not in seen:
+                seen.add((b.path, b.reason))
+                out.append(b)
+    return out

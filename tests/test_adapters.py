@@ -1,0 +1,688 @@
+"""Dataset adapters on tiny fake files written in each dataset's exact published layout."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferlab.data.adapters.affectnet import affectnet
+from ferlab.data.adapters.expw import clip_box, enlarge_box, expw
+from ferlab.data.adapters.fer2013 import fer2013, pixel_problem
+from ferlab.data.adapters.ferplus import ferplus, majority
+from ferlab.data.adapters.folder import folder
+from ferlab.data.adapters.rafdb import rafdb
+from ferlab.data.base import DatasetError, DatasetIndex, get_adapter, list_datasets
+from ferlab.labels import CANONICAL, EMOTIONS, INDEX
+
+
+# ---------------------------------------------------------------------------- helpers
+def write_image(
+    path: Path, size: tuple[int, int] = (8, 8), mode: str = "L", value: int = 0
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    color: int | tuple[int, int, int] = value if mode == "L" else (value, 255 - value, 0)
+    Image.new(mode, size, color).save(path)
+    return path
+
+
+def per_class(index: DatasetIndex, split: str) -> dict[str, int]:
+    return dict(Counter(CANONICAL[r.label] for r in index.splits[split]))
+
+
+def sizes(index: DatasetIndex) -> dict[str, int]:
+    return {split: len(records) for split, records in index.splits.items()}
+
+
+def test_registry_lists_every_adapter() -> None:
+    names = set(list_datasets())
+    assert {"fer2013", "rafdb", "expw", "ferplus", "affectnet", "folder"} <= names
+    assert get_adapter("ferplus") is ferplus
+
+
+@pytest.mark.parametrize("adapter", [fer2013, rafdb, expw, ferplus, affectnet, folder])
+def test_missing_root_is_an_error_naming_it(adapter, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError, match="nowhere"):
+        adapter(missing)
+
+
+@pytest.mark.parametrize("adapter", [fer2013, rafdb, expw, ferplus, affectnet, folder])
+def test_unknown_option_is_an_error(adapter, tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"Unknown option.*'colour_mode'"):
+        adapter(tmp_path, colour_mode=True)
+
+
+# ---------------------------------------------------------------------------- fer2013
+FER_SPLITS = {
+    # (folder, file prefix, class) -> count
+    ("train", "Training", "angry"): 3,
+    ("train", "Training", "happy"): 2,
+    ("test", "PublicTest", "angry"): 2,
+    ("test", "PublicTest", "happy"): 1,
+    ("test", "PrivateTest", "angry"): 1,
+    ("test", "PrivateTest", "happy"): 2,
+}
+USAGE = {"Training": "Training", "PublicTest": "PublicTest", "PrivateTest": "PrivateTest"}
+
+
+def fer_faces(seed: int = 0) -> list[tuple[str, str, str, np.ndarray]]:
+    """(folder, prefix, class, 48x48 pixels) for the tiny FER2013 fake."""
+    rng = np.random.default_rng(seed)
+    faces = []
+    for (folder_name, prefix, cls), n in FER_SPLITS.items():
+        for _ in range(n):
+            faces.append((folder_name, prefix, cls, rng.integers(0, 256, (48, 48), dtype=np.uint8)))
+    return faces
+
+
+def write_fer_folders(root: Path, faces, *, prefixes: bool = True, folder_names=None) -> None:
+    names = folder_names or {}
+    for i, (folder_name, prefix, cls, pixels) in enumerate(faces):
+        name = f"{prefix}_{1000 + i}.png" if prefixes else f"{1000 + i}.png"
+        path = root / folder_name / names.get(cls, cls) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, "L").save(path)
+
+
+def write_fer_csv(path: Path, faces, *, icml: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", " Usage", " pixels"] if icml else ["emotion", "pixels", "Usage"])
+        for _, prefix, cls, pixels in faces:
+            text = " ".join(map(str, pixels.ravel().tolist()))
+            label = EMOTIONS.index(cls)
+            w.writerow([label, USAGE[prefix], text] if icml else [label, text, USAGE[prefix]])
+
+
+def test_fer2013_folders_split_test_by_prefix(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces())
+    index = fer2013(tmp_path)
+    assert sizes(index) == {"train": 5, "val": 3, "test": 3}
+    assert per_class(index, "train") == {"angry": 3, "happy": 2}
+    assert per_class(index, "val") == {"angry": 2, "happy": 1}
+    assert per_class(index, "test") == {"angry": 1, "happy": 2}
+    assert all("PublicTest_" in r.path for r in index.splits["val"])
+    assert all("PrivateTest_" in r.path for r in index.splits["test"])
+    assert "PublicTest" in index.protocol and index.labels == list(EMOTIONS)
+    assert not index.color and not index.bad_files
+
+
+def test_fer2013_split_by_prefix_false_keeps_all_of_test(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces())
+    index = fer2013(tmp_path, split_by_prefix=False)
+    assert sizes(index) == {"train": 5, "test": 6}
+    assert "loader" in index.protocol
+
+
+def test_fer2013_folders_without_prefixes_leave_val_to_the_loader(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces(), prefixes=False)
+    index = fer2013(tmp_path)
+    assert sizes(index) == {"train": 5, "test": 6}
+    assert "val" not in index.splits and "without" in index.protocol
+
+
+def test_fer2013_listing_is_sorted_and_deterministic(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces())
+    first, second = fer2013(tmp_path), fer2013(tmp_path)
+    paths = [r.path for r in first.splits["train"]]
+    assert paths == [r.path for r in second.splits["train"]]
+    angry = [p for p in paths if "/angry/" in p]
+    assert angry == sorted(angry)
+
+
+def test_fer2013_folder_synonyms_and_class_map(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path / "a", fer_faces(), folder_names={"angry": "Anger", "happy": "joy"})
+    assert per_class(fer2013(tmp_path / "a"), "train") == {"angry": 3, "happy": 2}
+    write_fer_folders(tmp_path / "b", fer_faces(), folder_names={"angry": "ang", "happy": "hap"})
+    with pytest.raises(DatasetError, match=r"'ang'.*Accepted names.*class_map"):
+        fer2013(tmp_path / "b")
+    index = fer2013(tmp_path / "b", class_map={"ang": "angry", "hap": "happiness"})
+    assert per_class(index, "val") == {"angry": 2, "happy": 1}
+
+
+def test_fer2013_missing_split_folder(tmp_path: Path) -> None:
+    faces = [f for f in fer_faces() if f[0] == "train"]
+    write_fer_folders(tmp_path, faces)
+    with pytest.raises(DatasetError, match=r"no test/ folder"):
+        fer2013(tmp_path)
+
+
+@pytest.mark.parametrize("icml", [False, True])
+def test_fer2013_csv_gives_the_folder_splits_and_labels(tmp_path: Path, icml: bool) -> None:
+    faces = fer_faces()
+    write_fer_folders(tmp_path / "folders", faces)
+    name = "icml_face_data.csv" if icml else "fer2013.csv"
+    write_fer_csv(tmp_path / "csv" / name, faces, icml=icml)
+    from_folders = fer2013(tmp_path / "folders")
+    from_dir = fer2013(tmp_path / "csv")  # the CSV is found under the root
+    from_file = fer2013(tmp_path / "csv" / name)  # or the root is the CSV itself
+    assert sizes(from_dir) == sizes(from_file) == sizes(from_folders)
+    for split in ("train", "val", "test"):
+
+        def content(records, *, from_csv: bool):
+            out = []
+            for r in records:
+                if from_csv:
+                    pixels = np.array(r.pixels.split(), dtype=np.uint8)
+                else:
+                    pixels = np.asarray(Image.open(r.path)).ravel()
+                out.append((r.label, pixels.tobytes()))
+            return sorted(out)
+
+        expected = content(from_folders.splits[split], from_csv=False)
+        assert content(from_dir.splits[split], from_csv=True) == expected
+    rows = [r.row for r in from_dir.splits["train"]]
+    assert rows == [0, 1, 2, 3, 4] and all(r.path.endswith(name) for r in from_dir.splits["val"])
+    assert "Usage" in from_dir.protocol and not from_dir.bad_files
+
+
+def test_fer2013_csv_bad_rows_are_listed_with_their_row(tmp_path: Path) -> None:
+    good = " ".join(["7"] * 2304)
+    rows = [
+        ["0", good, "Training"],
+        ["1", " ".join(["7"] * 2303), "Training"],  # 2303 values
+        ["7", good, "Training"],  # label out of range
+        ["x", good, "PublicTest"],  # label not an integer
+        ["2", good.replace("7", "300", 1), "PublicTest"],  # value over 255
+        ["2", good.replace("7", "-1", 1), "PublicTest"],  # negative value
+        ["3", good, "Validation"],  # unknown Usage
+        ["3", good],  # missing field
+        ["4", good, "PrivateTest"],
+    ]
+    path = tmp_path / "fer2013.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        w.writerows(rows)
+    index = fer2013(path)
+    assert sizes(index) == {"train": 1, "val": 0, "test": 1}
+    reasons = {b.path.rsplit("#", 1)[1]: b.reason for b in index.bad_files}
+    assert sorted(reasons) == [f"row{i}" for i in range(1, 8)]
+    assert "2303 pixel values" in reasons["row1"] and "line 3" in reasons["row1"]
+    assert "emotion '7'" in reasons["row2"]
+    assert "emotion 'x'" in reasons["row3"]
+    assert "300" in reasons["row4"]
+    assert "'-'" in reasons["row5"]
+    assert "Validation" in reasons["row6"]
+    assert "2 fields" in reasons["row7"]
+    assert index.splits["test"][0].row == 8
+
+
+@pytest.mark.parametrize(
+    ("pixels", "problem"),
+    [
+        (" ".join(["255"] * 2304), None),
+        (" ".join(["0"] * 2303 + ["256"]), "256"),
+        (" ".join(["1000"] + ["0"] * 2303), "1000"),
+        (" ".join(["12"] * 2305), "2305 pixel values"),
+        ("", "0 pixel values"),
+        (" ".join(["1.5"] + ["0"] * 2303), "'.'"),
+    ],
+)
+def test_pixel_problem(pixels: str, problem: str | None) -> None:
+    found = pixel_problem(pixels)
+    assert found is None if problem is None else problem in (found or "")
+
+
+def test_fer2013_csv_without_needed_columns(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("emotion,pixels\n0," + " ".join(["0"] * 2304) + "\n")
+    with pytest.raises(DatasetError, match=r"train.csv.*lacks the column\(s\) usage"):
+        fer2013(tmp_path)
+
+
+def test_fer2013_root_without_any_layout(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match=r"neither train/ and test/"):
+        fer2013(tmp_path)
+
+
+# ---------------------------------------------------------------------------- folder trees
+def test_empty_class_folder_is_an_error(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces())
+    (tmp_path / "train" / "sad").mkdir()
+    (tmp_path / "train" / "sad" / "readme.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match=r"sad'? holds no images"):
+        fer2013(tmp_path)
+
+
+def test_zero_byte_file_is_a_bad_file(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces())
+    empty = tmp_path / "train" / "angry" / "Training_9.png"
+    empty.write_bytes(b"")
+    index = fer2013(tmp_path)
+    assert [b.path for b in index.bad_files] == [str(empty)]
+    assert "zero-byte" in index.bad_files[0].reason
+    assert per_class(index, "train") == {"angry": 3, "happy": 2}
+
+
+def test_folder_tree_without_splits_is_split_80_10_10(tmp_path: Path) -> None:
+    for cls, n in (("happy", 20), ("Sadness", 10)):
+        for i in range(n):
+            write_image(tmp_path / cls / f"{i:03d}.JPG", mode="RGB", value=i)
+    (tmp_path / "happy" / "Thumbs.db").write_bytes(b"x")  # not an image: ignored
+    (tmp_path / ".hidden").mkdir()
+    index = folder(tmp_path)
+    assert sizes(index) == {"train": 24, "val": 3, "test": 3}
+    assert per_class(index, "test") == {"happy": 2, "sad": 1}
+    assert index.labels == ["happy", "sad"] and index.color
+    keys = {s: {r.key for r in rs} for s, rs in index.splits.items()}
+    assert not (keys["train"] & keys["test"]) and not (keys["val"] & keys["test"])
+    again = folder(tmp_path)
+    assert [r.key for r in again.splits["test"]] == [r.key for r in index.splits["test"]]
+    other = folder(tmp_path, split_seed=1)
+    assert {r.key for r in other.splits["test"]} != keys["test"]
+    assert "seed 0" in index.protocol and "80% train" in index.protocol
+
+
+def test_folder_with_split_folders_and_extensions(tmp_path: Path) -> None:
+    exts = [".jpg", ".jpeg", ".PNG", ".bmp", ".gif", ".tif", ".TIFF", ".webp"]
+    for split in ("train", "Valid", "test"):
+        for i, ext in enumerate(exts):
+            write_image(tmp_path / split / "surprised" / f"{i}{ext}")
+        write_image(tmp_path / split / "contemptuous" / "a.png")
+    index = folder(tmp_path)
+    assert sizes(index) == {"train": 9, "val": 9, "test": 9}
+    assert index.labels == ["surprise", "contempt"] and not index.color
+    assert index.protocol.startswith("Split folders train, val, test as given")
+
+
+def test_folder_with_train_and_test_leaves_val_to_the_loader(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        write_image(tmp_path / split / "fear" / "a.png")
+    index = folder(tmp_path)
+    assert set(index.splits) == {"train", "test"} and "loader" in index.protocol
+
+
+def test_folder_with_only_train_carves_val_and_test(tmp_path: Path) -> None:
+    for i in range(10):
+        write_image(tmp_path / "train" / "fear" / f"{i}.png")
+    index = folder(tmp_path)
+    assert sizes(index) == {"train": 8, "test": 1, "val": 1}
+    assert "carved from train" in index.protocol
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    write_image(tmp_path / "mixed" / "train" / "fear" / "a.png")
+    write_image(tmp_path / "mixed" / "happy" / "a.png")
+    with pytest.raises(DatasetError, match="mixes split folders"):
+        folder(tmp_path / "mixed")
+    write_image(tmp_path / "unknown" / "grumpy" / "a.png")
+    with pytest.raises(DatasetError, match=r"'grumpy'.*Accepted names: angry, disgust"):
+        folder(tmp_path / "unknown")
+    mapped = folder(tmp_path / "unknown", class_map={"Grumpy": "angry"})
+    assert per_class(mapped, "train") == {"angry": 1}
+    with pytest.raises(DatasetError, match="class_map"):
+        folder(tmp_path / "unknown", class_map={"grumpy": "cranky"})
+    (tmp_path / "flat").mkdir()
+    write_image(tmp_path / "flat" / "a.png")
+    with pytest.raises(DatasetError, match="has no class folders"):
+        folder(tmp_path / "flat")
+
+
+def test_folder_class_map_case_insensitive(tmp_path: Path) -> None:
+    for i in range(10):
+        write_image(tmp_path / "Grumpy" / f"{i}.png")
+    index = folder(tmp_path, class_map={"grumpy": "anger"})
+    assert index.labels == ["angry"] and sum(sizes(index).values()) == 10
+
+
+# ---------------------------------------------------------------------------- rafdb
+def test_rafdb_dataset_folders(tmp_path: Path) -> None:
+    for split, n in (("train", 2), ("test", 1)):
+        for digit in range(1, 8):
+            for i in range(n):
+                write_image(
+                    tmp_path / "DATASET" / split / str(digit) / f"{split}_{digit}{i}_aligned.jpg",
+                    mode="RGB",
+                )
+    for root in (tmp_path, tmp_path / "DATASET"):
+        index = rafdb(root)
+        assert sizes(index) == {"train": 14, "test": 7}
+        assert index.color and "val" not in index.splits and "loader" in index.protocol
+    one = [r for r in index.splits["train"] if "/1/" in r.path]
+    six = [r for r in index.splits["train"] if "/6/" in r.path]
+    assert {r.label for r in one} == {INDEX["surprise"]} and {r.label for r in six} == {
+        INDEX["angry"]
+    }
+
+
+def test_rafdb_unknown_class_folder(tmp_path: Path) -> None:
+    write_image(tmp_path / "train" / "8" / "a.jpg")
+    write_image(tmp_path / "test" / "1" / "a.jpg")
+    with pytest.raises(DatasetError, match=r"'8'.*also accepts the folder names 1, 2"):
+        rafdb(tmp_path)
+
+
+def test_rafdb_missing_split(tmp_path: Path) -> None:
+    write_image(tmp_path / "DATASET" / "train" / "1" / "a.jpg")
+    with pytest.raises(DatasetError, match=r"test folder .*DATASET/test.* does not exist"):
+        rafdb(tmp_path)
+
+
+def test_rafdb_basic_release(tmp_path: Path) -> None:
+    base = tmp_path / "basic"
+    aligned = base / "Image" / "aligned"
+    lines = []
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(1, n + 1):
+            write_image(aligned / f"{split}_{i:05d}_aligned.jpg", mode="RGB")
+            lines.append(f"{split}_{i:05d}.jpg {i}")
+    (aligned / "test_00009_aligned.jpg").write_bytes(b"")
+    lines += [
+        "train_00099.jpg 1",  # image missing
+        "train_00001.jpg 8",  # label out of range
+        "train_00002.jpg",  # field missing
+        "val_00001.jpg 2",  # no train_/test_ prefix
+        "test_00009.jpg 3",  # zero-byte image
+        "",
+    ]
+    (base / "EmoLabel").mkdir()
+    (base / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    for root in (base, tmp_path):
+        index = rafdb(root)
+        assert sizes(index) == {"train": 3, "test": 2}
+        assert [CANONICAL[r.label] for r in index.splits["train"]] == [
+            "surprise",
+            "fear",
+            "disgust",
+        ]
+        assert index.splits["test"][0].path.endswith("test_00001_aligned.jpg")
+        reasons = [b.reason for b in index.bad_files]
+        assert [r.split(":")[0] for r in reasons] == [f"line {n}" for n in range(6, 11)]
+        assert "missing" in reasons[0] and "not 1..7" in reasons[1] and "1 fields" in reasons[2]
+        assert "train_ or test_" in reasons[3] and "zero-byte" in reasons[4]
+
+
+def test_rafdb_basic_release_without_images(tmp_path: Path) -> None:
+    (tmp_path / "EmoLabel").mkdir()
+    (tmp_path / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 1\n")
+    with pytest.raises(DatasetError, match=r"Image/aligned.*does not exist"):
+        rafdb(tmp_path)
+
+
+# ---------------------------------------------------------------------------- expw
+def test_expw_cropped_faces_are_split_by_seed(tmp_path: Path) -> None:
+    for cls in EMOTIONS:
+        for i in range(10):
+            write_image(tmp_path / "Expw-F" / cls / f"{cls}_{i}_0.jpg", mode="RGB")
+    index = expw(tmp_path)
+    assert sizes(index) == {"train": 56, "val": 7, "test": 7}
+    assert per_class(index, "val") == dict.fromkeys(EMOTIONS, 1)
+    assert index.color and "no official split" in index.protocol
+    same = expw(tmp_path / "Expw-F")  # root may be Expw-F itself
+    assert [r.path for r in same.splits["test"]] == [r.path for r in index.splits["test"]]
+
+
+def write_origin(root: Path, rows: list[str], photos: dict[str, tuple[int, int]]) -> None:
+    for name, size in photos.items():
+        write_image(root / "origin" / name, size=size, mode="RGB")
+    (root / "label.lst").write_text("\n".join(rows) + "\n")
+
+
+def test_expw_label_list_boxes_are_clipped(tmp_path: Path) -> None:
+    photos = {"a.jpg": (100, 80), "b.jpg": (50, 50)}
+    rows = [
+        # image face_id top left right bottom confidence label
+        "a.jpg 0 10 20 60 70 50.1 3",  # inside
+        "a.jpg 1 -5 90 130 40 12.0 0",  # runs past the right and top border
+        "b.jpg 0 0 0 50 50 9.9 6",  # whole photo
+    ]
+    write_origin(tmp_path, rows, photos)
+    index = expw(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    boxes = {(Path(r.path).name, r.box): CANONICAL[r.label] for r in index.splits["train"]}
+    assert boxes == {
+        ("a.jpg", (20, 10, 60, 70)): "happy",
+        ("a.jpg", (90, 0, 100, 40)): "angry",
+        ("b.jpg", (0, 0, 50, 50)): "neutral",
+    }
+    assert not index.bad_files
+    wide = expw(tmp_path, margin=0.25, val_fraction=0.0, test_fraction=0.0)
+    wide_boxes = {r.box for r in wide.splits["train"]}
+    assert (10, 0, 70, 80) in wide_boxes  # 40x60 box grown by 10 and 15 a side, then clipped
+
+
+def test_expw_label_list_bad_rows(tmp_path: Path) -> None:
+    photos = {"a.jpg": (100, 80)}
+    rows = [
+        "a.jpg 0 10 20 60 70 50.1 3",
+        "a.jpg 0 10 20 60 70 50.1",  # 7 fields
+        "a.jpg 0 ten 20 60 70 50.1 3",  # not an integer
+        "a.jpg 0 10 20 60 70 50.1 7",  # label out of range
+        "a.jpg 0 10 60 20 70 50.1 3",  # right <= left
+        "a.jpg 0 90 20 60 120 50.1 3",  # empty after clipping (top 90 > height 80)
+        "gone.jpg 0 10 20 60 70 50.1 3",  # image missing
+        "",
+        "zero.jpg 0 10 20 60 70 50.1 3",  # zero-byte photo
+    ]
+    write_origin(tmp_path, rows, photos)
+    (tmp_path / "origin" / "zero.jpg").write_bytes(b"")
+    index = expw(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    assert len(index.splits["train"]) == 1
+    reasons = [b.reason for b in index.bad_files]
+    assert [r.split(":")[0] for r in reasons] == [f"line {n}" for n in (2, 3, 4, 5, 6, 7, 9)]
+    assert "7 fields" in reasons[0] and "integers" in reasons[1] and "not 0..6" in reasons[2]
+    assert "empty" in reasons[3] and "empty" in reasons[4]
+    assert "missing" in reasons[5] and "zero-byte" in reasons[6]
+    assert all(b.path.startswith(str(tmp_path / "label.lst")) for b in index.bad_files)
+
+
+def test_expw_other_label_list_places(tmp_path: Path) -> None:
+    write_image(tmp_path / "image" / "origin" / "a.jpg", size=(40, 40), mode="RGB")
+    (tmp_path / "label").mkdir()
+    (tmp_path / "label" / "label.lst").write_text("a.jpg 0 0 0 20 20 1.0 5\n")
+    index = expw(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    assert [CANONICAL[r.label] for r in index.splits["train"]] == ["surprise"]
+    (tmp_path / "image" / "origin" / "a.jpg").unlink()
+    (tmp_path / "image" / "origin").rmdir()
+    (tmp_path / "image").rmdir()
+    with pytest.raises(DatasetError, match="no photo folder"):
+        expw(tmp_path)
+
+
+def test_box_helpers() -> None:
+    assert enlarge_box((10, 10, 30, 50), 0.5) == (0, -10, 40, 70)
+    assert clip_box((-3, -4, 120, 90), (100, 80)) == (0, 0, 100, 80)
+
+
+# ---------------------------------------------------------------------------- ferplus
+#            neu hap sur sad ang dis fea con unk NF   -> expected
+FERPLUS_ROWS = [
+    ("a.png", [8, 1, 1, 0, 0, 0, 0, 0, 0, 0], "neutral"),  # clear majority
+    ("b.png", [5, 4, 1, 0, 0, 0, 0, 0, 0, 0], "neutral"),  # 5/10 only after the outlier goes
+    ("c.png", [4, 4, 2, 0, 0, 0, 0, 0, 0, 0], None),  # no majority
+    ("d.png", [5, 5, 0, 0, 0, 0, 0, 0, 0, 0], None),  # exactly half is not a majority
+    ("e.png", [0, 0, 0, 0, 0, 0, 0, 0, 8, 2], None),  # unknown wins
+    ("f.png", [0, 0, 0, 0, 0, 0, 0, 0, 0, 10], None),  # not a face wins
+    ("g.png", [2, 0, 0, 0, 0, 0, 0, 8, 0, 0], "contempt"),  # contempt, the 8th class
+    ("h.png", [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], None),  # all single votes: nothing left
+    ("i.png", [0, 0, 0, 6, 0, 0, 0, 0, 2, 2], "sad"),  # unknown/NF count in the total
+    ("j.png", [0, 0, 0, 0, 3, 2, 0, 0, 0, 0], "angry"),
+]
+
+
+def write_ferplus(folder: Path, rows, *, header: bool = False, extra: list[list[str]] = ()) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "label.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow(
+                [
+                    "Image name",
+                    "Face box",
+                    *[
+                        c
+                        for c in (
+                            "neutral",
+                            "happiness",
+                            "surprise",
+                            "sadness",
+                            "anger",
+                            "disgust",
+                            "fear",
+                            "contempt",
+                            "unknown",
+                            "NF",
+                        )
+                    ],
+                ]
+            )
+        for name, votes, _ in rows:
+            write_image(folder / name, size=(48, 48))
+            w.writerow([name, "(0, 0, 48, 48)", *votes])
+        w.writerows(extra)
+
+
+def test_ferplus_majority_rule_and_soft_votes(tmp_path: Path) -> None:
+    write_ferplus(tmp_path / "FER2013Valid", FERPLUS_ROWS)
+    index = ferplus(tmp_path)
+    assert list(index.splits) == ["val"] and index.labels == list(CANONICAL)
+    got = {Path(r.path).name: CANONICAL[r.label] for r in index.splits["val"]}
+    assert got == {name: label for name, _, label in FERPLUS_ROWS if label}
+    assert index.excluded == {
+        "majority not a face": 1,
+        "majority unknown": 1,
+        "no majority label": 3,
+    }
+    soft = {Path(r.path).name: r.soft for r in index.splits["val"]}
+    assert soft["a.png"] == tuple(1.0 if c == "neutral" else 0.0 for c in CANONICAL)
+    assert soft["b.png"][INDEX["neutral"]] == pytest.approx(5 / 9)
+    assert soft["b.png"][INDEX["happy"]] == pytest.approx(4 / 9)
+    assert soft["g.png"][INDEX["contempt"]] == pytest.approx(0.8)
+    assert soft["i.png"][INDEX["sad"]] == pytest.approx(1.0)  # unknown/NF votes left out
+    assert soft["j.png"][INDEX["disgust"]] == pytest.approx(0.4)
+    assert all(len(s or ()) == len(CANONICAL) for s in soft.values())
+    assert all(r.box is None for r in index.splits["val"]) and not index.color
+
+
+def test_ferplus_majority_function() -> None:
+    for _, votes, label in FERPLUS_ROWS:
+        winner, reason = majority(votes)
+        assert (CANONICAL[winner] if winner is not None else None) == label
+        assert (reason is None) == (label is not None)
+
+
+def test_ferplus_splits_header_and_bad_rows(tmp_path: Path) -> None:
+    rows = FERPLUS_ROWS[:2]
+    write_ferplus(tmp_path / "FER2013Train", rows, header=True)
+    write_ferplus(
+        tmp_path / "FER2013Test",
+        rows,
+        extra=[
+            ["k.png", "(0, 0, 48, 48)", "8", "x", "0", "0", "0", "0", "0", "0", "0", "0"],
+            ["l.png", "(0, 0, 48, 48)", "8", "0"],
+            ["gone.png", "(0, 0, 48, 48)", "8", "0", "0", "0", "0", "0", "0", "0", "0", "0"],
+            ["a.png", "(0, 0, 0, 48)", "8", "0", "0", "0", "0", "0", "0", "0", "0", "0"],
+        ],
+    )
+    (tmp_path / "FER2013Test" / "z.png").write_bytes(b"")
+    with open(tmp_path / "FER2013Test" / "label.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["z.png", "(0, 0, 48, 48)", 8, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    index = ferplus(tmp_path)
+    assert sizes(index) == {"train": 2, "test": 2}
+    assert "val is carved from train by the loader" in index.protocol
+    reasons = [b.reason for b in index.bad_files]
+    assert [r.split(":")[0] for r in reasons] == [f"line {n}" for n in (3, 4, 5, 6, 7)]
+    assert "not all integers" in reasons[0] and "4 fields" in reasons[1]
+    assert "missing" in reasons[2] and "box" in reasons[3] and "zero-byte" in reasons[4]
+
+
+def test_ferplus_errors(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetError, match="holds none of FER2013Train"):
+        ferplus(tmp_path)
+    (tmp_path / "FER2013Valid").mkdir()
+    with pytest.raises(DatasetError, match=r"has no label\.csv"):
+        ferplus(tmp_path)
+
+
+# ---------------------------------------------------------------------------- affectnet
+def write_affectnet_set(root: Path, folder: str, annotations: dict[str, object]) -> None:
+    for image_id, value in annotations.items():
+        write_image(root / folder / "images" / f"{image_id}.jpg", mode="RGB")
+        if value is not None:
+            (root / folder / "annotations").mkdir(parents=True, exist_ok=True)
+            np.save(root / folder / "annotations" / f"{image_id}_exp.npy", np.array(value))
+            np.save(root / folder / "annotations" / f"{image_id}_aro.npy", np.array("0.5"))
+
+
+def test_affectnet_folder_release(tmp_path: Path) -> None:
+    write_affectnet_set(
+        tmp_path,
+        "train_set",
+        {"0": "1", "1": 6, "2": "7", "3": "8", "4": "12", "5": None, "6": np.int64(0)},
+    )
+    write_affectnet_set(tmp_path, "val_set", {"10": "3", "11": "10"})
+    index = affectnet(tmp_path)
+    assert sizes(index) == {"train": 4, "test": 1}
+    labels = {Path(r.path).stem: CANONICAL[r.label] for r in index.splits["train"]}
+    assert labels == {"0": "happy", "1": "angry", "2": "contempt", "6": "neutral"}
+    assert index.labels == list(CANONICAL) and index.color
+    assert index.excluded == {"no face (10)": 1, "none (8)": 1}
+    reasons = {Path(b.path).name: b.reason for b in index.bad_files}
+    assert "not 0..10" in reasons["4_exp.npy"] and "no annotation" in reasons["5.jpg"]
+    assert "validation set serves as test" in index.protocol
+
+    seven = affectnet(tmp_path, classes=7)
+    assert seven.labels == list(EMOTIONS) and sizes(seven) == {"train": 3, "test": 1}
+    assert seven.excluded["contempt (classes: 7)"] == 1
+    with pytest.raises(DatasetError, match="classes=9"):
+        affectnet(tmp_path, classes=9)
+
+
+def test_affectnet_folder_release_missing_val_set(tmp_path: Path) -> None:
+    write_affectnet_set(tmp_path, "train_set", {"0": "1"})
+    with pytest.raises(DatasetError, match=r"val_set image folder .*does not exist"):
+        affectnet(tmp_path)
+
+
+def test_affectnet_csv_release(tmp_path: Path) -> None:
+    images = tmp_path / "Manually_Annotated_Images"
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+    train = [
+        '1/a.jpg,10,20,30,40,"1;2;3",1,0.5,0.2',
+        '1/b.jpg,0,0,8,8,"",7,0.1,0.1',
+        '2/c.jpg,0,0,8,8,"",9,0.1,0.1',  # uncertain: excluded
+        '2/gone.jpg,0,0,8,8,"",2,0.1,0.1',  # missing image
+        '2/c.jpg,0,0,0,8,"",2,0.1,0.1',  # zero width
+        '2/c.jpg,x,0,8,8,"",2,0.1,0.1',  # not an integer
+    ]
+    for rel in ("1/a.jpg", "1/b.jpg", "2/c.jpg", "3/d.jpg"):
+        write_image(images / rel, size=(64, 64), mode="RGB")
+    (tmp_path / "Manually_Annotated_file_lists").mkdir()
+    (tmp_path / "Manually_Annotated_file_lists" / "training.csv").write_text(
+        "\n".join([header, *train]) + "\n"
+    )
+    (tmp_path / "validation.csv").write_text(header + '\n3/d.jpg,1,2,3,4,"",5,0.1,0.1\n')
+    index = affectnet(tmp_path)
+    assert sizes(index) == {"train": 2, "test": 1}
+    first = index.splits["train"][0]
+    assert first.box == (10, 20, 40, 60) and CANONICAL[first.label] == "happy"
+    assert CANONICAL[index.splits["test"][0].label] == "disgust"
+    assert index.excluded == {"uncertain (9)": 1}
+    reasons = [b.reason for b in index.bad_files]
+    assert [r.split(":")[0] for r in reasons] == ["line 5", "line 6", "line 7"]
+    assert "missing" in reasons[0] and "width 0" in reasons[1] and "integers" in reasons[2]
+    assert affectnet(tmp_path, classes=7).excluded == {
+        "contempt (classes: 7)": 1,
+        "uncertain (9)": 1,
+    }
+
+
+def test_affectnet_csv_without_columns(tmp_path: Path) -> None:
+    (tmp_path / "Manually_Annotated_Images").mkdir()
+    (tmp_path / "training.csv").write_text("subDirectory_filePath,face_x\n1/a.jpg,1\n")
+    (tmp_path / "validation.csv").write_text("subDirectory_filePath,face_x\n1/a.jpg,1\n")
+    with pytest.raises(DatasetError, match=r"lacks the column\(s\) face_y"):
+        affectnet(tmp_path)
+
+
+def test_affectnet_without_any_layout(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="neither train_set/"):
+        affectnet(tmp_path)
