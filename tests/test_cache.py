@@ -392,8 +392,10 @@ def test_fill_splits_train_and_val_given(tmp_path: Path) -> None:
     )
     assert [len(out[s]) for s in ("train", "val", "test")] == [15, 4, 5]
     assert "Test (25%)" in note
-    with pytest.raises(DatasetError, match="no training images"):
-        fill_splits({"test": recs}, seed=0, val_fraction=0.1, test_fraction=0.1)
+    only_test, note = fill_splits({"test": recs}, seed=0, val_fraction=0.1, test_fraction=0.1)
+    assert list(only_test) == ["test"] and "evaluation only" in note
+    with pytest.raises(DatasetError, match="no training or test images"):
+        fill_splits({"val": recs}, seed=0, val_fraction=0.1, test_fraction=0.1)
 
 
 def test_load_dataset_bad_files_from_index_and_decode(tmp_path: Path, cache_dir: Path) -> None:

@@ -171,8 +171,8 @@ class DataStore:
                 test_fraction=d.test_fraction,
                 options=dict(ds.options),
                 log=log.info,
+                display=ds.display,
             )
-            loaded.name = ds.display
             sizes = ", ".join(f"{k} {len(v)}" for k, v in loaded.splits.items())
             log.info(
                 "Loaded %s at %dx%dx%d in %.1f s: %s",

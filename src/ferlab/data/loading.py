@@ -58,6 +58,10 @@ def load_dataset(
     say = log or (lambda _msg: None)
     label = display or (f"synthetic-{path}" if name == "synthetic" else name)
     opts = dict(options or {})
+    if name != "synthetic":  # adapters that split by themselves use the data section's seed
+        opts.setdefault("split_seed", split_seed)
+        opts.setdefault("val_fraction", val_fraction)
+        opts.setdefault("test_fraction", test_fraction)
 
     t0 = time.perf_counter()
     index = index_dataset(name, path, **opts)
@@ -150,10 +154,14 @@ def fill_splits(
     """
     have = {k: v for k, v in splits.items() if v}
     if "train" not in have:
+        if "test" in have:  # an evaluation-only copy (e.g. FER+ Valid/Test without Train)
+            return {s: have[s] for s in ("val", "test") if s in have}, (
+                "No train split: usable for evaluation only."
+            )
         given = ", ".join(f"{k} ({len(v)})" for k, v in splits.items()) or "none"
         raise DatasetError(
-            f"{where}: no training images (splits found: {given}). Check that the dataset root "
-            "holds the train split in the layout its adapter expects."
+            f"{where}: no training or test images (splits found: {given}). Check that the "
+            "dataset root holds its splits in the layout its adapter expects."
         )
     if val_fraction + test_fraction >= 1:
         raise DatasetError(

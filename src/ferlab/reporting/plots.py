@@ -1,0 +1,257 @@
+"""Report figures: confusion matrices, learning curves and the cross-dataset heatmap.
+
+Every function takes plain data (lists, dicts, arrays read back from the experiment files),
+writes one PNG and closes its figure, so a report can be rebuilt without a model in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede the pyplot import
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+DPI = 120
+_TRAIN_COLOUR = "#1f77b4"
+_VAL_COLOUR = "#d62728"
+_EXTRA_COLOUR = "#2ca02c"
+_BEST_COLOUR = "#555555"
+
+
+def plain_text(text: str) -> str:
+    """Text safe for matplotlib: a ``$`` would otherwise start mathtext and break the title."""
+    return str(text).replace("$", r"\$")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def row_normalise(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (recall per true class); rows with no samples stay 0."""
+    cm = np.asarray(cm, dtype=float)
+    sums = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+
+
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[float]] | np.ndarray,
+    labels: Sequence[str],
+    path: Path,
+    title: str,
+    normalize: bool = True,
+) -> Path:
+    """Annotated confusion matrix (rows: true class, columns: predicted class).
+
+    With ``normalize`` the colour is the row-normalised value (per-class recall, so rare and
+    frequent classes are comparable) and each cell shows the percentage and, when ``cm`` holds
+    counts, the count. Without it the colour and the annotation are the raw values.
+    """
+    counts = np.asarray(cm, dtype=float)
+    k = len(labels)
+    if counts.shape != (k, k):
+        raise ValueError(
+            f"confusion matrix for {title!r} has shape {counts.shape}, expected ({k}, {k}) "
+            f"for labels {list(labels)}; check that metrics.json 'labels' matches the matrix"
+        )
+    is_counts = bool(np.all(np.equal(np.mod(counts, 1), 0)))
+    colour = row_normalise(counts) if normalize else counts
+    vmax = 1.0 if normalize else max(float(colour.max()), 1.0)
+
+    side = max(4.0, 0.6 * k + 1.6)
+    fig, ax = plt.subplots(figsize=(side + 0.9, side))
+    im = ax.imshow(colour, cmap="Blues", vmin=0.0, vmax=vmax)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if normalize:
+        cbar.set_label("share of true class")
+        cbar.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    else:
+        cbar.set_label("images")
+
+    font = 9 if k <= 8 else 7
+    for i in range(k):
+        for j in range(k):
+            value = colour[i, j]
+            if normalize:
+                text = f"{100 * value:.0f}%"
+                if is_counts:
+                    text += f"\n({int(counts[i, j])})"
+            else:
+                text = f"{int(value)}" if is_counts else f"{value:.2f}"
+            dark = value > 0.55 * vmax
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if dark else "#222222",
+            )
+
+    names = [plain_text(n) for n in labels]
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(plain_text(title), fontsize=10)
+    return _save(fig, path)
+
+
+def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    """One history column as floats; missing or empty cells become NaN (not plotted)."""
+    out = []
+    for row in rows:
+        value = row.get(key)
+        try:
+            out.append(float(value) if value not in (None, "") else math.nan)
+        except (TypeError, ValueError):
+            out.append(math.nan)
+    return np.asarray(out, dtype=float)
+
+
+def _best_epoch(epochs: np.ndarray, val_acc: np.ndarray) -> float | None:
+    if val_acc.size == 0 or np.all(np.isnan(val_acc)):
+        return None
+    return float(epochs[int(np.nanargmax(val_acc))])
+
+
+def plot_learning_curves(
+    history_rows: Sequence[Mapping[str, Any]],
+    path: Path,
+    title: str,
+    best_epoch: int | None = None,
+) -> Path:
+    """Loss and accuracy per epoch, train against validation, best epoch marked.
+
+    ``history_rows`` are the rows of ``history.csv`` (strings or numbers). ``best_epoch``
+    comes from ``fit.json``; when absent the epoch with the highest validation accuracy is marked.
+    """
+    if not history_rows:
+        raise ValueError(f"no history rows for {title!r}: history.csv is empty")
+    epochs = _column(history_rows, "epoch")
+    if np.all(np.isnan(epochs)):
+        epochs = np.arange(len(history_rows), dtype=float)
+    val_acc = _column(history_rows, "val_accuracy")
+    best = float(best_epoch) if best_epoch is not None else _best_epoch(epochs, val_acc)
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    marker = "o" if len(history_rows) <= 30 else None
+    _line(ax_loss, epochs, _column(history_rows, "train_loss"), "train", _TRAIN_COLOUR, marker)
+    _line(ax_loss, epochs, _column(history_rows, "val_loss"), "validation", _VAL_COLOUR, marker)
+    ax_loss.set_title("loss")
+    ax_loss.set_ylabel("cross-entropy")
+
+    _line(ax_acc, epochs, 100 * _column(history_rows, "train_acc"), "train", _TRAIN_COLOUR, marker)
+    _line(ax_acc, epochs, 100 * val_acc, "validation", _VAL_COLOUR, marker)
+    _line(
+        ax_acc,
+        epochs,
+        100 * _column(history_rows, "val_balanced_accuracy"),
+        "validation (balanced)",
+        _EXTRA_COLOUR,
+        None,
+        style="--",
+    )
+    ax_acc.set_title("accuracy")
+    ax_acc.set_ylabel("%")
+
+    finite = epochs[~np.isnan(epochs)]
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if finite.size and finite.min() == finite.max():  # one epoch: centre the lone point
+            ax.set_xlim(finite[0] - 1, finite[0] + 1)
+        if best is not None:
+            ax.axvline(
+                best,
+                color=_BEST_COLOUR,
+                linestyle=":",
+                linewidth=1.2,
+                label=f"best epoch ({best:g})",
+            )
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(plain_text(title), fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _line(
+    ax: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    label: str,
+    colour: str,
+    marker: str | None,
+    style: str = "-",
+) -> None:
+    keep = ~np.isnan(y)
+    if keep.any():
+        ax.plot(x[keep], y[keep], style, color=colour, label=label, marker=marker, markersize=3)
+
+
+def plot_cross_dataset(
+    matrix: Mapping[tuple[str, str], float | None],
+    train_names: Sequence[str],
+    test_names: Sequence[str],
+    path: Path,
+    title: str,
+    metric_name: str = "accuracy",
+) -> Path:
+    """Heatmap of a metric: rows are the training runs, columns the test sets.
+
+    Values are fractions in [0, 1] shown as percentages; a pair that was not evaluated
+    (missing or NaN) is drawn as a grey, unannotated cell.
+    """
+    rows, cols = len(train_names), len(test_names)
+    if rows == 0 or cols == 0:
+        raise ValueError(f"cross-dataset matrix {title!r} is empty: no evaluations found")
+    values = np.full((rows, cols), np.nan)
+    for i, train in enumerate(train_names):
+        for j, test in enumerate(test_names):
+            v = matrix.get((train, test))
+            if v is not None:
+                values[i, j] = float(v)
+
+    width = max(5.0, 1.1 * cols + 3.2)
+    height = max(3.0, 0.5 * rows + 1.6)
+    fig, ax = plt.subplots(figsize=(width, height))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label(plain_text(metric_name))
+    cbar.ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    for i in range(rows):
+        for j in range(cols):
+            v = values[i, j]
+            if np.isnan(v):
+                continue
+            ax.text(
+                j,
+                i,
+                f"{100 * v:.1f}%",
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="black" if v > 0.6 else "white",
+            )
+    ax.set_xticks(range(cols), [plain_text(n) for n in test_names], rotation=30, ha="right")
+    ax.set_yticks(range(rows), [plain_text(n) for n in train_names])
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    ax.set_title(plain_text(title), fontsize=11)
+    return _save(fig, path)
