@@ -1,0 +1,460 @@
+"""Shared helpers for the benchmarks in ``bench/``: timing windows, peak memory, machine info,
+JSON output, child processes, and ferlab's real training path instrumented step by step.
+
+Not part of the ``ferlab`` package: the benchmarks import it as a sibling module
+(``python bench/throughput.py`` puts ``bench/`` on ``sys.path``).
+
+Conventions shared by every benchmark:
+
+- a *rate* is images per second; a training image is one forward + backward + optimizer share,
+  an evaluation image is one source image with all of its TTA views;
+- a measurement warms up first (``warmup_s`` and at least ``MIN_WARMUP_STEPS`` steps), then
+  times ``windows`` consecutive windows of at least ``window_s`` seconds each and reports the
+  *median* window rate (robust to a neighbour's burst on a shared machine) and every window;
+- ``peak_rss_mb`` is ``getrusage(RUSAGE_SELF).ru_maxrss`` of the process that ran the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+# The issue's layout: the shared datasets sit beside the repository.
+DEFAULT_FER2013 = REPO_ROOT.parent / "shared" / "datasets" / "fer2013"
+MIN_WARMUP_STEPS = 3
+
+
+# -- output --------------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    """Progress for people: always on stderr, so ``--json`` keeps stdout to one JSON object."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(result: dict[str, Any], *, as_json: bool, table: str = "") -> None:
+    """Print the result: the JSON object alone with ``--json``; else the table, then the JSON."""
+    text = json.dumps(result, indent=None if as_json else 2, default=_json_default)
+    if as_json:
+        print(text, flush=True)
+        return
+    if table:
+        print(table)
+        print()
+    print(text, flush=True)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def rnd(x: float | None, digits: int = 2) -> float | None:
+    """Round for the report; ``None`` stays ``None`` (a part that was skipped or failed)."""
+    return None if x is None else round(float(x), digits)
+
+
+def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    """``a / b`` rounded, or ``None`` when either side is missing."""
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, digits)
+
+
+# -- data location -------------------------------------------------------------------------------
+def fer2013_path(given: str | None) -> Path:
+    """The FER2013 image-folder root: ``given`` or ``../shared/datasets/fer2013`` next to the
+    repository; a clear error when it is absent (the benchmarks need the real data)."""
+    path = Path(given).expanduser() if given else DEFAULT_FER2013
+    path = path.resolve()
+    if not (path / "train").is_dir() or not (path / "test").is_dir():
+        raise SystemExit(
+            f"FER2013 not found at {path}: expected train/<emotion>/*.jpg and test/<emotion>/*.jpg "
+            f"(the image-folder release). Put it at {DEFAULT_FER2013} or pass --data PATH."
+        )
+    return path
+
+
+# -- timing --------------------------------------------------------------------------------------
+def median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def timed_windows(
+    step: Callable[[], int],
+    *,
+    windows: int,
+    window_s: float,
+    warmup_s: float,
+    sync: Callable[[], None] | None = None,
+    warmup_steps: int = MIN_WARMUP_STEPS,
+) -> dict[str, Any]:
+    """Run ``step`` (returns the number of images it processed) through warm-up, then time
+    ``windows`` windows of at least ``window_s`` s each.
+
+    Returns ``{"ips": median rate, "windows": [rates], "cpu_ips": median rate per CPU-second
+    per thread, "steps": timed steps}``. ``cpu_ips`` divides by the process's CPU time over
+    torch's thread count, an estimate of the idle-machine rate when neighbours steal cores
+    (it ignores DataLoader worker processes, so it is only reported, never compared).
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read on a GPU.
+    """
+    import torch
+
+    threads = max(1, torch.get_num_threads())
+    t0, n = time.perf_counter(), 0
+    while n < warmup_steps or time.perf_counter() - t0 < warmup_s:
+        step()
+        n += 1
+    if sync:
+        sync()
+    rates, cpu_rates, steps = [], [], 0
+    for _ in range(windows):
+        images, w0, c0 = 0, time.perf_counter(), time.process_time()
+        while True:
+            images += step()
+            steps += 1
+            if sync:
+                sync()
+            dt = time.perf_counter() - w0
+            if dt >= window_s:
+                break
+        dc = (time.process_time() - c0) / threads
+        rates.append(images / dt)
+        cpu_rates.append(images / max(dc, 1e-9))
+    return {
+        "ips": median(rates),
+        "windows": [round(r, 1) for r in rates],
+        "cpu_ips": median(cpu_rates),
+        "steps": steps,
+    }
+
+
+def windows_from_steps(
+    durations: Sequence[float], images: Sequence[int], window_s: float, windows: int
+) -> list[float]:
+    """Group consecutive per-step (seconds, images) into windows of >= ``window_s`` s; rates."""
+    rates: list[float] = []
+    acc_t, acc_n = 0.0, 0
+    for dt, n in zip(durations, images, strict=True):
+        acc_t += dt
+        acc_n += n
+        if acc_t >= window_s:
+            rates.append(acc_n / acc_t)
+            acc_t, acc_n = 0.0, 0
+            if len(rates) == windows:
+                break
+    return rates
+
+
+# -- memory --------------------------------------------------------------------------------------
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident set size of this process (or of its finished, waited-for children), MiB.
+
+    ``ru_maxrss`` is in KiB on Linux and bytes on macOS.
+    """
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    peak = resource.getrusage(who).ru_maxrss
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return peak / scale
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size right now (Linux ``/proc``), MiB; ``None`` elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# -- machine -------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What the numbers depend on: CPU, cores, threads, load, library versions, device."""
+    import lightning
+    import numpy
+    import torch
+    import torchvision
+
+    import ferlab
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": lightning.__version__,
+        "numpy": numpy.__version__,
+        "ferlab": ferlab.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# -- child processes -----------------------------------------------------------------------------
+def run_child(argv: Sequence[str], *, timeout: float | None = None) -> dict[str, Any]:
+    """Run a Python child (``sys.executable`` + argv) whose last stdout line is a JSON object.
+
+    The child's stderr passes through (its progress lines); a failure raises with its tail.
+    """
+    cmd = [sys.executable, *argv]
+    proc = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout, cwd=REPO_ROOT
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"child {' '.join(cmd[1:3])} ... exited {proc.returncode}; stdout tail: "
+            f"{proc.stdout[-2000:]!r}"
+        )
+    return dict(json.loads(lines[-1]))
+
+
+def device_sync() -> Callable[[], None] | None:
+    """``torch.cuda.synchronize`` when training runs on CUDA, else ``None`` (no-op)."""
+    import torch
+
+    return torch.cuda.synchronize if torch.cuda.is_available() else None
+
+
+# -- ferlab's real training path, instrumented ---------------------------------------------------
+def make_step_timer(
+    *, warmup_steps: int, warmup_s: float, window_s: float, windows: int, sync: Any
+) -> Any:
+    """A Lightning ``Callback`` recording the wall time between consecutive training-batch ends.
+
+    The interval from one ``on_train_batch_end`` to the next covers everything Lightning does
+    for a step: fetching the batch from ferlab's batcher (index gather), the uint8 -> float
+    conversion, batched augmentation, forward, backward, gradient clipping, the optimizer and
+    scheduler steps and Lightning's own hooks. Steps before ``warmup_steps`` *and* ``warmup_s``
+    are dropped; once ``windows`` windows of ``window_s`` are complete the callback asks the
+    trainer to stop.
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.t_prev: float | None = None
+            self.t_start: float | None = None
+            self.seen = 0
+            self.durations: list[float] = []
+            self.images: list[int] = []
+            self.first_step_s: float | None = None
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.t_start = time.perf_counter()
+
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            if sync:
+                sync()
+            now = time.perf_counter()
+            self.seen += 1
+            if self.first_step_s is None and self.t_start is not None:
+                self.first_step_s = now - self.t_start
+            warm = (
+                self.seen > warmup_steps
+                and self.t_start is not None
+                and now - self.t_start >= warmup_s
+            )
+            if warm and self.t_prev is not None:
+                self.durations.append(now - self.t_prev)
+                self.images.append(int(batch[0].shape[0]))
+                if sum(self.durations) >= window_s * windows * 1.02:
+                    done = windows_from_steps(self.durations, self.images, window_s, windows)
+                    if len(done) >= windows:
+                        trainer.should_stop = True
+            self.t_prev = now
+
+    return StepTimer()
+
+
+@contextlib.contextmanager
+def deterministic_like_fit(on_cpu: bool) -> Iterator[None]:
+    """``ferlab.training.fit`` trains with deterministic algorithms (warn-only) on the CPU; the
+    benchmark reproduces that so it times what ``fit`` runs."""
+    import torch
+
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if on_cpu:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def ferlab_train_rate(
+    dataset: Any,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    train_cfg: Any,
+    *,
+    image_size: int,
+    channels: int,
+    windows: int,
+    window_s: float,
+    warmup_s: float,
+    max_steps: int,
+    warmup_steps: int = MIN_WARMUP_STEPS,
+    seed: int = 0,
+    root_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Images/s of ferlab's own training path on ``dataset`` (a ``LoadedDataset``).
+
+    Builds what ``ferlab.training.fit`` builds (the model, ``FerModule``, ``FerDataModule``
+    with its in-memory batcher and sampler, a Lightning ``Trainer`` with the same precision,
+    gradient clipping and deterministic mode) but with a timing callback, no progress bar, no
+    validation and no checkpoints, and times steady-state steps (see ``make_step_timer``).
+    Returns ``{"ips", "windows", "steps", "first_step_s", "setup_s"}``.
+    """
+    import tempfile
+
+    import lightning.pytorch as pl
+    import torch
+
+    from ferlab.models import create_model, default_norm
+    from ferlab.training.data import remap_targets
+    from ferlab.training.device import pick_accelerator, resolve_precision
+    from ferlab.training.fit import FerDataModule
+    from ferlab.training.module import FerModule
+
+    t0 = time.perf_counter()
+    labels = list(dataset.labels)
+    accelerator = pick_accelerator(train_cfg.accelerator)
+    precision = resolve_precision(train_cfg.precision, accelerator)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = create_model(
+        model_name, num_classes=len(labels), in_chans=channels, image_size=image_size,
+        **model_kwargs,
+    )  # fmt: skip
+    mean, std = default_norm(channels, model)
+    module = FerModule(
+        model,
+        train_cfg,
+        num_classes=len(labels),
+        channels=channels,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        seed=seed,
+    )
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    remap_targets(train.labels, labels)  # fail early, with ferlab's message, on a label mismatch
+    datamodule = FerDataModule(train, val, labels, train_cfg, seed, None)
+    sync = torch.cuda.synchronize if accelerator == "cuda" else None
+    timer = make_step_timer(
+        warmup_steps=warmup_steps, warmup_s=warmup_s, window_s=window_s, windows=windows,
+        sync=sync,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="ferlab-bench-", dir=root_dir) as tmp, _quiet():
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            precision=precision,
+            max_epochs=10_000,
+            max_steps=max_steps,
+            gradient_clip_val=train_cfg.grad_clip,
+            limit_val_batches=0,
+            callbacks=[timer],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            benchmark=accelerator == "cuda",
+            default_root_dir=tmp,
+        )
+        with deterministic_like_fit(accelerator == "cpu"):
+            trainer.fit(module, datamodule=datamodule)
+    rates = windows_from_steps(timer.durations, timer.images, window_s, windows)
+    if len(rates) < windows:
+        log(
+            f"ferlab train: only {len(rates)} of {windows} windows before max_steps={max_steps}; "
+            "raise --max-steps or lower --window-s"
+        )
+    return {
+        "ips": median(rates),
+        "windows": [round(r, 1) for r in rates],
+        "steps": len(timer.durations),
+        "first_step_s": timer.first_step_s,
+        "setup_s": time.perf_counter() - t0 - sum(timer.durations),
+    }
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hush Lightning's info lines (device tips) and its known deprecation warning."""
+    import logging
+    import warnings
+
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, old, strict=True):
+            lg.setLevel(lvl)
+
+
+def bench_train_config(
+    model_name: str, batch: int, threads: int, config: str = "fer2013_cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """The training recipe every path uses: the shipped ``fer2013_cpu.yaml`` (the default CPU
+    recipe) with ``batch_size`` and ``threads`` set; returns (TrainConfig, model kwargs).
+
+    The model's kwargs come from the config when it trains that model, else none.
+    """
+    from ferlab.config import ModelConfig, load_config
+
+    cfg = load_config(config)
+    listed = [m for m in cfg.models if m.name == model_name]
+    mcfg = listed[0] if listed else ModelConfig(name=model_name)
+    train = cfg.train_for(mcfg).model_copy(update={"batch_size": batch, "threads": threads})
+    return train, dict(mcfg.kwargs)

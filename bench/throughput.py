@@ -1,0 +1,677 @@
+"""Training and TTA-evaluation throughput: ferlab's path against the compute floor and the naive
+(seed) pipeline, for one model, input size, batch size and thread count, in one run.
+
+    python bench/throughput.py                                   # default CPU model, 48x48
+    python bench/throughput.py --model resnet18 --json
+    python bench/throughput.py --smoke                           # wiring check (numbers meaningless)
+
+What each number measures (images/s, median of ``--windows`` windows of ``--window-s`` s after a
+warm-up; every path builds a fresh model from the same seed, same optimizer and loss):
+
+limit_train_ips    forward + backward + gradient clipping + AdamW step (ferlab's parameter groups,
+                   label-smoothed loss) on one random float batch already on the device: the
+                   compute floor of this machine for this model.
+ferlab_train_ips   ferlab's real path on FER2013: ``load_dataset`` (decode-once cache, memory-
+                   mapped), ``FerDataModule`` (in-memory uint8 tensor, ferlab's sampler), the
+                   ``FerModule`` step (uint8 -> float, batched augmentation, normalise, loss) in a
+                   Lightning ``Trainer`` built like ``fit``'s (precision, clipping, deterministic
+                   mode), progress bar off, no validation; a callback times every step from one
+                   batch end to the next (batch fetch included).
+naive_train_ips    the seed's way: ``ImageFolder`` + PIL transforms equivalent to ferlab's recipe
+                   (grey, random resized crop, flip, affine, brightness/contrast, tensor,
+                   normalise, random erasing) through a ``DataLoader`` with 0 and 2 workers (the
+                   better counts), plain PyTorch loop.
+*_eval_ips         inference with TTA (``--tta-views``: 1, 2 = identity + hflip, 7 = + five
+                   crops, 12 = + their flips); an image counts once with all its views. limit:
+                   a random (V*B, C, H, W) tensor in memory; ferlab: ``predict_views`` on the
+                   cached uint8 PrivateTest split; naive: ``ImageFolder`` on the PrivateTest files
+                   with per-image view transforms through a ``DataLoader`` (0 and 2 workers).
+cache_build_s      ``load_dataset`` of FER2013 into a fresh, empty cache folder (index + decode
+                   + write); cache_load_s: the median of three further loads (memory-mapped).
+peak_rss_mb        ``ru_maxrss`` of a child process that runs only ferlab's path end to end:
+                   imports, ``load_dataset`` (warm cache), ``fit`` for ``--rss-steps`` steps and
+                   its validation pass, ``predict_views`` with TTA on the test split. A child of
+                   its own, so the naive path's and the benchmark's own memory do not count.
+time_to_first_step_s  wall time from launching ``python -c "<hook>; ferlab.cli.main()" train
+                   --data fer2013:PATH ...`` (a fresh interpreter, warm dataset cache, fresh
+                   output folder) to the end of its first training step (forward, backward,
+                   optimizer). The hook patches ``FerModule.on_train_batch_end`` to print the
+                   time and exit; it adds nothing to the path before that point.
+
+Prints one JSON object (``--json``: nothing else on stdout; progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import _common as C
+
+TTA_BY_VIEWS = {
+    1: {"hflip": False, "crops": 0},
+    2: {"hflip": True, "crops": 0},
+    7: {"hflip": True, "crops": 5},
+    12: {"hflip": True, "crops": 10},
+}
+ALL_PARTS = ("cache", "limit", "ferlab", "naive", "rss", "first_step")
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default=None, help="model name (default: the default CPU model)")
+    ap.add_argument("--size", type=int, default=48, help="input side in pixels")
+    ap.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    ap.add_argument("--batch", type=int, default=64, help="training batch size")
+    ap.add_argument("--eval-batch", type=int, default=256, help="images per evaluation batch")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (every path)")
+    ap.add_argument("--windows", type=int, default=5)
+    ap.add_argument("--window-s", type=float, default=10.0)
+    ap.add_argument("--warmup-s", type=float, default=None, help="default: one window")
+    ap.add_argument("--tta-views", type=int, default=2, choices=sorted(TTA_BY_VIEWS))
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="naive DataLoader")
+    ap.add_argument(
+        "--data", default=None, help="FER2013 root (default ../shared/datasets/fer2013)"
+    )
+    ap.add_argument(
+        "--cache-dir",
+        default="~/.cache/ferlab",
+        help="dataset cache used when the 'cache' part is skipped (else a fresh temp folder)",
+    )
+    ap.add_argument("--tmp-dir", default=None, help="where temporary folders go (default: system)")
+    ap.add_argument("--config", default="fer2013_cpu", help="training recipe (a shipped config)")
+    ap.add_argument("--rss-steps", type=int, default=30, help="fit() steps in the memory child")
+    ap.add_argument("--first-step-runs", type=int, default=2)
+    ap.add_argument("--skip", nargs="*", default=[], choices=ALL_PARTS, help="parts to leave out")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny settings to check the wiring (1 window of 1 s, 3 fit steps, no cache build); "
+        "the numbers mean nothing",
+    )
+    ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-args", default="{}", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.windows, args.window_s = 1, 1.0
+        args.warmup_s = 0.5 if args.warmup_s is None else args.warmup_s
+        args.rss_steps, args.first_step_runs = 3, 1
+        if "cache" not in args.skip:
+            args.skip.append("cache")
+    if args.warmup_s is None:
+        args.warmup_s = args.window_s
+    return args
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+def tta_config(views: int) -> Any:
+    from ferlab.config import TTAConfig
+
+    return TTAConfig(**TTA_BY_VIEWS[views])
+
+
+def fresh_model(name: str, kwargs: dict[str, Any], classes: int, channels: int, size: int) -> Any:
+    import torch
+
+    from ferlab.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(name, num_classes=classes, in_chans=channels, image_size=size, **kwargs)
+
+
+def make_optimizer(model: Any, train_cfg: Any) -> Any:
+    """The optimizer ``FerModule`` builds (decay on weights only), for the limit and naive loops."""
+    import torch
+
+    from ferlab.training.module import param_groups
+
+    groups = param_groups(model, train_cfg.weight_decay)
+    if train_cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train_cfg.lr)
+    return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True)
+
+
+def make_train_step(model: Any, train_cfg: Any, device: Any) -> Any:
+    """One plain-PyTorch step on (x, y): the same loss, clipping and optimizer as ferlab's."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = make_optimizer(model, train_cfg)
+    model.to(device).train()
+
+    def step(x: Any, y: Any) -> int:
+        loss = F.cross_entropy(model(x), y, label_smoothing=train_cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        opt.step()
+        return int(x.shape[0])
+
+    return step
+
+
+def norm_of(model: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from ferlab.models import default_norm
+
+    mean, std = default_norm(channels, model)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def load_fer2013(path: Path, size: int, channels: int, cache_dir: str | Path) -> Any:
+    from ferlab.data.loading import load_dataset
+
+    return load_dataset("fer2013", str(path), size=size, channels=channels, cache_dir=cache_dir)
+
+
+# -- limit -----------------------------------------------------------------------------------------
+def limit_train(ctx: SimpleNamespace) -> dict[str, Any]:
+    import torch
+
+    model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
+    step = make_train_step(model, ctx.train_cfg, ctx.device)
+    x = torch.randn(ctx.batch, ctx.channels, ctx.size, ctx.size, device=ctx.device)
+    y = torch.randint(0, ctx.classes, (ctx.batch,), device=ctx.device)
+    return C.timed_windows(lambda: step(x, y), **ctx.timing)
+
+
+def limit_eval(ctx: SimpleNamespace) -> dict[str, Any]:
+    import torch
+
+    model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
+    model.to(ctx.device).eval()
+    v, b = ctx.views, ctx.eval_batch
+    x = torch.randn(v * b, ctx.channels, ctx.size, ctx.size, device=ctx.device)
+
+    def step() -> int:
+        with torch.inference_mode():
+            model(x).float().softmax(-1).view(v, b, -1).mean(0)
+        return b
+
+    return C.timed_windows(step, **ctx.timing)
+
+
+# -- ferlab ----------------------------------------------------------------------------------------
+def ferlab_train(ctx: SimpleNamespace, dataset: Any) -> dict[str, Any]:
+    return C.ferlab_train_rate(
+        dataset,
+        ctx.model,
+        ctx.kwargs,
+        ctx.train_cfg,
+        image_size=ctx.size,
+        channels=ctx.channels,
+        windows=ctx.timing["windows"],
+        window_s=ctx.timing["window_s"],
+        warmup_s=ctx.timing["warmup_s"],
+        warmup_steps=ctx.timing["warmup_steps"],
+        max_steps=1_000_000,
+        root_dir=ctx.tmp_dir,
+    )
+
+
+def ferlab_eval(ctx: SimpleNamespace, dataset: Any) -> dict[str, Any]:
+    from ferlab.evaluation import predict_views
+
+    model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
+    mean, std = norm_of(model, ctx.channels)
+    meta = SimpleNamespace(
+        labels=list(dataset.labels), image_size=ctx.size, channels=ctx.channels, mean=mean, std=std
+    )
+    images = dataset.splits["test"].images  # memory-mapped uint8 (N, H, W, C)
+    chunk = ctx.eval_batch  # one predict_views call per batch: fine-grained windows
+    starts = itertools.cycle(range(0, max(1, images.shape[0] - chunk + 1), chunk))
+
+    def step() -> int:
+        part = images[next(starts) :][:chunk]
+        predict_views(model, part, meta, ctx.tta, ctx.eval_batch, ctx.device)
+        return int(part.shape[0])
+
+    return C.timed_windows(step, **ctx.timing)
+
+
+# -- naive -----------------------------------------------------------------------------------------
+def naive_train_transform(aug: Any, size: int, channels: int, mean: Any, std: Any) -> Any:
+    """PIL/torchvision transforms equivalent to ferlab's batched augmentation recipe."""
+    from torchvision import transforms as T
+
+    ops: list[Any] = [T.Grayscale(num_output_channels=channels)]
+    if aug.enabled:
+        ops.append(
+            T.RandomResizedCrop(size, scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio))
+        )
+        if aug.hflip > 0:
+            ops.append(T.RandomHorizontalFlip(aug.hflip))
+        if aug.rotate > 0 or aug.translate > 0:
+            ops.append(T.RandomAffine(aug.rotate, translate=(aug.translate, aug.translate)))
+        if aug.brightness > 0 or aug.contrast > 0:
+            ops.append(T.ColorJitter(brightness=aug.brightness, contrast=aug.contrast))
+    else:
+        ops.append(T.Resize((size, size)))
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    if aug.enabled and aug.erasing > 0:
+        ops.append(T.RandomErasing(p=aug.erasing, scale=(0.02, 0.25), ratio=(0.3, 3.3)))
+    return T.Compose(ops)
+
+
+class NaiveViews:
+    """Per-image TTA views as the seed would build them: (V, C, H, W) per image, in ferlab's view
+    order (identity, hflip, five crops, their flips). Top-level class: picklable for workers."""
+
+    def __init__(self, size: int, channels: int, mean: Any, std: Any, tta: Any) -> None:
+        from torchvision import transforms as T
+
+        self.size, self.tta = size, tta
+        self.base = T.Compose(
+            [
+                T.Grayscale(num_output_channels=channels),
+                T.Resize((size, size)),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ]
+        )
+
+    def __call__(self, img: Any) -> Any:
+        import torch
+        from torchvision.transforms import functional as TF
+
+        t = self.base(img)  # (C, H, W)
+        views = [t]
+        if self.tta.hflip:
+            views.append(TF.hflip(t))
+        if self.tta.crops:
+            side = max(1, round(self.size * self.tta.crop_fraction))
+            crops = [
+                TF.resize(c, [self.size, self.size], antialias=True) for c in TF.five_crop(t, side)
+            ]
+            views += crops
+            if self.tta.crops == 10:
+                views += [TF.hflip(c) for c in crops]
+        return torch.stack(views)
+
+
+def _is_private_test(path: str) -> bool:
+    return os.path.basename(path).startswith("PrivateTest_")
+
+
+def _cycle_loader(loader: Any) -> Any:
+    while True:
+        yield from loader
+
+
+def naive_train(ctx: SimpleNamespace, workers: int) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
+    mean, std = norm_of(model, ctx.channels)
+    tf = naive_train_transform(ctx.train_cfg.augment, ctx.size, ctx.channels, mean, std)
+    ds = ImageFolder(str(ctx.data / "train"), transform=tf)
+    loader = DataLoader(
+        ds, batch_size=ctx.batch, shuffle=True, num_workers=workers,
+        pin_memory=ctx.device.type == "cuda",
+    )  # fmt: skip
+    it = _cycle_loader(loader)
+    step = make_train_step(model, ctx.train_cfg, ctx.device)
+
+    def one() -> int:
+        x, y = next(it)
+        return step(x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True))
+
+    return C.timed_windows(one, **ctx.timing)
+
+
+def naive_eval(ctx: SimpleNamespace, workers: int) -> dict[str, Any]:
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
+    mean, std = norm_of(model, ctx.channels)
+    model.to(ctx.device).eval()
+    views = NaiveViews(ctx.size, ctx.channels, mean, std, ctx.tta)
+    ds = ImageFolder(str(ctx.data / "test"), transform=views, is_valid_file=_is_private_test)
+    loader = DataLoader(ds, batch_size=ctx.eval_batch, shuffle=False, num_workers=workers)
+    it = _cycle_loader(loader)
+
+    def one() -> int:
+        x, _ = next(it)  # (B, V, C, H, W)
+        b, v = x.shape[:2]
+        with torch.inference_mode():
+            logits = model(x.to(ctx.device).flatten(0, 1))  # (B*V, K), image-major
+            logits.float().softmax(-1).view(b, v, -1).mean(1)
+        return int(b)
+
+    return C.timed_windows(one, **ctx.timing)
+
+
+# -- cache -----------------------------------------------------------------------------------------
+def cache_times(ctx: SimpleNamespace, cache_dir: Path) -> tuple[dict[str, Any], Any]:
+    t0 = time.perf_counter()
+    load_fer2013(ctx.data, ctx.size, ctx.channels, cache_dir)
+    build = time.perf_counter() - t0
+    loads = []
+    dataset = None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        dataset = load_fer2013(ctx.data, ctx.size, ctx.channels, cache_dir)
+        loads.append(time.perf_counter() - t0)
+    return {
+        "build_s": build,
+        "load_s": C.median(loads),
+        "loads_s": [round(t, 3) for t in loads],
+    }, dataset
+
+
+# -- children --------------------------------------------------------------------------------------
+def child_rss(a: dict[str, Any]) -> dict[str, Any]:
+    """Only ferlab's path, in a process of its own: load, fit a few steps (+ validation), TTA."""
+    import torch
+
+    torch.set_num_threads(a["threads"])
+    from ferlab.config import ModelConfig, TrainConfig
+    from ferlab.evaluation import predict_views
+    from ferlab.training import fit
+
+    out: dict[str, Any] = {"rss_start_mb": C.current_rss_mb()}
+    t0 = time.perf_counter()
+    ds = load_fer2013(Path(a["data"]), a["size"], a["channels"], a["cache_dir"])
+    out["load_s"] = time.perf_counter() - t0
+    out["rss_after_load_mb"] = C.current_rss_mb()
+    train_cfg = TrainConfig.model_validate(a["train_cfg"]).model_copy(
+        update={
+            "epochs": 1,
+            "limit_train_batches": a["steps"],
+            "limit_val_batches": a["val_batches"],
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="ferlab-bench-rss-", dir=a["tmp_dir"]) as tmp:
+        t0 = time.perf_counter()
+        result = fit(
+            ds,
+            ModelConfig(name=a["model"], kwargs=a["kwargs"]),
+            train_cfg,
+            Path(tmp) / "run",
+            seed=0,
+            image_size=a["size"],
+            channels=a["channels"],
+            log=lambda m: print(m, file=sys.stderr),
+            progress=False,
+        )
+        out["fit_s"] = time.perf_counter() - t0
+    out["rss_after_fit_mb"] = C.current_rss_mb()
+    test = ds.splits["test"].images[: a["test_images"]]
+    predict_views(result.model, test, result.meta, tta_config(a["views"]), a["eval_batch"])
+    out["rss_after_eval_mb"] = C.current_rss_mb()
+    out["peak_rss_mb"] = C.peak_rss_mb()
+    return out
+
+
+FIRST_STEP_HOOK = """
+import json, os, sys, time
+from ferlab.training.module import FerModule
+_t = {}
+def _fit_start(self):
+    _t["fit_start"] = time.time()
+def _batch_end(self, outputs, batch, batch_idx):
+    _t["first_step_end"] = time.time()
+    sys.stdout.write("\\n" + json.dumps(_t) + "\\n")
+    sys.stdout.flush()
+    os._exit(0)
+FerModule.on_fit_start = _fit_start
+FerModule.on_train_batch_end = _batch_end
+from ferlab.cli import main
+_t["imported"] = time.time()
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def first_step(ctx: SimpleNamespace, cache_dir: Path) -> dict[str, Any]:
+    """Launch ``ferlab train`` (through the hook above) and time its first training step."""
+    with tempfile.TemporaryDirectory(prefix="ferlab-bench-first-", dir=ctx.tmp_dir) as tmp:
+        cmd = [
+            sys.executable, "-c", FIRST_STEP_HOOK, "train",
+            "--data", f"fer2013:{ctx.data}", "--model", ctx.model, "--config", ctx.config,
+            "--out", str(Path(tmp) / "exp"), "--no-progress",
+            "--set", f"data.cache_dir={cache_dir}", "--set", f"data.image_size={ctx.size}",
+            "--set", f"data.channels={ctx.channels}", "--set", f"train.batch_size={ctx.batch}",
+            "--set", f"train.threads={ctx.threads}",
+        ]  # fmt: skip
+        env = dict(os.environ, OMP_NUM_THREADS=str(ctx.threads))
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.REPO_ROOT)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(
+                f"`ferlab train` child exited {proc.returncode} before its first step; stderr "
+                f"tail: {proc.stderr[-1500:]}"
+            )
+        marks = json.loads(lines[-1])
+    return {
+        "first_step_s": marks["first_step_end"] - t0,
+        "imports_s": marks["imported"] - t0,
+        "to_fit_start_s": marks["fit_start"] - t0 if "fit_start" in marks else None,
+    }
+
+
+# -- main ------------------------------------------------------------------------------------------
+def measure(name: str, results: dict[str, Any], fn: Any, *a: Any) -> None:
+    """Run one part; a failure is recorded (and reported) instead of ending the benchmark."""
+    C.log(f"{name} ...")
+    try:
+        results[name] = fn(*a)
+        r = results[name]
+        shown = {k: (C.rnd(v) if isinstance(v, float) else v) for k, v in r.items()}
+        C.log(f"{name}: {shown}")
+    except Exception as e:  # a benchmark reports what broke and carries on
+        results[name] = {"error": f"{type(e).__name__}: {e}"}
+        C.log(f"{name} FAILED: {e}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from ferlab.models import DEFAULT_CPU_MODEL
+    from ferlab.training.device import pick_accelerator
+
+    torch.set_num_threads(args.threads)
+    model = args.model or DEFAULT_CPU_MODEL
+    data = C.fer2013_path(args.data)
+    train_cfg, kwargs = C.bench_train_config(model, args.batch, args.threads, args.config)
+    device = torch.device(pick_accelerator(train_cfg.accelerator))
+    ctx = SimpleNamespace(
+        model=model, kwargs=kwargs, size=args.size, channels=args.channels, batch=args.batch,
+        eval_batch=args.eval_batch, threads=args.threads, train_cfg=train_cfg, device=device,
+        data=data, views=args.tta_views, tta=tta_config(args.tta_views), classes=7,
+        config=args.config, tmp_dir=args.tmp_dir,
+        timing={"windows": args.windows, "window_s": args.window_s, "warmup_s": args.warmup_s,
+                "sync": C.device_sync(), "warmup_steps": 1 if args.smoke else C.MIN_WARMUP_STEPS},
+    )  # fmt: skip
+    skip = set(args.skip)
+    r: dict[str, Any] = {}
+    tmp_cache = None
+    cache_dir = Path(args.cache_dir).expanduser()
+    if "cache" not in skip:
+        tmp_cache = Path(tempfile.mkdtemp(prefix="ferlab-bench-cache-", dir=args.tmp_dir))
+        cache_dir = tmp_cache
+        measure("cache", r, lambda: cache_times(ctx, tmp_cache)[0])
+    try:
+        dataset = None
+        if skip != set(ALL_PARTS) - {"cache"}:
+            C.log(f"loading FER2013 from the cache in {cache_dir} (built first if absent)")
+            dataset = load_fer2013(data, args.size, args.channels, cache_dir)
+            ctx.classes = len(dataset.labels)
+        if "limit" not in skip:
+            measure("limit_train", r, limit_train, ctx)
+        if "ferlab" not in skip:
+            measure("ferlab_train", r, ferlab_train, ctx, dataset)
+        if "naive" not in skip:
+            for w in args.workers:
+                measure(f"naive_train_w{w}", r, naive_train, ctx, w)
+        if "limit" not in skip:
+            measure("limit_eval", r, limit_eval, ctx)
+        if "ferlab" not in skip:
+            measure("ferlab_eval", r, ferlab_eval, ctx, dataset)
+        if "naive" not in skip:
+            for w in args.workers:
+                measure(f"naive_eval_w{w}", r, naive_eval, ctx, w)
+        if "rss" not in skip:
+            child = {
+                "threads": args.threads, "data": str(data), "size": args.size,
+                "channels": args.channels, "cache_dir": str(cache_dir), "model": model,
+                "kwargs": kwargs, "train_cfg": train_cfg.model_dump(mode="json"),
+                "steps": args.rss_steps, "val_batches": 1 if args.smoke else None,
+                "views": args.tta_views, "eval_batch": args.eval_batch,
+                "test_images": 256 if args.smoke else None, "tmp_dir": args.tmp_dir,
+            }  # fmt: skip
+            measure(
+                "rss", r, C.run_child,
+                [__file__, "--child", "rss", "--child-args", json.dumps(child)],
+            )  # fmt: skip
+        if "first_step" not in skip:
+            for i in range(args.first_step_runs):
+                measure(f"first_step_{i}", r, first_step, ctx, cache_dir)
+    finally:
+        if tmp_cache is not None:
+            shutil.rmtree(tmp_cache, ignore_errors=True)
+    return summarise(args, ctx, r)
+
+
+def _get(r: dict[str, Any], part: str, key: str) -> float | None:
+    v = r.get(part, {}).get(key)
+    return float(v) if isinstance(v, int | float) else None
+
+
+def _best(r: dict[str, Any], prefix: str, workers: list[int]) -> tuple[float | None, int | None]:
+    got = [(_get(r, f"{prefix}_w{w}", "ips"), w) for w in workers]
+    got = [(v, w) for v, w in got if v is not None]
+    if not got:
+        return None, None
+    v, w = max(got)
+    return v, w
+
+
+def summarise(args: argparse.Namespace, ctx: SimpleNamespace, r: dict[str, Any]) -> dict[str, Any]:
+    from ferlab.models import DEFAULT_CPU_MODEL
+
+    lt, ft = _get(r, "limit_train", "ips"), _get(r, "ferlab_train", "ips")
+    le, fe = _get(r, "limit_eval", "ips"), _get(r, "ferlab_eval", "ips")
+    nt, ntw = _best(r, "naive_train", args.workers)
+    ne, new = _best(r, "naive_eval", args.workers)
+    firsts = [_get(r, f"first_step_{i}", "first_step_s") for i in range(args.first_step_runs)]
+    firsts_ok = [f for f in firsts if f is not None]
+    out: dict[str, Any] = {
+        "benchmark": "throughput",
+        "smoke": bool(args.smoke),
+        "date": C.now_iso(),
+        "command": "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": {
+            "model": ctx.model,
+            "model_kwargs": ctx.kwargs,
+            "size": ctx.size,
+            "channels": ctx.channels,
+            "batch": ctx.batch,
+            "eval_batch": ctx.eval_batch,
+            "threads": ctx.threads,
+            "tta_views": ctx.views,
+            "windows": args.windows,
+            "window_s": args.window_s,
+            "warmup_s": args.warmup_s,
+            "recipe": args.config,
+            "device": str(ctx.device),
+            "data": str(ctx.data),
+            "skipped": sorted(set(args.skip)),
+        },
+        "machine": C.machine_info(ctx.threads),
+        "limit_train_ips": C.rnd(lt, 1),
+        "ferlab_train_ips": C.rnd(ft, 1),
+        "naive_train_ips": C.rnd(nt, 1),
+        "naive_train_best_workers": ntw,
+        "limit_eval_ips": C.rnd(le, 1),
+        "ferlab_eval_ips": C.rnd(fe, 1),
+        "naive_eval_ips": C.rnd(ne, 1),
+        "naive_eval_best_workers": new,
+        "cache_build_s": C.rnd(_get(r, "cache", "build_s"), 2),
+        "cache_load_s": C.rnd(_get(r, "cache", "load_s"), 3),
+        "peak_rss_mb": C.rnd(_get(r, "rss", "peak_rss_mb"), 1),
+        # The last run: the OS file cache is then warm too, as for a user's second command.
+        "time_to_first_step_s": C.rnd(firsts_ok[-1], 2) if firsts_ok else None,
+        "ratios": {
+            "ferlab_train/limit": C.ratio(ft, lt),
+            "ferlab_train/naive": C.ratio(ft, nt),
+            "naive_train/limit": C.ratio(nt, lt),
+            "ferlab_eval/limit": C.ratio(fe, le),
+            "ferlab_eval/naive": C.ratio(fe, ne),
+            "naive_eval/limit": C.ratio(ne, le),
+        },
+    }
+    naive_min = 1.15 if ctx.model == DEFAULT_CPU_MODEL else 1.0
+    checks = {
+        "ferlab_train/limit >= 0.95": (out["ratios"]["ferlab_train/limit"], 0.95, ">="),
+        "ferlab_eval/limit >= 0.95": (out["ratios"]["ferlab_eval/limit"], 0.95, ">="),
+        f"ferlab_train/naive >= {naive_min}": (
+            out["ratios"]["ferlab_train/naive"],
+            naive_min,
+            ">=",
+        ),
+        f"ferlab_eval/naive >= {naive_min}": (out["ratios"]["ferlab_eval/naive"], naive_min, ">="),
+        "cache_load_s < 1": (out["cache_load_s"], 1.0, "<"),
+        "peak_rss_mb < 3000": (out["peak_rss_mb"], 3000.0, "<"),
+        "time_to_first_step_s < 15": (out["time_to_first_step_s"], 15.0, "<"),
+    }
+    out["targets"] = {
+        k: {"value": v, "met": None if v is None else (v >= t if op == ">=" else v < t)}
+        for k, (v, t, op) in checks.items()
+    }
+    out["details"] = r
+    out["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return out
+
+
+def table(res: dict[str, Any]) -> str:
+    rows = [
+        ("train", res["limit_train_ips"], res["ferlab_train_ips"], res["naive_train_ips"]),
+        ("eval (TTA)", res["limit_eval_ips"], res["ferlab_eval_ips"], res["naive_eval_ips"]),
+    ]
+    lines = [
+        f"| {res['config']['model']} {res['config']['size']}px b{res['config']['batch']} "
+        f"t{res['config']['threads']} | limit img/s | ferlab img/s | naive img/s | ferlab/limit | ferlab/naive |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, lim, fer, nai in rows:
+        lines.append(
+            f"| {name} | {lim} | {fer} | {nai} | {C.ratio(fer, lim)} | {C.ratio(fer, nai)} |"
+        )
+    lines.append("")
+    lines.append(
+        f"cache_build_s {res['cache_build_s']}  cache_load_s {res['cache_load_s']}  "
+        f"peak_rss_mb {res['peak_rss_mb']}  time_to_first_step_s {res['time_to_first_step_s']}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child == "rss":
+        print(json.dumps(child_rss(json.loads(args.child_args))))
+        return 0
+    res = run(args)
+    C.emit(res, as_json=args.json, table=table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
