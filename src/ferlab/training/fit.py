@@ -1,0 +1,522 @@
+"""``fit``: train one model on one dataset with Lightning, resumable, writing the run folder.
+
+Run folder (written by global rank 0 only)::
+
+    checkpoints/last.ckpt   full state after every epoch (atomic: temp file + os.replace)
+    checkpoints/best.ckpt   weights of the best epoch on the monitored validation metric
+    history.csv             one row per finished epoch, rewritten atomically each epoch
+    weights.safetensors, meta.json   the best weights and their metadata (ferlab.models)
+    fit.json                summary of the fit
+    DONE                    written last; without it the run is resumed, never reused
+
+A kill at any point leaves at worst a stale ``*.tmp`` file and no ``DONE``; the same call then
+resumes from ``last.ckpt`` (optimizer, scheduler, early-stopping and best-checkpoint state
+included) and, on CPU, ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from torch import nn
+
+from ferlab import __version__
+from ferlab.config import ModelConfig, TrainConfig
+from ferlab.data.base import ArraySplit, LoadedDataset
+from ferlab.labels import INDEX
+from ferlab.training.data import EvalBatches, TrainBatches, class_weights, remap_targets
+from ferlab.training.device import cpu_threads, pick_accelerator, resolve_precision
+from ferlab.training.module import HISTORY_COLUMNS, FerModule
+from ferlab.training.runcache import DONE
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+HISTORY = "history.csv"
+FIT_JSON = "fit.json"
+PROGRESS_REFRESH_STEPS = 10
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # best weights, eval mode, on the CPU
+    meta: Any  # ferlab.models.ModelMeta
+    history: list[dict[str, float]]
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    stopped_early: bool
+    resumed: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- atomic files ------------------------------------------------------------------------------
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but atomic on local disks.
+
+    Lightning's own ``_atomic_save`` goes through an fsspec transaction whose temp file lives in
+    the system temp folder and is *moved* into place, a copy (not atomic) when /tmp is another
+    filesystem. Here the temp file sits beside the target and is renamed after an fsync.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        write_atomic(Path(path), buf.getvalue())
+
+
+class LastCheckpoint(Checkpoint):
+    """Saves ``last.ckpt`` at every epoch end, after early stopping and the best-checkpoint
+    callback have updated their state (Lightning runs ``Checkpoint`` callbacks last, in order)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(str(self.path), weights_only=False)
+
+
+# -- history -----------------------------------------------------------------------------------
+def history_csv(history: list[dict[str, float]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(HISTORY_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (int(row[k]) if k == "epoch" else row[k]) for k in HISTORY_COLUMNS})
+    return buf.getvalue()
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def best_epoch_of(history: list[dict[str, float]], monitor: str) -> int:
+    """The epoch ModelCheckpoint keeps: first strict best of ``val_<monitor>``."""
+    key = f"val_{monitor}"
+    best, best_ep = None, -1
+    for row in history:
+        v = row[key]
+        if v != v:  # NaN
+            continue
+        if best is None or (v < best if monitor == "loss" else v > best):
+            best, best_ep = v, int(row["epoch"])
+    return best_ep
+
+
+# -- model and data ----------------------------------------------------------------------------
+def _norm_for(model: nn.Module, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The model's own input normalisation (ferlab.models.default_norm), per channel."""
+    from ferlab.models import default_norm
+
+    mean, std = default_norm(channels, model)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _soft_targets(split: ArraySplit, labels: list[str]) -> np.ndarray | None:
+    """Vote shares restricted to the model's classes, renormalised (rows with no votes there
+    fall back to the hard label)."""
+    if split.soft is None:
+        return None
+    cols = [INDEX[n] for n in labels]
+    soft = np.asarray(split.soft, dtype=np.float32)[:, cols]
+    total = soft.sum(axis=1, keepdims=True)
+    hard = np.eye(len(labels), dtype=np.float32)[remap_targets(split.labels, labels)]
+    return np.where(total > 0, soft / np.maximum(total, 1e-12), hard)
+
+
+def _check_dataset(dataset: LoadedDataset) -> None:
+    for name in ("train", "val"):
+        if name not in dataset.splits or len(dataset.splits[name]) == 0:
+            raise ValueError(
+                f"dataset {dataset.name!r} has no (or an empty) {name!r} split; fit needs train "
+                "and val (val drives early stopping). Give the dataset a val split or set "
+                "data.val_fraction so one is carved from train."
+            )
+
+
+class FerDataModule(pl.LightningDataModule):
+    """Training and validation batches built per rank once Lightning knows the rank."""
+
+    def __init__(
+        self,
+        train: ArraySplit,
+        val: ArraySplit,
+        labels: list[str],
+        train_cfg: TrainConfig,
+        seed: int,
+        soft: np.ndarray | None,
+    ) -> None:
+        super().__init__()
+        self.train_split, self.val_split = train, val
+        self.train_targets = remap_targets(train.labels, labels, where="train split")
+        self.val_targets = remap_targets(val.labels, labels, where="val split")
+        self.cfg = train_cfg
+        self.seed = seed
+        self.soft = soft
+
+    def _rank(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self) -> TrainBatches:
+        rank, world = self._rank()
+        return TrainBatches(
+            self.train_split,
+            self.train_targets,
+            batch_size=self.cfg.batch_size,
+            balance=self.cfg.balance,
+            seed=self.seed,
+            soft=self.soft,
+            rank=rank,
+            world_size=world,
+        )
+
+    def val_dataloader(self) -> EvalBatches:
+        rank, world = self._rank()
+        return EvalBatches(
+            self.val_split,
+            self.val_targets,
+            batch_size=max(self.cfg.batch_size, 256),
+            rank=rank,
+            world_size=world,
+        )
+
+
+# -- resume ------------------------------------------------------------------------------------
+def _read_ckpt_state(path: Path) -> dict[str, Any] | None:
+    """The ferlab section of a checkpoint, or None when the file does not load (torn)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    state = ck.get("ferlab") if isinstance(ck, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def _load_best_weights(module: FerModule, best: Path, last: Path) -> None:
+    """Copy the best epoch's weights into the wrapped model (last epoch's if no best file)."""
+    path = best if best.is_file() else last
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(ck["state_dict"])
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's info lines (GPU available..., tips) go to the console, not our log: hush them."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # Expected when resuming: the folder holds our own last/best checkpoints.
+            warnings.filterwarnings(
+                "ignore", message=r"Checkpoint directory .* exists and is not empty"
+            )
+            # Lightning 2.6 on torch >= 2.10: an internal deprecation, nothing for users to do.
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+            )
+            yield
+    finally:
+        for lg, lvl in zip(loggers, old, strict=True):
+            lg.setLevel(lvl)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def _silent(message: str) -> None:
+    """The log of non-zero DDP ranks."""
+
+
+# -- fit ---------------------------------------------------------------------------------------
+def fit(
+    dataset: LoadedDataset,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    seed: int,
+    image_size: int,
+    channels: int,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model_cfg`` on ``dataset`` (early stopping on ``val``) into ``run_dir``.
+
+    Resumes from ``run_dir/checkpoints/last.ckpt`` when a previous call was interrupted. The
+    model's output units are ``dataset.labels`` in canonical order.
+    """
+    from ferlab.models import ModelMeta, create_model, save_model
+
+    _check_dataset(dataset)
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / CHECKPOINTS
+    last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DONE).unlink(missing_ok=True)  # this folder is being (re)trained
+
+    labels = list(dataset.labels)
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    accelerator = pick_accelerator(train_cfg.accelerator)
+    precision = resolve_precision(train_cfg.precision, accelerator)
+    on_cpu = accelerator == "cpu"
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model = create_model(
+        model_cfg.name,
+        num_classes=len(labels),
+        in_chans=channels,
+        pretrained=model_cfg.pretrained,
+        image_size=image_size,
+        **model_cfg.kwargs,
+    )
+    mean, std = _norm_for(model, channels)
+    soft = _soft_targets(train, labels) if train_cfg.soft_labels else None
+    weights = None
+    if train_cfg.balance == "weighted":
+        weights = class_weights(remap_targets(train.labels, labels), len(labels))
+
+    def write_history(history: list[dict[str, float]]) -> None:
+        write_atomic(run_dir / HISTORY, history_csv(history).encode())
+        r = history[-1]
+        log(
+            f"epoch {int(r['epoch']) + 1}/{train_cfg.epochs}: train_loss {r['train_loss']:.4f} "
+            f"train_acc {r['train_acc']:.4f} val_loss {r['val_loss']:.4f} "
+            f"val_acc {r['val_accuracy']:.4f} val_bal_acc {r['val_balanced_accuracy']:.4f} "
+            f"val_f1 {r['val_macro_f1']:.4f} lr {r['lr']:.3g} ({r['epoch_seconds']:.1f}s)"
+        )
+
+    module = FerModule(
+        model,
+        train_cfg,
+        num_classes=len(labels),
+        channels=channels,
+        mean=mean,
+        std=std,
+        seed=seed,
+        class_weights=weights,
+        on_epoch_end=write_history,
+        log_every=PROGRESS_REFRESH_STEPS if progress else 0,
+    )
+    datamodule = FerDataModule(train, val, labels, train_cfg, seed, soft)
+
+    monitor = f"val_{train_cfg.monitor}"
+    mode = "min" if train_cfg.monitor == "loss" else "max"
+    early = EarlyStopping(
+        monitor=monitor,
+        mode=mode,
+        patience=train_cfg.patience,
+        min_delta=train_cfg.min_delta,
+        check_on_train_epoch_end=True,
+    )
+    best_cb = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_weights_only=True,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[pl.Callback] = [early, best_cb, LastCheckpoint(last_path)]
+    if progress:
+        # Refreshing the bar reads the loss back from the device: not at every step.
+        callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=train_cfg.devices,
+            num_nodes=train_cfg.num_nodes,
+            strategy=train_cfg.strategy,
+            precision=precision,  # type: ignore[arg-type]
+            max_epochs=train_cfg.epochs,
+            gradient_clip_val=train_cfg.grad_clip,
+            limit_train_batches=train_cfg.limit_train_batches,
+            limit_val_batches=train_cfg.limit_val_batches,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            logger=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            benchmark=accelerator == "cuda",
+            default_root_dir=str(run_dir),
+        )
+    threads = cpu_threads(train_cfg.threads, trainer.num_devices if on_cpu else 1)
+    torch.set_num_threads(threads)
+    if (
+        trainer.global_rank != 0
+    ):  # one log, from rank 0 (DDP ranks started by Lightning or torchrun)
+        log = _silent
+    else:
+        for stale in ckpt_dir.glob(".*.tmp"):  # left by a kill during a write; never read
+            stale.unlink(missing_ok=True)
+
+    resume_state = _read_ckpt_state(last_path) if last_path.is_file() else None
+    if last_path.is_file() and resume_state is None:
+        # Never a torn file (writes are atomic) but perhaps one from another ferlab or torch.
+        log(f"{last_path} does not load as a ferlab checkpoint; starting this run from scratch")
+    finished = resume_state is not None and (
+        bool(resume_state["should_stop"]) or int(resume_state["epoch"]) + 1 >= train_cfg.epochs
+    )
+    if finished and not best_path.is_file():
+        # A finished run whose outputs were damaged after DONE: the best weights are gone
+        # with best.ckpt, so only retraining gives the right result.
+        log(f"{last_path} holds a finished run but {best_path.name} is gone; retraining")
+        resume_state, finished = None, False
+    resumed = resume_state is not None
+    n_params = sum(p.numel() for p in model.parameters())
+    log(
+        f"training {model_cfg.display} ({n_params / 1e6:.2f}M params) on {dataset.name}: "
+        f"{len(train)} train / {len(val)} val images, {len(labels)} classes, {accelerator} "
+        f"x{trainer.num_devices}, precision {precision}, {threads} threads, balance "
+        f"{train_cfg.balance}, monitor {monitor}"
+        + (f"; resuming after epoch {int(resume_state['epoch']) + 1}" if resume_state else "")
+    )
+
+    t0 = time.perf_counter()
+    if finished:
+        assert resume_state is not None
+        module.history = list(resume_state["history"])
+        log("the checkpoint already holds the finished training; writing its outputs")
+    else:
+        with _quiet_lightning(), _deterministic(on_cpu):
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(last_path) if resumed else None,
+                weights_only=True,
+            )
+        if trainer.interrupted:
+            raise KeyboardInterrupt(
+                f"training of {model_cfg.display} interrupted; rerun to resume from {last_path}"
+            )
+    wall_seconds = time.perf_counter() - t0
+
+    history = list(module.history)
+    # Summed over sessions, so a resumed run reports its whole training time.
+    train_seconds = float(sum(r["epoch_seconds"] for r in history))
+    best_ep = best_epoch_of(history, train_cfg.monitor)
+    stopped_early = len(history) < train_cfg.epochs
+    _load_best_weights(module, best_path, last_path)
+    model = module.model.cpu().eval()
+    meta = ModelMeta(
+        architecture=model_cfg.name,
+        labels=labels,
+        image_size=image_size,
+        channels=channels,
+        mean=mean,
+        std=std,
+        kwargs=dict(model_cfg.kwargs),
+        ferlab_version=__version__,
+        extra={
+            "train_dataset": dataset.name,
+            "dataset_fingerprint": dataset.fingerprint,
+            "best_epoch": best_ep,
+            "monitor": monitor,
+            "seed": seed,
+        },
+    )
+    result = FitResult(
+        model=model,
+        meta=meta,
+        history=history,
+        best_epoch=best_ep,
+        epochs_run=len(history),
+        train_seconds=train_seconds,
+        stopped_early=stopped_early,
+        resumed=resumed,
+        extra={"wall_seconds_this_call": wall_seconds},
+    )
+    if trainer.is_global_zero:
+        _write_outputs(
+            run_dir, result, model_cfg, train_cfg, save_model, accelerator, precision, threads
+        )
+        log(
+            f"done: best epoch {best_ep + 1} of {len(history)} "
+            f"({monitor} {history[best_ep][monitor] if 0 <= best_ep < len(history) else float('nan'):.4f}), "
+            f"{train_seconds / 60:.1f} min; weights in {run_dir}"
+        )
+    return result
+
+
+def _write_outputs(
+    run_dir: Path,
+    result: FitResult,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    save_model: Callable[..., Any],
+    accelerator: str,
+    precision: str,
+    threads: int,
+) -> None:
+    """Weights, metadata, history and summary; ``DONE`` last, so only a full set is reused."""
+    save_model(result.model, result.meta, run_dir)
+    write_atomic(run_dir / HISTORY, history_csv(result.history).encode())
+    best = result.history[result.best_epoch] if 0 <= result.best_epoch < len(result.history) else {}
+    summary = {
+        "model": model_cfg.display,
+        "architecture": model_cfg.name,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "max_epochs": train_cfg.epochs,
+        "stopped_early": result.stopped_early,
+        "resumed": result.resumed,
+        "train_seconds": round(result.train_seconds, 3),
+        "monitor": f"val_{train_cfg.monitor}",
+        "best": best,
+        "accelerator": accelerator,
+        "precision": precision,
+        "threads": threads,
+        "ferlab_version": __version__,
+        "model_config": model_cfg.model_dump(mode="json"),
+        "train_config": train_cfg.model_dump(mode="json"),
+    }
+    write_atomic(run_dir / FIT_JSON, json.dumps(summary, indent=2).encode())
+    write_atomic(run_dir / DONE, f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+    # Only now: until DONE exists a resume may still need the best weights.
+    (run_dir / CHECKPOINTS / BEST).unlink(missing_ok=True)

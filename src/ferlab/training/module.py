@@ -1,0 +1,292 @@
+"""The LightningModule: uint8 batch in, augmented normalised floats, loss, per-epoch history.
+
+Batches arrive as uint8 (B, H, W, C) (a quarter of the bytes of float to move to the device);
+the step converts, augments and normalises on the device. The augmentation generator is seeded
+from (seed, epoch, step, rank) and the global RNG (dropout, stochastic depth) is reseeded from
+(seed, epoch, rank) at every epoch start, so a run resumed from an epoch checkpoint repeats the
+uninterrupted run exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ferlab.config import TrainConfig
+from ferlab.training.augment import augment_batch, mixup_cutmix
+from ferlab.training.data import derive_seed
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_macro_f1",
+    "lr",
+    "epoch_seconds",
+)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross entropy against target probabilities (B, K); with class weights, the weighted mean
+    (each sample weighs sum_k target_k * w_k, as ``F.cross_entropy(weight=...)`` does)."""
+    loss = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if weight is None:
+        return loss.mean()
+    w = target @ weight
+    return (loss * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def metrics_from_confusion(cm: torch.Tensor) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean recall over classes present) and macro-F1 (over classes
+    present in truth or prediction) from a (K, K) confusion matrix [true, pred]."""
+    cm = cm.double()
+    total = cm.sum()
+    tp = cm.diag()
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    acc = float(tp.sum() / total) if total > 0 else 0.0
+    present = support > 0
+    bal = float((tp[present] / support[present]).mean()) if present.any() else 0.0
+    used = present | (predicted > 0)
+    f1 = 2 * tp / (support + predicted).clamp_min(1e-12)
+    macro = float(f1[used].mean()) if used.any() else 0.0
+    return {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": macro}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weights only: not on biases, norm scales or other 1-d parameters."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor per optimizer step: linear warmup from ~0, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class FerModule(pl.LightningModule):
+    """Wraps any classifier ``model`` (B, C, H, W) -> (B, K) logits for ferlab's training."""
+
+    mean: torch.Tensor  # (1, C, 1, 1) buffers, not saved: they travel in the model metadata
+    std: torch.Tensor
+    class_weights: torch.Tensor  # (K,) or empty when the loss is unweighted
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_cfg: TrainConfig,
+        *,
+        num_classes: int,
+        channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        seed: int,
+        class_weights: torch.Tensor | None = None,
+        on_epoch_end: Callable[[list[dict[str, float]]], None] | None = None,
+        log_every: int = 10,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = train_cfg
+        self.num_classes = num_classes
+        self.channels = channels
+        self.seed = seed
+        self.on_epoch_end = on_epoch_end
+        self.log_every = log_every  # progress-bar loss every N steps (0: never); logging costs ~1%
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        cw = class_weights if class_weights is not None else torch.zeros(0)
+        self.register_buffer("class_weights", cw.float(), persistent=False)
+        self.history: list[dict[str, float]] = []
+        self._val_metrics: dict[str, float] = {}
+        self._reset_train_stats()
+        self._reset_val_stats()
+        self._epoch_t0 = time.perf_counter()
+
+    # -- batch preparation ------------------------------------------------------------------
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1]."""
+        return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step_generator(self, batch_idx: int) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(
+            derive_seed(self.seed, self.current_epoch, batch_idx, self.global_rank, "augment")
+        )
+        return g
+
+    def _targets(self, y: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        t = soft.float() if soft.numel() else F.one_hot(y, self.num_classes).float()
+        eps = self.cfg.label_smoothing
+        return t * (1 - eps) + eps / self.num_classes if eps > 0 else t
+
+    # -- training ----------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        x_u8, y, soft = batch
+        x = self.to_float(x_u8)
+        g = self._step_generator(batch_idx)
+        aug = self.cfg.augment
+        if aug.enabled:
+            x = augment_batch(x, aug, g, self.channels)
+        target = self._targets(y, soft)
+        if aug.enabled and (aug.mixup > 0 or aug.cutmix > 0):
+            x, target = mixup_cutmix(x, target, aug, g)
+        logits = self.model(self.normalise(x))
+        weight = self.class_weights if self.class_weights.numel() else None
+        loss = soft_cross_entropy(logits, target, weight)
+        n = y.shape[0]
+        self._train_loss_sum += loss.detach().float() * n
+        self._train_correct += (logits.detach().argmax(1) == y).sum()
+        self._train_count += n
+        self.log(
+            "train_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False
+        )
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout and other layers draw from the global RNG: make it a function of the epoch.
+        torch.manual_seed(derive_seed(self.seed, self.current_epoch, self.global_rank, "global"))
+        self._reset_train_stats()
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        stats = torch.stack(
+            [self._train_loss_sum, self._train_correct.float(), self._train_count.float()]
+        )
+        stats = self._sum_over_ranks(stats)
+        count = max(float(stats[2]), 1.0)
+        val = self._val_metrics
+        row = {
+            "epoch": float(self.current_epoch),
+            "train_loss": float(stats[0]) / count,
+            "train_acc": float(stats[1]) / count,
+            "val_loss": val.get("loss", float("nan")),
+            "val_accuracy": val.get("accuracy", float("nan")),
+            "val_balanced_accuracy": val.get("balanced_accuracy", float("nan")),
+            "val_macro_f1": val.get("macro_f1", float("nan")),
+            "lr": float(self.optimizers().param_groups[0]["lr"]),  # type: ignore[union-attr]
+            "epoch_seconds": time.perf_counter() - self._epoch_t0,
+        }
+        self.history.append(row)
+        if self.on_epoch_end is not None and self.trainer.is_global_zero:
+            self.on_epoch_end(self.history)
+
+    # -- validation --------------------------------------------------------------------------
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        x_u8, y, _ = batch
+        logits = self.model(self.normalise(self.to_float(x_u8)))
+        self._val_loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        pred = logits.argmax(1)
+        k = self.num_classes
+        self._val_cm += torch.bincount(y * k + pred, minlength=k * k).view(k, k)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_val_stats()
+
+    def on_validation_epoch_end(self) -> None:
+        cm = self._sum_over_ranks(self._val_cm)
+        loss_sum = self._sum_over_ranks(self._val_loss_sum.view(1))
+        n = float(cm.sum())
+        metrics = metrics_from_confusion(cm.cpu())
+        metrics["loss"] = float(loss_sum) / max(n, 1.0)
+        self._val_metrics = metrics
+        # Already reduced over ranks: every rank logs the same numbers, no sync needed.
+        for name, value in metrics.items():
+            self.log(
+                f"val_{name}", value, prog_bar=name in ("loss", "balanced_accuracy"), logger=False
+            )
+
+    # -- state -------------------------------------------------------------------------------
+    def _reset_train_stats(self) -> None:
+        dev = self.mean.device
+        self._train_loss_sum = torch.zeros((), device=dev)
+        self._train_correct = torch.zeros((), dtype=torch.long, device=dev)
+        self._train_count = torch.zeros((), dtype=torch.long, device=dev)
+
+    def _reset_val_stats(self) -> None:
+        dev = self.mean.device
+        k = self.num_classes
+        self._val_cm = torch.zeros(k, k, dtype=torch.long, device=dev)
+        self._val_loss_sum = torch.zeros((), device=dev)
+        self._val_metrics = {}
+
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            t = t.clone()
+            torch.distributed.all_reduce(t)
+        return t
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called after EarlyStopping has decided (checkpoint callbacks run last), so a resume
+        # knows whether this epoch ended the training.
+        checkpoint["ferlab"] = {
+            "history": list(self.history),
+            "should_stop": bool(self.trainer.should_stop),
+            "epoch": int(self.current_epoch),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("ferlab", {}).get("history", []))
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.cfg
+        groups = param_groups(self.model, cfg.weight_decay)
+        opt: torch.optim.Optimizer
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        else:
+            opt = torch.optim.SGD(
+                groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0
+            )
+        if cfg.scheduler == "none":
+            return opt
+        total = int(self.trainer.estimated_stepping_batches)
+        if cfg.scheduler == "onecycle":
+            pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs > 0 else 0.25
+            sched: Any = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=min(max(pct, 0.01), 0.5)
+            )
+        else:
+            steps_per_epoch = max(1, total // max(cfg.epochs, 1))
+            warmup = round(cfg.warmup_epochs * steps_per_epoch)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,134 @@
+"""Batched augmentations: shapes, determinism, and that each operation does what it says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ferlab.config import AugmentConfig
+from ferlab.training.augment import affine_matrices, augment_batch, mixup_cutmix
+
+OFF = dict(
+    hflip=0.0,
+    crop_scale=(1.0, 1.0),
+    crop_ratio=(1.0, 1.0),
+    translate=0.0,
+    rotate=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    erasing=0.0,
+    saturation=0.0,
+    hue=0.0,
+)
+
+
+def cfg(**kw) -> AugmentConfig:
+    return AugmentConfig(**{**OFF, **kw})
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def batch(b: int = 8, c: int = 1, s: int = 24, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, c, s, s, generator=gen(seed))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_default_augment_keeps_shape_dtype_range_and_is_deterministic(channels: int) -> None:
+    x = batch(c=channels)
+    c = AugmentConfig(saturation=0.3, hue=0.05)
+    a = augment_batch(x, c, gen(1), channels)
+    b = augment_batch(x, c, gen(1), channels)
+    other = augment_batch(x, c, gen(2), channels)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b)
+    assert not torch.equal(a, other)
+    assert not torch.equal(a, x)
+
+
+def test_everything_off_is_identity() -> None:
+    x = batch()
+    assert torch.equal(augment_batch(x, cfg(), gen(), 1), x)
+    assert torch.equal(augment_batch(x, AugmentConfig(enabled=False), gen(), 1), x)
+
+
+def test_hflip_p1_equals_flip_and_p0_is_identity() -> None:
+    x = batch()
+    assert torch.equal(augment_batch(x, cfg(hflip=1.0), gen(), 1), x.flip(-1))
+    assert torch.equal(augment_batch(x, cfg(hflip=0.0), gen(), 1), x)
+
+
+def test_hflip_inside_the_affine_path_matches_flip() -> None:
+    # With geometry on but degenerate (translate 1e-9), the affine grid at flip=-1 samples
+    # pixel centres exactly: the result must be the flipped image up to float rounding.
+    x = batch()
+    out = augment_batch(x, cfg(hflip=1.0, translate=1e-9), gen(), 1)
+    assert torch.allclose(out, x.flip(-1), atol=1e-5)
+
+
+def test_affine_matrices_per_sample_and_within_ranges() -> None:
+    c = cfg(crop_scale=(0.5, 0.9), rotate=20.0, hflip=0.5)
+    theta = affine_matrices(256, c, gen())
+    assert theta.shape == (256, 2, 3)
+    # det = +-(w * h) = +-crop area fraction; the sign is the flip.
+    det = torch.linalg.det(theta[:, :, :2])
+    area = det.abs()
+    assert float(area.min()) >= 0.5 - 1e-4 and float(area.max()) <= 0.9 + 1e-4
+    assert 0.3 < float((det < 0).float().mean()) < 0.7
+    assert len({tuple(t.flatten().tolist()) for t in theta}) == 256
+
+
+def test_erasing_changes_a_rectangle_in_about_p_of_samples() -> None:
+    x = torch.full((200, 1, 24, 24), 0.5)
+    out = augment_batch(x, cfg(erasing=0.5), gen(), 1)
+    changed = (out != x).flatten(1).any(1)
+    assert 0.35 < float(changed.float().mean()) < 0.65
+    # Each change is one axis-aligned rectangle of one fill value.
+    i = int(torch.nonzero(changed)[0])
+    diff = (out[i, 0] != x[i, 0]).nonzero()
+    (y0, x0), (y1, x1) = diff.min(0).values.tolist(), diff.max(0).values.tolist()
+    region = out[i, 0, y0 : y1 + 1, x0 : x1 + 1]
+    assert torch.all(region == region[0, 0])
+
+
+def test_brightness_contrast_are_per_sample() -> None:
+    x = batch(b=16)
+    out = augment_batch(x, cfg(brightness=0.4, contrast=0.4), gen(), 1)
+    ratios = (out.mean((1, 2, 3)) / x.mean((1, 2, 3))).tolist()
+    assert len({round(r, 4) for r in ratios}) > 8
+
+
+def test_colour_jitter_only_for_colour_input() -> None:
+    x = batch(c=3)
+    c = cfg(saturation=0.5, hue=0.1)
+    assert torch.equal(augment_batch(x, c, gen(), 1), x)  # told it is grey: left alone
+    assert not torch.equal(augment_batch(x, c, gen(), 3), x)
+
+
+def test_mixup_rows_sum_to_one_and_mix_images() -> None:
+    x = batch(b=16)
+    y = torch.nn.functional.one_hot(torch.arange(16) % 4, 4).float()
+    xm, ym = mixup_cutmix(x, y, AugmentConfig(mixup=1.0, cutmix=0.0), gen())
+    assert torch.allclose(ym.sum(1), torch.ones(16))
+    assert not torch.equal(xm, x)
+    assert (ym.max(1).values < 1).any()  # labels really mixed
+
+
+def test_cutmix_pastes_a_box_and_label_weight_matches_its_area() -> None:
+    x = torch.zeros(8, 1, 32, 32)
+    x[:, 0] = torch.arange(8).view(8, 1, 1).float()  # each sample one constant value
+    y = torch.nn.functional.one_hot(torch.arange(8), 8).float()
+    xm, ym = mixup_cutmix(x, y, AugmentConfig(mixup=0.0, cutmix=1.0, cutmix_alpha=1.0), gen(3))
+    assert torch.allclose(ym.sum(1), torch.ones(8))
+    for i in range(8):
+        own = float((xm[i, 0] == i).float().mean())
+        if own < 1.0:  # the pasted area comes from one other sample; weights equal areas
+            assert abs(float(ym[i, i]) - own) < 1e-6
+
+
+def test_mixup_cutmix_probability_zero_is_identity() -> None:
+    x, y = batch(), torch.eye(8)
+    xm, ym = mixup_cutmix(x, y, AugmentConfig(mixup=0.0, cutmix=0.0), gen())
+    assert xm is x and ym is y

@@ -1,0 +1,321 @@
+"""Training: samplers, loss weighting, metrics, schedules, run cache, and short real fits."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ferlab.config import AugmentConfig, ModelConfig, TrainConfig
+from ferlab.data.base import ArraySplit, LoadedDataset
+from ferlab.labels import CANONICAL
+from ferlab.training import (
+    class_counts_after_balancing,
+    class_weights,
+    clear_run,
+    epoch_indices,
+    fit,
+    is_complete,
+    oversample_indices,
+    read_history,
+    run_key,
+    soft_cross_entropy,
+)
+from ferlab.training.data import EvalBatches, TrainBatches, remap_targets
+from ferlab.training.device import cpu_threads, pick_accelerator, resolve_precision
+from ferlab.training.module import (
+    HISTORY_COLUMNS,
+    metrics_from_confusion,
+    param_groups,
+    warmup_cosine,
+)
+
+LABELS = ["angry", "happy", "sad", "neutral"]
+CANON = np.array([0, 3, 4, 6])  # canonical indices of LABELS
+
+
+def toy_split(n: int, seed: int, size: int = 16, probs: list[float] | None = None) -> ArraySplit:
+    """Class k = a bright horizontal band at height k over dark noise: learnable in a few
+    epochs, and unchanged by horizontal flips."""
+    rng = np.random.default_rng(seed)
+    k = rng.choice(4, size=n, p=probs)
+    imgs = (rng.random((n, size, size, 1)) * 80).astype(np.uint8)
+    band = size // 4
+    for i, c in enumerate(k):
+        imgs[i, int(c) * band + 1 : (int(c) + 1) * band - 1, 1:-1, 0] = 220
+    return ArraySplit(imgs, CANON[k], [f"{seed}/{i}" for i in range(n)])
+
+
+def toy_dataset(
+    n_train: int = 256, probs: list[float] | None = None, soft: bool = False
+) -> LoadedDataset:
+    train, val = toy_split(n_train, 0, probs=probs), toy_split(96, 1)
+    if soft:
+        s = np.zeros((len(train), len(CANONICAL)), dtype=np.float32)
+        s[np.arange(len(train)), train.labels] = 0.8
+        s[:, CANONICAL.index("neutral")] += 0.2
+        train.soft = s
+    return LoadedDataset("toy", LABELS, {"train": train, "val": val}, "toy", "fp-toy")
+
+
+TINY = ModelConfig(name="ferlab_vgg", kwargs={"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1]})
+
+
+def tcfg(**kw) -> TrainConfig:
+    base = dict(epochs=5, batch_size=32, lr=3e-3, threads=1, accelerator="cpu", patience=50)
+    return TrainConfig(**{**base, **kw})
+
+
+def quiet_fit(
+    data: LoadedDataset, cfg: TrainConfig, run_dir: Path, model: ModelConfig = TINY, seed: int = 0
+):
+    return fit(
+        data,
+        model,
+        cfg,
+        run_dir,
+        seed=seed,
+        image_size=16,
+        channels=1,
+        log=lambda s: None,
+        progress=False,
+    )
+
+
+# -- sampling ----------------------------------------------------------------------------------
+def test_oversampling_equalises_classes_each_epoch() -> None:
+    labels = np.array([0] * 50 + [3] * 10 + [4] * 3 + [6] * 1)
+    idx = oversample_indices(labels, epoch=0, seed=1)
+    counts = np.bincount(labels[idx], minlength=8)
+    assert set(counts[[0, 3, 4, 6]]) == {50}
+    assert counts.sum() == 200 and counts[[1, 2, 5, 7]].sum() == 0
+    assert set(range(len(labels))) <= set(idx.tolist())  # every original sample is drawn
+    assert np.array_equal(idx, oversample_indices(labels, epoch=0, seed=1))
+    assert not np.array_equal(idx, oversample_indices(labels, epoch=1, seed=1))
+    assert not np.array_equal(idx, oversample_indices(labels, epoch=0, seed=2))
+
+
+def test_epoch_indices_plain_shuffle_and_bad_mode() -> None:
+    labels = np.array([0, 0, 0, 3])
+    for mode in ("none", "weighted"):
+        idx = epoch_indices(labels, mode, 0, 0)
+        assert sorted(idx.tolist()) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="balance"):
+        epoch_indices(labels, "smote", 0, 0)
+
+
+def test_class_counts_after_balancing_by_name() -> None:
+    labels = np.array([3] * 7 + [0] * 2)
+    assert class_counts_after_balancing(labels, "oversample", 0) == {"angry": 7, "happy": 7}
+    assert class_counts_after_balancing(labels, "none", 0) == {"angry": 2, "happy": 7}
+    assert class_counts_after_balancing(labels, "weighted", 0) == {"angry": 2, "happy": 7}
+
+
+def test_class_weights_inverse_frequency_mean_one() -> None:
+    targets = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    w = class_weights(targets, 4)
+    assert w[3] == 0  # absent class
+    assert torch.allclose(w[:3] * torch.tensor([6.0, 3.0, 1.0]), torch.full((3,), 10 / 3))
+    assert float(w[torch.from_numpy(targets)].mean()) == pytest.approx(1.0)
+
+
+def test_weighted_soft_cross_entropy_matches_torch() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, generator=g)
+    y = torch.randint(0, 4, (12,), generator=g)
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    onehot = F.one_hot(y, 4).float()
+    assert torch.allclose(
+        soft_cross_entropy(logits, onehot, w), F.cross_entropy(logits, y, weight=w)
+    )
+    assert torch.allclose(soft_cross_entropy(logits, onehot), F.cross_entropy(logits, y))
+    smooth = onehot * 0.9 + 0.1 / 4
+    assert torch.allclose(
+        soft_cross_entropy(logits, smooth), F.cross_entropy(logits, y, label_smoothing=0.1)
+    )
+
+
+def test_train_batches_shard_over_ranks_and_follow_epochs() -> None:
+    split = toy_split(101, 0)
+    targets = remap_targets(split.labels, LABELS)
+    shards = [
+        TrainBatches(split, targets, batch_size=16, balance="none", seed=0, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 4  # 101 -> 51 per rank -> 4 batches
+    seen = []
+    for s in shards:
+        s.set_epoch(3)
+        for x, y, soft in s:
+            assert x.dtype == torch.uint8 and x.shape[1:] == (16, 16, 1)
+            assert y.dtype == torch.int64 and soft.numel() == 0
+            seen.append(y)
+    assert sum(len(y) for y in seen) == 102  # padded by one to split evenly
+    assert sorted(
+        set(np.concatenate([shards[0].rank_indices(3), shards[1].rank_indices(3)]))
+    ) == list(range(101))
+    assert not np.array_equal(shards[0].rank_indices(3), shards[0].rank_indices(4))
+
+    ev = [EvalBatches(split, targets, batch_size=40, rank=r, world_size=2) for r in range(2)]
+    assert sum(len(y) for e in ev for _, y, _ in e) == 101  # validation: no padding
+
+
+def test_remap_targets_to_output_positions() -> None:
+    assert remap_targets(np.array([6, 0, 4]), LABELS).tolist() == [3, 0, 2]
+    with pytest.raises(ValueError, match="surprise"):
+        remap_targets(np.array([5]), LABELS)
+
+
+# -- metrics, optimiser, schedule, device --------------------------------------------------------
+def test_metrics_from_confusion() -> None:
+    cm = torch.tensor([[8, 2, 0], [1, 1, 0], [0, 0, 0]])  # class 2 never occurs nor is predicted
+    m = metrics_from_confusion(cm)
+    assert m["accuracy"] == pytest.approx(9 / 12)
+    assert m["balanced_accuracy"] == pytest.approx((0.8 + 0.5) / 2)
+    f1_0 = 2 * 8 / (10 + 9)
+    f1_1 = 2 * 1 / (2 + 3)
+    assert m["macro_f1"] == pytest.approx((f1_0 + f1_1) / 2)
+
+
+def test_param_groups_exclude_norm_and_bias_from_decay() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2)
+    )
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert {p.ndim for p in decay["params"]} == {2, 4}
+    assert len(no_decay["params"]) == 4  # conv bias, bn weight + bias, linear bias
+
+
+def test_warmup_cosine_schedule() -> None:
+    f = warmup_cosine(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-9)
+    assert all(f(i) >= f(i + 1) for i in range(10, 100))
+
+
+def test_device_choices_on_this_machine() -> None:
+    acc = pick_accelerator("auto")
+    assert acc in ("cpu", "cuda", "mps")
+    assert resolve_precision("auto", "cpu") == "32"
+    assert (
+        resolve_precision("auto", "cuda") in ("16-mixed", "bf16-mixed")
+        if torch.cuda.is_available()
+        else True
+    )
+    with pytest.raises(ValueError, match="GPU"):
+        resolve_precision("16-mixed", "cpu")
+    with pytest.raises(ValueError, match="accelerator"):
+        pick_accelerator("tpu")
+    assert cpu_threads(3) == 3 and cpu_threads(None, processes=10**6) == 1
+
+
+# -- run cache ---------------------------------------------------------------------------------
+def test_run_key_tracks_what_shapes_the_run() -> None:
+    m, t = ModelConfig(name="ferlab_vgg"), TrainConfig()
+    data = {"image_size": 48, "channels": 1}
+    base = run_key("fp", m, t, data, 0)
+    assert base == run_key("fp", m, t, data, 0)
+    assert base != run_key("fp2", m, t, data, 0)
+    assert base != run_key("fp", m, t, data, 1)
+    assert base != run_key("fp", ModelConfig(name="ferlab_resnet"), t, data, 0)
+    assert base != run_key("fp", m, TrainConfig(lr=0.01), data, 0)
+    assert base != run_key("fp", m, TrainConfig(augment=AugmentConfig(mixup=0.2)), data, 0)
+    assert base != run_key("fp", m, t, {"image_size": 64, "channels": 1}, 0)
+    assert base != run_key(
+        "fp", ModelConfig(name="ferlab_vgg", kwargs={"drop_rate": 0.1}), t, data, 0
+    )
+    # Thread count and display name do not change what is learned.
+    assert base == run_key("fp", m, TrainConfig(threads=1), data, 0)
+    assert base == run_key("fp", ModelConfig(name="ferlab_vgg", label="VGG"), t, data, 0)
+
+
+def test_run_key_follows_pretrained_file_content(tmp_path: Path) -> None:
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"one")
+    t, data = TrainConfig(), {"image_size": 48, "channels": 1}
+    k1 = run_key("fp", ModelConfig(name="resnet18", pretrained=str(f)), t, data, 0)
+    f.write_bytes(b"two")
+    assert k1 != run_key("fp", ModelConfig(name="resnet18", pretrained=str(f)), t, data, 0)
+
+
+def test_is_complete_needs_done_and_loadable_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert not is_complete(run)
+    run.mkdir()
+    (run / "weights.safetensors").write_bytes(b"garbage")
+    (run / "meta.json").write_text("{}")
+    assert not is_complete(run)  # no DONE
+    (run / "DONE").write_text("x")
+    assert not is_complete(run)  # DONE but the weights do not load
+    clear_run(run)
+    assert not run.exists()
+
+
+# -- real fits on tiny data ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_fit_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tcfg(epochs=4, augment=AugmentConfig(rotate=5, translate=0.05, crop_scale=(0.9, 1.0)))
+    res = quiet_fit(toy_dataset(), cfg, run)
+    best = res.history[res.best_epoch]
+    assert best["val_balanced_accuracy"] > 0.9  # chance is 0.25
+    assert res.epochs_run == 4 and not res.stopped_early and not res.resumed
+    assert is_complete(run)
+    assert not (run / "checkpoints" / "best.ckpt").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == HISTORY_COLUMNS and [int(r["epoch"]) for r in rows] == list(range(4))
+    summary = json.loads((run / "fit.json").read_text())
+    assert summary["best_epoch"] == res.best_epoch and summary["epochs_run"] == 4
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["labels"] == LABELS and meta["channels"] == 1 and meta["image_size"] == 16
+
+    from ferlab.models import load_model
+
+    model, m2 = load_model(run)
+    x = torch.zeros(2, 1, 16, 16)
+    assert torch.allclose(model(x), res.model(x), atol=1e-6)
+    assert m2.labels == LABELS
+
+
+@pytest.mark.slow
+def test_early_stopping_and_weighted_balance(tmp_path: Path) -> None:
+    # min_delta 1.0: no epoch after the first can count as an improvement.
+    cfg = tcfg(epochs=20, patience=2, min_delta=1.0, balance="weighted", limit_train_batches=2)
+    res = quiet_fit(toy_dataset(probs=[0.7, 0.1, 0.1, 0.1]), cfg, tmp_path / "run")
+    assert res.stopped_early
+    assert res.epochs_run == 3  # best at epoch 0, then `patience` epochs without improvement
+    assert len(read_history(tmp_path / "run" / "history.csv")) == 3
+
+
+@pytest.mark.slow
+def test_soft_labels_and_mixup_monitor_loss(tmp_path: Path) -> None:
+    cfg = tcfg(
+        epochs=2,
+        soft_labels=True,
+        monitor="loss",
+        optimizer="sgd",
+        scheduler="onecycle",
+        limit_train_batches=3,
+        augment=AugmentConfig(mixup=0.5, cutmix=0.5),
+    )
+    res = quiet_fit(toy_dataset(soft=True), cfg, tmp_path / "run")
+    losses = [r["val_loss"] for r in res.history]
+    assert res.best_epoch == int(np.argmin(losses))
+    assert all(np.isfinite(r["train_loss"]) for r in res.history)
+
+
+def test_fit_refuses_a_dataset_without_val(tmp_path: Path) -> None:
+    data = toy_dataset()
+    del data.splits["val"]
+    with pytest.raises(ValueError, match="val"):
+        quiet_fit(data, tcfg(epochs=1), tmp_path / "run")
