@@ -78,7 +78,7 @@ def test_overrides_apply_and_validate(tmp_path: Path) -> None:
     assert cfg.train_for(cfg.models[0]).batch_size == 16
     assert cfg.eval.tta.crops == 5
     assert cfg.seed == 7
-    with pytest.raises(ConfigError, match="train.epochs"):
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
         load_config("default", ["train.epochs=0"])
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         load_config("default", ["train.epochs"])

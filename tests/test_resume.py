@@ -134,7 +134,7 @@ def test_sigkill_then_rerun_gives_identical_weights(tmp_path: Path) -> None:
     # History: every epoch exactly once, the same numbers (timings aside).
     h_straight = read_history(tmp_path / "straight" / "history.csv")
     h_resumed = read_history(run_dir / "history.csv")
-    assert [r["epoch"] for r in h_resumed] == list(range(EPOCHS))
+    assert [r["epoch"] for r in h_resumed] == list(range(1, EPOCHS + 1))
     for r1, r2 in zip(h_straight, h_resumed, strict=True):
         for col in r1:
             if col != "epoch_seconds":

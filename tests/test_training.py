@@ -265,7 +265,7 @@ def test_fit_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = tcfg(epochs=4, augment=AugmentConfig(rotate=5, translate=0.05, crop_scale=(0.9, 1.0)))
     res = quiet_fit(toy_dataset(), cfg, run)
-    best = res.history[res.best_epoch]
+    best = res.history[res.best_epoch - 1]
     assert best["val_balanced_accuracy"] > 0.9  # chance is 0.25
     assert res.epochs_run == 4 and not res.stopped_early and not res.resumed
     assert is_complete(run)
@@ -273,7 +273,7 @@ def test_fit_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "last.ckpt").exists()
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == HISTORY_COLUMNS and [int(r["epoch"]) for r in rows] == list(range(4))
+    assert tuple(rows[0]) == HISTORY_COLUMNS and [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     summary = json.loads((run / "fit.json").read_text())
     assert summary["best_epoch"] == res.best_epoch and summary["epochs_run"] == 4
     meta = json.loads((run / "meta.json").read_text())
@@ -310,7 +310,7 @@ def test_soft_labels_and_mixup_monitor_loss(tmp_path: Path) -> None:
     )
     res = quiet_fit(toy_dataset(soft=True), cfg, tmp_path / "run")
     losses = [r["val_loss"] for r in res.history]
-    assert res.best_epoch == int(np.argmin(losses))
+    assert res.best_epoch == int(np.argmin(losses)) + 1
     assert all(np.isfinite(r["train_loss"]) for r in res.history)
 
 

@@ -121,9 +121,9 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def best_epoch_of(history: list[dict[str, float]], monitor: str) -> int:
-    """The epoch ModelCheckpoint keeps: first strict best of ``val_<monitor>``."""
+    """The (1-based) epoch ModelCheckpoint keeps: first strict best of ``val_<monitor>``; 0 if none."""
     key = f"val_{monitor}"
-    best, best_ep = None, -1
+    best, best_ep = None, 0
     for row in history:
         v = row[key]
         if v != v:  # NaN
@@ -322,7 +322,7 @@ def fit(
         write_atomic(run_dir / HISTORY, history_csv(history).encode())
         r = history[-1]
         log(
-            f"epoch {int(r['epoch']) + 1}/{train_cfg.epochs}: train_loss {r['train_loss']:.4f} "
+            f"epoch {int(r['epoch'])}/{train_cfg.epochs}: train_loss {r['train_loss']:.4f} "
             f"train_acc {r['train_acc']:.4f} val_loss {r['val_loss']:.4f} "
             f"val_acc {r['val_accuracy']:.4f} val_bal_acc {r['val_balanced_accuracy']:.4f} "
             f"val_f1 {r['val_macro_f1']:.4f} lr {r['lr']:.3g} ({r['epoch_seconds']:.1f}s)"
@@ -477,8 +477,8 @@ def fit(
             run_dir, result, model_cfg, train_cfg, save_model, accelerator, precision, threads
         )
         log(
-            f"done: best epoch {best_ep + 1} of {len(history)} "
-            f"({monitor} {history[best_ep][monitor] if 0 <= best_ep < len(history) else float('nan'):.4f}), "
+            f"done: best epoch {best_ep} of {len(history)} "
+            f"({monitor} {history[best_ep - 1][monitor] if 1 <= best_ep <= len(history) else float('nan'):.4f}), "
             f"{train_seconds / 60:.1f} min; weights in {run_dir}"
         )
     return result
@@ -497,9 +497,12 @@ def _write_outputs(
     """Weights, metadata, history and summary; ``DONE`` last, so only a full set is reused."""
     save_model(result.model, result.meta, run_dir)
     write_atomic(run_dir / HISTORY, history_csv(result.history).encode())
-    best = result.history[result.best_epoch] if 0 <= result.best_epoch < len(result.history) else {}
+    n = len(result.history)
+    best = result.history[result.best_epoch - 1] if 1 <= result.best_epoch <= n else {}
     summary = {
+        "dataset": result.meta.extra.get("train_dataset"),
         "model": model_cfg.display,
+        "params": sum(p.numel() for p in result.model.parameters()),
         "architecture": model_cfg.name,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,

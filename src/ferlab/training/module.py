@@ -195,7 +195,7 @@ class FerModule(pl.LightningModule):
         count = max(float(stats[2]), 1.0)
         val = self._val_metrics
         row = {
-            "epoch": float(self.current_epoch),
+            "epoch": float(self.current_epoch + 1),  # 1-based, as logged
             "train_loss": float(stats[0]) / count,
             "train_acc": float(stats[1]) / count,
             "val_loss": val.get("loss", float("nan")),
