@@ -130,3 +130,25 @@ def test_fingerprint_depends_on_inputs_and_settings(sources: list[LoadedDataset]
     assert fp != build_mega(list(reversed(sources))).fingerprint
     sources[0].fingerprint = "changed"
     assert fp != build_mega(sources).fingerprint
+
+
+def test_balance_sources_evens_out_source_class_cells(sources: list[LoadedDataset]) -> None:
+    from ferlab.training.data import epoch_indices
+
+    plain = build_mega(sources)
+    assert plain.splits["train"].groups is None
+    mega = build_mega(sources, balance_sources=True)
+    train = mega.splits["train"]
+    assert train.groups is not None
+    assert mega.fingerprint != plain.fingerprint
+    idx = epoch_indices(train.labels, "none", epoch=0, seed=0, groups=train.groups)
+    cells = {(train.sources[i], int(train.labels[i])) for i in range(len(train))}  # type: ignore[index]
+    assert len(cells) == 5  # fer2013 x {angry, happy, neutral} + ferplus x {happy, contempt}
+    drawn: dict[tuple[str, int], int] = {}
+    for i in idx:
+        key = (train.sources[i], int(train.labels[i]))  # type: ignore[index]
+        drawn[key] = drawn.get(key, 0) + 1
+    assert set(drawn.values()) == {10}  # the largest cell (fer2013: 30 / 3 classes)
+    # Without source balancing the small source keeps its natural share.
+    idx_plain = epoch_indices(train.labels, "none", epoch=0, seed=0)
+    assert len(idx_plain) == len(train) == 40

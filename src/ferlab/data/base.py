@@ -83,6 +83,8 @@ class ArraySplit:
     keys: list[str]
     soft: np.ndarray | None = None  # (N, len(CANONICAL)) float32, or None
     sources: list[str] | None = None  # per-image source tag (mega dataset)
+    # Oversampling cells (mega with balance_sources: one per (source, class)); None = classes.
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -30,8 +30,8 @@ def build_mega(
 ) -> LoadedDataset:
     """Combine ``datasets`` into the ``mega`` dataset (train, val and test all tagged by source).
 
-    ``balance_sources`` only records the request in the protocol and fingerprint: the combined
-    arrays are the same, and the training sampler draws with ``source_weights(train)`` so that
+    ``balance_sources`` sets the train split's ``groups`` to (source, class) cells, which the
+    training sampler's oversampling tops up to the largest cell (indices only, no copies), so that
     every source contributes equally without duplicating images in memory. ``seed`` is kept
     for the fingerprint so that runs with different seeds never share a mega cache key.
     """
@@ -52,8 +52,13 @@ def build_mega(
         )
         for split in SPLITS
     }
+    if balance_sources and "train" in splits:
+        train = splits["train"]
+        tags = {s: i for i, s in enumerate(names)}
+        src = np.array([tags[s] for s in train.sources or []], dtype=np.int64)
+        train.groups = src * len(CANONICAL) + train.labels
     balance = (
-        "train drawn with equal weight per source (source_weights)"
+        "train oversampled so every (source, class) cell is drawn as often as the largest"
         if balance_sources
         else "train drawn in proportion to source sizes"
     )

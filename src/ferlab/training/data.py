@@ -80,10 +80,18 @@ def oversample_indices(labels: np.ndarray, epoch: int, seed: int) -> np.ndarray:
     return idx[rng.permutation(idx.size)]
 
 
-def epoch_indices(labels: np.ndarray, balance: str, epoch: int, seed: int) -> np.ndarray:
-    """The training order for one epoch: oversampled, or a plain shuffle ("weighted", "none")."""
+def epoch_indices(
+    labels: np.ndarray, balance: str, epoch: int, seed: int, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """The training order for one epoch: oversampled, or a plain shuffle ("weighted", "none").
+
+    ``groups`` (mega dataset with ``balance_sources``) replaces the classes as the cells that
+    oversampling evens out, whatever ``balance`` says.
+    """
     if balance not in BALANCE_MODES:
         raise ValueError(f"train.balance must be one of {BALANCE_MODES}; got {balance!r}.")
+    if groups is not None:
+        return oversample_indices(groups, epoch, seed)
     if balance == "oversample":
         return oversample_indices(labels, epoch, seed)
     rng = np.random.default_rng(derive_seed(seed, epoch, "shuffle"))
@@ -170,13 +178,14 @@ class TrainBatches:
         self.drop_last = drop_last
         self.epoch = 0
         self.sampler = self  # Lightning's _set_sampler_epoch looks for ``.sampler.set_epoch``
-        self._epoch_size = len(epoch_indices(self.targets_np, balance, 0, seed))
+        self.groups = split.groups
+        self._epoch_size = len(epoch_indices(self.targets_np, balance, 0, seed, self.groups))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def rank_indices(self, epoch: int) -> np.ndarray:
-        idx = epoch_indices(self.targets_np, self.balance, epoch, self.seed)
+        idx = epoch_indices(self.targets_np, self.balance, epoch, self.seed, self.groups)
         if self.world_size > 1:
             per_rank = -(-idx.size // self.world_size)
             pad = per_rank * self.world_size - idx.size
