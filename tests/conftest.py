@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = Path(os.environ.get("FERLAB_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+SHARED_DATASETS = Path(
+    os.environ.get("FERLAB_SHARED_DATASETS", REPO.parent / "shared" / "datasets")
+)
 
 
 def shared_dataset(rel: str) -> Path:
