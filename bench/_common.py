@@ -356,7 +356,7 @@ def ferlab_train_rate(
     from ferlab.models import create_model, default_norm
     from ferlab.training.data import remap_targets
     from ferlab.training.device import pick_accelerator, resolve_precision
-    from ferlab.training.fit import FerDataModule
+    from ferlab.training.fit import FerDataModule, quiet_lightning
     from ferlab.training.module import FerModule
 
     t0 = time.perf_counter()
@@ -386,7 +386,10 @@ def ferlab_train_rate(
         warmup_steps=warmup_steps, warmup_s=warmup_s, window_s=window_s, windows=windows,
         sync=sync,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="ferlab-bench-", dir=root_dir) as tmp, _quiet():
+    with (
+        tempfile.TemporaryDirectory(prefix="ferlab-bench-", dir=root_dir) as tmp,
+        quiet_lightning(),
+    ):
         trainer = pl.Trainer(
             accelerator=accelerator,
             devices=1,
@@ -420,27 +423,6 @@ def ferlab_train_rate(
         "first_step_s": timer.first_step_s,
         "setup_s": time.perf_counter() - t0 - sum(timer.durations),
     }
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Hush Lightning's info lines (device tips) and its known deprecation warning."""
-    import logging
-    import warnings
-
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-    loggers = [logging.getLogger(n) for n in names]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, old, strict=True):
-            lg.setLevel(lvl)
 
 
 def bench_train_config(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ferlab.data.base import SPLITS, BadFile, DatasetError, DatasetIndex, Record, index_dataset
+from ferlab.data.loading import merge_bad_files
 from ferlab.labels import CANONICAL
 
 DEFAULT_CACHE_DIR = "~/.cache/ferlab"
@@ -67,7 +68,7 @@ def inspect_dataset(
         decode_bad, loader_protocol = _decode_problems(
             index, name, path, opts, size, channels, cache_dir, with_cache
         )
-        bad = _merge(bad, decode_bad)
+        bad = merge_bad_files(bad, decode_bad)
         protocol = loader_protocol or protocol
     unusable = {b.path for b in bad}
     splits = {
@@ -144,17 +145,6 @@ def _decode_in_memory(index: DatasetIndex, size: int, channels: int) -> list[Bad
     out = np.empty((len(records), size, size, channels), dtype=np.uint8)
     errors = decode_many(records, size, channels, out)
     return [BadFile(e.path, e.reason) for e in errors]
-
-
-def _merge(*groups: Iterable[BadFile]) -> list[BadFile]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for group in groups:
-        for b in group:
-            if (b.path, b.reason) not in seen:
-                seen.add((b.path, b.reason))
-                out.append(b)
-    return out
 
 
 # --------------------------------------------------------------------------- counts

@@ -231,7 +231,7 @@ def _load_best_weights(module: FerModule, best: Path, last: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Lightning's info lines (GPU available..., tips) go to the console, not our log: hush them."""
     names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
     loggers = [logging.getLogger(n) for n in names]
@@ -244,6 +244,7 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings(
                 "ignore", message=r"Checkpoint directory .* exists and is not empty"
             )
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             # Lightning 2.6 on torch >= 2.10: an internal deprecation, nothing for users to do.
             warnings.filterwarnings(
                 "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated"
@@ -365,7 +366,7 @@ def fit(
     if progress:
         # Refreshing the bar reads the loss back from the device: not at every step.
         callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = pl.Trainer(
             accelerator=accelerator,
             devices=train_cfg.devices,
@@ -424,7 +425,7 @@ def fit(
         module.history = list(resume_state["history"])
         log("the checkpoint already holds the finished training; writing its outputs")
     else:
-        with _quiet_lightning(), _deterministic(on_cpu):
+        with quiet_lightning(), _deterministic(on_cpu):
             trainer.fit(
                 module,
                 datamodule=datamodule,
