@@ -147,7 +147,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.experiment, args.overrides)
     result = run_experiment(cfg, out=args.out, force=args.force, progress=not args.no_progress)
-    print(f"\nReport: {result.report.resolve() if result.report else '-'}")
     return EXIT_FAILED_PAIRS if result.failed else 0
 
 
