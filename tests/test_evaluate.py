@@ -18,7 +18,6 @@ from ferlab.data.base import ArraySplit
 from ferlab.evaluation import (
     EvalResult,
     align_labels,
-    cross_dataset_matrix,
     ensemble_from_files,
     ensemble_results,
     evaluate,
@@ -26,7 +25,6 @@ from ferlab.evaluation import (
     flat_metrics,
     load_result,
     predict_probs,
-    read_eval_tree,
     soft_vote,
     write_metrics_json,
     write_predictions,
@@ -227,34 +225,6 @@ def test_predictions_csv_lists_kept_images_with_both_predictions(tmp_path: Path)
 # ----------------------------------------------------------------------------- cross-dataset
 
 
-def write_eval(
-    root: Path, train: str, model: str, test: str, acc: float, dropped: list[str]
-) -> None:
-    data = {"plain": {"accuracy": acc}, "tta": {"accuracy": acc + 0.01}, "dropped_labels": dropped}
-    write_metrics_json(root / f"{train}__{model}" / f"on_{test}" / "metrics.json", data)
-
-
-def test_cross_dataset_matrix_reads_the_eval_tree(tmp_path: Path) -> None:
-    for train, test, acc in [
-        ("fer", "fer", 0.7),
-        ("fer", "ferplus", 0.5),
-        ("ferplus", "ferplus", 0.8),
-    ]:
-        write_eval(tmp_path, train, "net", test, acc, ["contempt"] if train != test else [])
-    write_eval(tmp_path, "fer", "other", "fer", 0.6, [])
-    entries = read_eval_tree(tmp_path)
-    assert len(entries) == 4
-    cm = cross_dataset_matrix(entries, metric="accuracy", model="net")
-    assert cm.rows == ["fer", "ferplus"] and cm.cols == ["fer", "ferplus"]
-    np.testing.assert_allclose(cm.values, [[0.7, 0.5], [np.nan, 0.8]])
-    assert cm.dropped == {("fer", "ferplus"): ["contempt"]}
-    tta = cross_dataset_matrix(entries, use_tta=True, model="net")
-    assert tta.values[0, 0] == pytest.approx(0.71)
-    every = cross_dataset_matrix(entries)
-    assert every.rows == ["fer / net", "fer / other", "ferplus / net"]
-    assert every.values[1].tolist()[0] == pytest.approx(0.6)
-
-
 # ----------------------------------------------------------------------------- ensembles
 
 
@@ -381,8 +351,6 @@ def test_ensemble_from_files_writes_an_ensemble_evaluation(tmp_path: Path) -> No
     assert m["tta"]["n"] == 10 and m["tta"]["accuracy"] == 1.0 and m["tta_views"] == 2
     assert m["throughput_ips"] > 0
     assert len(list(csv.DictReader((out / "predictions.csv").open()))) == 10
-    entries = read_eval_tree(tmp_path / "eval")
-    assert {(e.train, e.model) for e in entries} >= {("lab", "ensemble")}
     # A member evaluated on other images is refused, naming the folders.
     save_member(tmp_path, "lab", "five", ["angry", "happy"], make_split(CANONICAL, per_class=1))
     with pytest.raises(ValueError, match="different images"):

@@ -166,3 +166,29 @@ def test_real_fer2013_and_expw_experiment(tmp_path: Path) -> None:
     assert "PublicTest" in data["protocol"]
     for p in ("cross_dataset_evaluation.png", "report.html", "plots/expw_ferlab_vgg_cm_TTA.png"):
         assert (exp / p).is_file(), p
+
+
+@pytest.mark.slow
+def test_mega_dataset_trains_and_is_cross_evaluated(tmp_path: Path) -> None:
+    cfg = _tiny_cfg(
+        tmp_path,
+        [
+            "models=[{name: ferlab_vgg, kwargs: {widths: [8, 16, 16, 32], depths: [1, 1, 1, 1]}}]",
+            "train.epochs=1",
+            "mega.enabled=true",
+            "mega.balance_sources=true",
+            "name=mega",
+        ],
+    )
+    res = run_experiment(cfg, progress=False, console=False)
+    assert not res.failed
+    assert {p.dataset for p in res.pairs} == {"synthetic-lab", "synthetic-wild", "mega"}
+    exp = res.exp_dir
+    m = json.loads((exp / "eval/mega__ferlab_vgg/on_mega/metrics.json").read_text())
+    assert m["plain"]["n"] == 70  # both sources' test splits
+    for src in ("synthetic-lab", "synthetic-wild"):
+        assert (exp / f"eval/mega__ferlab_vgg/on_{src}/metrics.json").is_file()
+        assert (exp / f"eval/{src}__ferlab_vgg/on_mega/metrics.json").is_file()
+    data = json.loads((exp / "data/mega_data.json").read_text())
+    assert data["splits"]["train"]["total"] == 140
+    assert "(source, class)" in data["protocol"]

@@ -1,5 +1,5 @@
-"""Evaluation: batched TTA prediction, metrics with bootstrap CIs, label-set intersection,
-cross-dataset matrices and soft-voting ensembles."""
+"""Evaluation: batched TTA prediction, metrics with bootstrap CIs, label-set intersection and
+soft-voting ensembles (the cross-dataset matrix is read back from files by ferlab.reporting)."""
 
 from ferlab.evaluation.ensemble import (
     ENSEMBLE_NAME,
@@ -9,17 +9,12 @@ from ferlab.evaluation.ensemble import (
 )
 from ferlab.evaluation.evaluate import (
     Alignment,
-    CrossMatrix,
-    EvalEntry,
     EvalResult,
     align_labels,
-    cross_dataset_matrix,
-    entry_metric,
     evaluate,
     evaluate_split,
     flat_metrics,
     load_result,
-    read_eval_tree,
     write_metrics_json,
     write_predictions,
     write_predictions_csv,
@@ -38,18 +33,14 @@ from ferlab.evaluation.tta import (
 __all__ = [
     "ENSEMBLE_NAME",
     "Alignment",
-    "CrossMatrix",
-    "EvalEntry",
     "EvalResult",
     "align_labels",
     "auto_device",
     "bootstrap_ci",
     "compute_metrics",
     "confusion_matrix",
-    "cross_dataset_matrix",
     "ensemble_from_files",
     "ensemble_results",
-    "entry_metric",
     "evaluate",
     "evaluate_split",
     "flat_metrics",
@@ -58,7 +49,6 @@ __all__ = [
     "predict_probs",
     "predict_views",
     "predict_with_timing",
-    "read_eval_tree",
     "soft_vote",
     "tta_views",
     "view_names",
