@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "plan": plan,
         "epochs_planned": epochs,
         "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch + 1,
+        "best_epoch": result.best_epoch,  # 1-based, as logged
         "stopped_early": result.stopped_early,
         "minutes": {
             "data": round(data_s / 60, 2),
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_minutes": round(time.process_time() / 60, 2),
         "within_budget": total_min <= args.budget_min,
         "test": metrics,
-        "val_best": result.history[result.best_epoch] if result.history else None,
+        "val_best": result.history[result.best_epoch - 1] if result.best_epoch >= 1 else None,
         "target": {
             "tta_accuracy >= 0.69": {
                 "value": round(max(best, best_flip), 4),
