@@ -16,7 +16,6 @@ Conventions shared by every benchmark:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -308,22 +307,6 @@ def make_step_timer(
     return StepTimer()
 
 
-@contextlib.contextmanager
-def deterministic_like_fit(on_cpu: bool) -> Iterator[None]:
-    """``ferlab.training.fit`` trains with deterministic algorithms (warn-only) on the CPU; the
-    benchmark reproduces that so it times what ``fit`` runs."""
-    import torch
-
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if on_cpu:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
-
-
 def ferlab_train_rate(
     dataset: Any,
     model_name: str,
@@ -356,7 +339,7 @@ def ferlab_train_rate(
     from ferlab.models import create_model, default_norm
     from ferlab.training.data import remap_targets
     from ferlab.training.device import pick_accelerator, resolve_precision
-    from ferlab.training.fit import FerDataModule, quiet_lightning
+    from ferlab.training.fit import FerDataModule, deterministic, quiet_lightning
     from ferlab.training.module import FerModule
 
     t0 = time.perf_counter()
@@ -408,7 +391,7 @@ def ferlab_train_rate(
             benchmark=accelerator == "cuda",
             default_root_dir=tmp,
         )
-        with deterministic_like_fit(accelerator == "cpu"):
+        with deterministic(accelerator == "cpu"):
             trainer.fit(module, datamodule=datamodule)
     rates = windows_from_steps(timer.durations, timer.images, window_s, windows)
     if len(rates) < windows:

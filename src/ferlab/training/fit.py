@@ -256,7 +256,7 @@ def quiet_lightning() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
+def deterministic(enabled: bool) -> Iterator[None]:
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     if enabled:
@@ -425,7 +425,7 @@ def fit(
         module.history = list(resume_state["history"])
         log("the checkpoint already holds the finished training; writing its outputs")
     else:
-        with quiet_lightning(), _deterministic(on_cpu):
+        with quiet_lightning(), deterministic(on_cpu):
             trainer.fit(
                 module,
                 datamodule=datamodule,
