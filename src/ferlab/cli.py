@@ -185,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ferlab.config import TTAConfig
     from ferlab.data.base import DatasetError, parse_spec
     from ferlab.data.loading import load_dataset
-    from ferlab.evaluation import evaluate_split, flat_metrics
+    from ferlab.evaluation import evaluate, flat_metrics
     from ferlab.models import load_model
 
     model, meta = load_model(args.weights)
@@ -195,13 +195,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if args.split not in data.splits:
         raise DatasetError(f"{args.data} has no {args.split!r} split; it has {list(data.splits)}.")
-    split = data.splits[args.split]
     tta = TTAConfig(hflip=True, crops=args.tta_crops) if args.tta else None
-    result = evaluate_split(
+    result = evaluate(
         model,
         meta,
-        split.images,
-        split.labels,
+        data.splits[args.split],
         data.labels,
         tta=tta,
         batch_size=args.batch_size,

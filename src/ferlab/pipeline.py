@@ -33,6 +33,7 @@ from ferlab.config import (
     dump_config,
 )
 from ferlab.data.base import DatasetError, LoadedDataset
+from ferlab.evaluation.evaluate import write_metrics_json
 
 log = logging.getLogger("ferlab")
 
@@ -118,25 +119,6 @@ def environment_info() -> dict[str, Any]:
         "git_commit": commit,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o)}")
 
 
 def _resolve_path(ds: DatasetConfig) -> str:
@@ -258,7 +240,7 @@ def write_data_outputs(
             ],
             "excluded": data.excluded,
         }
-        _write_json(out / f"{data.name}_data.json", summary)
+        write_metrics_json(out / f"{data.name}_data.json", summary)
         plot_distribution(
             per_class,
             out / f"{data.name}_dist_original.png",
@@ -306,7 +288,7 @@ def evaluate_pair(
 
     Reuses a previous evaluation when its key (weights, test data, eval settings) matches.
     """
-    from ferlab.evaluation import evaluate_split, write_predictions
+    from ferlab.evaluation import evaluate, write_predictions
 
     metrics_path = out_dir / "metrics.json"
     key = _eval_key(ids["run_key"], test, cfg)
@@ -315,11 +297,10 @@ def evaluate_pair(
         if old.get("eval_key") == key and (out_dir / "probs.npz").exists():
             return dict(old)
     split = test.splits["test"]
-    result = evaluate_split(
+    result = evaluate(
         model,
         meta,
-        split.images,
-        split.labels,
+        split,
         test.labels,
         tta=cfg.eval.tta if cfg.eval.tta.enabled else None,
         batch_size=cfg.eval.batch_size,
@@ -329,7 +310,7 @@ def evaluate_pair(
     metrics = {**ids, "test_dataset": test.name, "eval_key": key, **result.metrics}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir, split.keys, result)
-    _write_json(metrics_path, metrics)
+    write_metrics_json(metrics_path, metrics)
     return metrics
 
 
@@ -386,7 +367,7 @@ def run_experiment(
         log.info("ferlab %s: experiment %r in %s", __version__, cfg.name, exp_dir)
         log.info("Log file: %s", log_path)
         dump_config(cfg, exp_dir / "config.yaml")
-        _write_json(exp_dir / "environment.json", environment_info())
+        write_metrics_json(exp_dir / "environment.json", environment_info())
         return _run(cfg, exp_dir, force=force, progress=progress, on_pair_done=on_pair_done)
 
 
@@ -481,7 +462,7 @@ def _run(
             except Exception as e:
                 log.error("[%s / ensemble] failed: %s", train_name, e)
 
-    _write_json(exp_dir / "status.json", {"pairs": [p.__dict__ for p in result.pairs]})
+    write_metrics_json(exp_dir / "status.json", {"pairs": [p.__dict__ for p in result.pairs]})
     report = build_report(exp_dir)
     from ferlab.reporting import collect_summary
 
