@@ -92,6 +92,67 @@ def median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
+class WindowTimer:
+    """Times ``step`` (returns the number of images it processed) in windows of at least
+    ``window_s`` s, one window per ``window()`` call, after a ``warm_up()`` of ``warmup_s`` s
+    and at least ``warmup_steps`` steps. Several timers can take turns (``interleaved``).
+
+    ``result()`` gives ``{"ips": median rate, "windows": [rates], "cpu_ips": median rate per
+    CPU-second per thread, "steps": timed steps}``. ``cpu_ips`` divides by the process's CPU
+    time over torch's thread count, an estimate of the idle-machine rate when neighbours steal
+    cores (it ignores DataLoader worker processes, so it is only reported, never compared).
+    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read on a GPU.
+    """
+
+    def __init__(
+        self,
+        step: Callable[[], int],
+        *,
+        window_s: float,
+        warmup_s: float,
+        sync: Callable[[], None] | None = None,
+        warmup_steps: int = MIN_WARMUP_STEPS,
+    ) -> None:
+        import torch
+
+        self.step, self.window_s, self.warmup_s = step, window_s, warmup_s
+        self.sync, self.warmup_steps = sync, warmup_steps
+        self.threads = max(1, torch.get_num_threads())
+        self.rates: list[float] = []
+        self.cpu_rates: list[float] = []
+        self.steps = 0
+
+    def warm_up(self) -> None:
+        t0, n = time.perf_counter(), 0
+        while n < self.warmup_steps or time.perf_counter() - t0 < self.warmup_s:
+            self.step()
+            n += 1
+        if self.sync:
+            self.sync()
+
+    def window(self) -> None:
+        images, w0, c0 = 0, time.perf_counter(), time.process_time()
+        while True:
+            images += self.step()
+            self.steps += 1
+            if self.sync:
+                self.sync()
+            dt = time.perf_counter() - w0
+            if dt >= self.window_s:
+                break
+        dc = (time.process_time() - c0) / self.threads
+        self.rates.append(images / dt)
+        self.cpu_rates.append(images / max(dc, 1e-9))
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "ips": median(self.rates),
+            "windows": [round(r, 1) for r in self.rates],
+            "cpu_ips": median(self.cpu_rates),
+            "steps": self.steps,
+        }
+
+
 def timed_windows(
     step: Callable[[], int],
     *,
@@ -101,61 +162,42 @@ def timed_windows(
     sync: Callable[[], None] | None = None,
     warmup_steps: int = MIN_WARMUP_STEPS,
 ) -> dict[str, Any]:
-    """Run ``step`` (returns the number of images it processed) through warm-up, then time
-    ``windows`` windows of at least ``window_s`` s each.
-
-    Returns ``{"ips": median rate, "windows": [rates], "cpu_ips": median rate per CPU-second
-    per thread, "steps": timed steps}``. ``cpu_ips`` divides by the process's CPU time over
-    torch's thread count, an estimate of the idle-machine rate when neighbours steal cores
-    (it ignores DataLoader worker processes, so it is only reported, never compared).
-    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read on a GPU.
-    """
-    import torch
-
-    threads = max(1, torch.get_num_threads())
-    t0, n = time.perf_counter(), 0
-    while n < warmup_steps or time.perf_counter() - t0 < warmup_s:
-        step()
-        n += 1
-    if sync:
-        sync()
-    rates, cpu_rates, steps = [], [], 0
+    """One path alone: warm up, then ``windows`` windows (see ``WindowTimer``)."""
+    timer = WindowTimer(
+        step, window_s=window_s, warmup_s=warmup_s, sync=sync, warmup_steps=warmup_steps
+    )
+    timer.warm_up()
     for _ in range(windows):
-        images, w0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            images += step()
-            steps += 1
-            if sync:
-                sync()
-            dt = time.perf_counter() - w0
-            if dt >= window_s:
-                break
-        dc = (time.process_time() - c0) / threads
-        rates.append(images / dt)
-        cpu_rates.append(images / max(dc, 1e-9))
-    return {
-        "ips": median(rates),
-        "windows": [round(r, 1) for r in rates],
-        "cpu_ips": median(cpu_rates),
-        "steps": steps,
-    }
+        timer.window()
+    return timer.result()
 
 
-def windows_from_steps(
-    durations: Sequence[float], images: Sequence[int], window_s: float, windows: int
-) -> list[float]:
-    """Group consecutive per-step (seconds, images) into windows of >= ``window_s`` s; rates."""
-    rates: list[float] = []
-    acc_t, acc_n = 0.0, 0
-    for dt, n in zip(durations, images, strict=True):
-        acc_t += dt
-        acc_n += n
-        if acc_t >= window_s:
-            rates.append(acc_n / acc_t)
-            acc_t, acc_n = 0.0, 0
-            if len(rates) == windows:
-                break
-    return rates
+def interleaved(timers: Sequence[WindowTimer], windows: int) -> None:
+    """Warm every timer up, then let them take turns, one window each, in A B B A order (a
+    steady drift of the machine's speed then favours no path)."""
+    for t in timers:
+        t.warm_up()
+    for i in range(windows):
+        for t in timers if i % 2 == 0 else list(reversed(timers)):
+            t.window()
+
+
+def paired_ratio(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """The ratio of two interleaved paths: the median over windows of ``a[i] / b[i]`` (each
+    window against its neighbour in time, robust to the machine's speed changing), with a
+    bootstrap 95% interval of that median (how far the figure can be trusted on this machine).
+    """
+    import numpy as np
+
+    r = np.array([x / y for x, y in zip(a, b, strict=False) if y > 0], dtype=np.float64)
+    if r.size == 0:
+        return {"median": None, "ci95": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    meds = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1)
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return {"median": float(np.median(r)), "ci95": [float(lo), float(hi)], "n": int(r.size)}
 
 
 # -- memory --------------------------------------------------------------------------------------
@@ -256,16 +298,23 @@ def device_sync() -> Callable[[], None] | None:
 
 # -- ferlab's real training path, instrumented ---------------------------------------------------
 def make_step_timer(
-    *, warmup_steps: int, warmup_s: float, window_s: float, windows: int, sync: Any
+    *,
+    warmup_steps: int,
+    warmup_s: float,
+    window_s: float,
+    windows: int,
+    sync: Any,
+    between: Callable[[], None] | None = None,
 ) -> Any:
-    """A Lightning ``Callback`` recording the wall time between consecutive training-batch ends.
+    """A Lightning ``Callback`` timing ferlab's training steps in windows.
 
     The interval from one ``on_train_batch_end`` to the next covers everything Lightning does
     for a step: fetching the batch from ferlab's batcher (index gather), the uint8 -> float
     conversion, batched augmentation, forward, backward, gradient clipping, the optimizer and
     scheduler steps and Lightning's own hooks. Steps before ``warmup_steps`` *and* ``warmup_s``
-    are dropped; once ``windows`` windows of ``window_s`` are complete the callback asks the
-    trainer to stop.
+    are dropped; then steps are summed into windows of at least ``window_s`` seconds. After each
+    window ``between()`` runs (another path's window, for interleaved A/B timing), its time
+    left out. Once ``windows`` windows are complete the callback asks the trainer to stop.
     """
     from lightning.pytorch.callbacks import Callback
 
@@ -274,8 +323,9 @@ def make_step_timer(
             self.t_prev: float | None = None
             self.t_start: float | None = None
             self.seen = 0
-            self.durations: list[float] = []
-            self.images: list[int] = []
+            self.steps = 0
+            self.rates: list[float] = []
+            self.win_t, self.win_n = 0.0, 0
             self.first_step_s: float | None = None
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -296,11 +346,16 @@ def make_step_timer(
                 and now - self.t_start >= warmup_s
             )
             if warm and self.t_prev is not None:
-                self.durations.append(now - self.t_prev)
-                self.images.append(int(batch[0].shape[0]))
-                if sum(self.durations) >= window_s * windows * 1.02:
-                    done = windows_from_steps(self.durations, self.images, window_s, windows)
-                    if len(done) >= windows:
+                self.steps += 1
+                self.win_t += now - self.t_prev
+                self.win_n += int(batch[0].shape[0])
+                if self.win_t >= window_s:
+                    self.rates.append(self.win_n / self.win_t)
+                    self.win_t, self.win_n = 0.0, 0
+                    if between is not None:
+                        between()
+                        now = time.perf_counter()
+                    if len(self.rates) >= windows:
                         trainer.should_stop = True
             self.t_prev = now
 
@@ -322,14 +377,17 @@ def ferlab_train_rate(
     warmup_steps: int = MIN_WARMUP_STEPS,
     seed: int = 0,
     root_dir: str | Path | None = None,
+    between: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Images/s of ferlab's own training path on ``dataset`` (a ``LoadedDataset``).
 
     Builds what ``ferlab.training.fit`` builds (the model, ``FerModule``, ``FerDataModule``
     with its in-memory batcher and sampler, a Lightning ``Trainer`` with the same precision,
     gradient clipping and deterministic mode) but with a timing callback, no progress bar, no
-    validation and no checkpoints, and times steady-state steps (see ``make_step_timer``).
-    Returns ``{"ips", "windows", "steps", "first_step_s", "setup_s"}``.
+    validation and no checkpoints, and times steady-state steps (see ``make_step_timer``;
+    ``between`` runs after every window, untimed here: the other half of an A/B pair).
+    Returns ``{"ips", "windows", "steps", "first_step_s", "setup_s"}``; ``setup_s`` is the
+    time from the call to the start of training (model, module, trainer).
     """
     import tempfile
 
@@ -367,7 +425,7 @@ def ferlab_train_rate(
     sync = torch.cuda.synchronize if accelerator == "cuda" else None
     timer = make_step_timer(
         warmup_steps=warmup_steps, warmup_s=warmup_s, window_s=window_s, windows=windows,
-        sync=sync,
+        sync=sync, between=between,
     )  # fmt: skip
     with (
         tempfile.TemporaryDirectory(prefix="ferlab-bench-", dir=root_dir) as tmp,
@@ -393,7 +451,7 @@ def ferlab_train_rate(
         )
         with deterministic(accelerator == "cpu"):
             trainer.fit(module, datamodule=datamodule)
-    rates = windows_from_steps(timer.durations, timer.images, window_s, windows)
+    rates = timer.rates
     if len(rates) < windows:
         log(
             f"ferlab train: only {len(rates)} of {windows} windows before max_steps={max_steps}; "
@@ -402,9 +460,9 @@ def ferlab_train_rate(
     return {
         "ips": median(rates),
         "windows": [round(r, 1) for r in rates],
-        "steps": len(timer.durations),
+        "steps": timer.steps,
         "first_step_s": timer.first_step_s,
-        "setup_s": time.perf_counter() - t0 - sum(timer.durations),
+        "setup_s": None if timer.t_start is None else timer.t_start - t0,
     }
 
 

@@ -6,9 +6,18 @@
     python bench/throughput.py --smoke                           # wiring check (numbers meaningless)
 
 What each number measures (images/s, median of ``--windows`` windows of ``--window-s`` s after a
-warm-up; every path builds a fresh model from the same seed, same optimizer and loss):
+warm-up; every path builds a fresh model from the same seed, same optimizer and loss).
 
-limit_train_ips    forward + backward + gradient clipping + AdamW step (ferlab's parameter groups,
+The limit and ferlab paths are timed *interleaved*, one window each in turn (training: a limit
+window after every ferlab window, from a callback in the Lightning loop; evaluation: A B B A),
+so both see the same machine: on a shared VM the speed of a 3 s window varies by ~8% (CV), far
+more than the gap being measured. ``ratios["ferlab_*/limit"]`` is the *paired* ratio, the
+median over windows of ferlab[i] / limit[i], with a bootstrap 95% interval (``*_ci95``); the
+ratio of the two medians is reported beside it. The naive path runs on its own afterwards (its
+gap is large enough for separate timing).
+
+limit_train_ips    forward + backward + gradient clipping + optimizer step (``FerModule``'s own
+                   ``build_optimizer``: AdamW, fused on CPU/CUDA, decay on weights only;
                    label-smoothed loss) on one random float batch already on the device: the
                    compute floor of this machine for this model.
 ferlab_train_ips   ferlab's real path on FER2013: ``load_dataset`` (decode-once cache, memory-
@@ -78,8 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=64, help="training batch size")
     ap.add_argument("--eval-batch", type=int, default=256, help="images per evaluation batch")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (every path)")
-    ap.add_argument("--windows", type=int, default=5)
-    ap.add_argument("--window-s", type=float, default=10.0)
+    ap.add_argument("--windows", type=int, default=20, help="timed windows per path")
+    ap.add_argument("--window-s", type=float, default=3.0)
     ap.add_argument("--warmup-s", type=float, default=None, help="default: one window")
     ap.add_argument("--tta-views", type=int, default=2, choices=sorted(TTA_BY_VIEWS))
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="naive DataLoader")
@@ -133,25 +142,15 @@ def fresh_model(name: str, kwargs: dict[str, Any], classes: int, channels: int, 
     return create_model(name, num_classes=classes, in_chans=channels, image_size=size, **kwargs)
 
 
-def make_optimizer(model: Any, train_cfg: Any) -> Any:
-    """The optimizer ``FerModule`` builds (decay on weights only), for the limit and naive loops."""
-    import torch
-
-    from ferlab.training.module import param_groups
-
-    groups = param_groups(model, train_cfg.weight_decay)
-    if train_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train_cfg.lr)
-    return torch.optim.SGD(groups, lr=train_cfg.lr, momentum=train_cfg.momentum, nesterov=True)
-
-
 def make_train_step(model: Any, train_cfg: Any, device: Any) -> Any:
     """One plain-PyTorch step on (x, y): the same loss, clipping and optimizer as ferlab's."""
     import torch
     import torch.nn.functional as F
 
-    opt = make_optimizer(model, train_cfg)
+    from ferlab.training.module import build_optimizer
+
     model.to(device).train()
+    opt = build_optimizer(model, train_cfg)  # FerModule's own, on the model's device
 
     def step(x: Any, y: Any) -> int:
         loss = F.cross_entropy(model(x), y, label_smoothing=train_cfg.label_smoothing)
@@ -178,18 +177,48 @@ def load_fer2013(path: Path, size: int, channels: int, cache_dir: str | Path) ->
     return load_dataset("fer2013", str(path), size=size, channels=channels, cache_dir=cache_dir)
 
 
-# -- limit -----------------------------------------------------------------------------------------
-def limit_train(ctx: SimpleNamespace) -> dict[str, Any]:
+# -- limit and ferlab, interleaved ------------------------------------------------------------------
+# The compute floor and ferlab's path take turns window by window in one process, so a change in
+# the machine's speed (a neighbour's burst, frequency drift) falls on both sides of the ratio.
+def limit_train_timer(ctx: SimpleNamespace) -> C.WindowTimer:
     import torch
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
     step = make_train_step(model, ctx.train_cfg, ctx.device)
     x = torch.randn(ctx.batch, ctx.channels, ctx.size, ctx.size, device=ctx.device)
     y = torch.randint(0, ctx.classes, (ctx.batch,), device=ctx.device)
-    return C.timed_windows(lambda: step(x, y), **ctx.timing)
+    return C.WindowTimer(lambda: step(x, y), **ctx.timing)
 
 
-def limit_eval(ctx: SimpleNamespace) -> dict[str, Any]:
+def train_pair(ctx: SimpleNamespace, dataset: Any, parts: set[str]) -> dict[str, Any]:
+    """``limit_train`` and ``ferlab_train``: a limit window after every ferlab window (or the
+    one of the two in ``parts`` alone)."""
+    limit = limit_train_timer(ctx) if "limit" in parts else None
+    if limit is not None:
+        limit.warm_up()
+        if "ferlab" not in parts:
+            for _ in range(ctx.windows):
+                limit.window()
+            return pair_result(limit.result(), None)
+    ferlab = C.ferlab_train_rate(
+        dataset,
+        ctx.model,
+        ctx.kwargs,
+        ctx.train_cfg,
+        image_size=ctx.size,
+        channels=ctx.channels,
+        windows=ctx.windows,
+        window_s=ctx.timing["window_s"],
+        warmup_s=ctx.timing["warmup_s"],
+        warmup_steps=ctx.timing["warmup_steps"],
+        max_steps=1_000_000,
+        root_dir=ctx.tmp_dir,
+        between=None if limit is None else limit.window,
+    )
+    return pair_result(None if limit is None else limit.result(), ferlab)
+
+
+def limit_eval_timer(ctx: SimpleNamespace) -> C.WindowTimer:
     import torch
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
@@ -202,28 +231,10 @@ def limit_eval(ctx: SimpleNamespace) -> dict[str, Any]:
             model(x).float().softmax(-1).view(v, b, -1).mean(0)
         return b
 
-    return C.timed_windows(step, **ctx.timing)
+    return C.WindowTimer(step, **ctx.timing)
 
 
-# -- ferlab ----------------------------------------------------------------------------------------
-def ferlab_train(ctx: SimpleNamespace, dataset: Any) -> dict[str, Any]:
-    return C.ferlab_train_rate(
-        dataset,
-        ctx.model,
-        ctx.kwargs,
-        ctx.train_cfg,
-        image_size=ctx.size,
-        channels=ctx.channels,
-        windows=ctx.timing["windows"],
-        window_s=ctx.timing["window_s"],
-        warmup_s=ctx.timing["warmup_s"],
-        warmup_steps=ctx.timing["warmup_steps"],
-        max_steps=1_000_000,
-        root_dir=ctx.tmp_dir,
-    )
-
-
-def ferlab_eval(ctx: SimpleNamespace, dataset: Any) -> dict[str, Any]:
+def ferlab_eval_timer(ctx: SimpleNamespace, dataset: Any) -> C.WindowTimer:
     from ferlab.evaluation import predict_views
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
@@ -240,7 +251,24 @@ def ferlab_eval(ctx: SimpleNamespace, dataset: Any) -> dict[str, Any]:
         predict_views(model, part, meta, ctx.tta, ctx.eval_batch, ctx.device)
         return int(part.shape[0])
 
-    return C.timed_windows(step, **ctx.timing)
+    return C.WindowTimer(step, **ctx.timing)
+
+
+def eval_pair(ctx: SimpleNamespace, dataset: Any, parts: set[str]) -> dict[str, Any]:
+    """``limit_eval`` and ``ferlab_eval``, taking turns (A B B A ...), or one of them alone."""
+    limit = limit_eval_timer(ctx) if "limit" in parts else None
+    ferlab = ferlab_eval_timer(ctx, dataset) if "ferlab" in parts else None
+    C.interleaved([t for t in (limit, ferlab) if t is not None], ctx.windows)
+    return pair_result(
+        None if limit is None else limit.result(), None if ferlab is None else ferlab.result()
+    )
+
+
+def pair_result(limit: dict[str, Any] | None, ferlab: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"limit": limit, "ferlab": ferlab}
+    if limit is not None and ferlab is not None:
+        out["paired"] = C.paired_ratio(ferlab["windows"], limit["windows"])
+    return out
 
 
 # -- naive -----------------------------------------------------------------------------------------
@@ -331,7 +359,7 @@ def naive_train(ctx: SimpleNamespace, workers: int) -> dict[str, Any]:
         x, y = next(it)
         return step(x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True))
 
-    return C.timed_windows(one, **ctx.timing)
+    return C.timed_windows(one, windows=ctx.windows, **ctx.timing)
 
 
 def naive_eval(ctx: SimpleNamespace, workers: int) -> dict[str, Any]:
@@ -355,7 +383,7 @@ def naive_eval(ctx: SimpleNamespace, workers: int) -> dict[str, Any]:
             logits.float().softmax(-1).view(b, v, -1).mean(1)
         return int(b)
 
-    return C.timed_windows(one, **ctx.timing)
+    return C.timed_windows(one, windows=ctx.windows, **ctx.timing)
 
 
 # -- cache -----------------------------------------------------------------------------------------
@@ -481,6 +509,20 @@ def measure(name: str, results: dict[str, Any], fn: Any, *a: Any) -> None:
         C.log(f"{name} FAILED: {e}")
 
 
+def split_pair(r: dict[str, Any], name: str) -> None:
+    """``r[name]`` from ``*_pair`` -> ``r["limit_<name>"]``, ``r["ferlab_<name>"]`` and the
+    paired ratio in ``r["paired_<name>"]``; an error stays under both names."""
+    got = r.pop(name)
+    if "error" in got:
+        r[f"limit_{name}"] = r[f"ferlab_{name}"] = got
+        return
+    for side in ("limit", "ferlab"):
+        if got[side] is not None:
+            r[f"{side}_{name}"] = got[side]
+    if "paired" in got:
+        r[f"paired_{name}"] = got["paired"]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -497,7 +539,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eval_batch=args.eval_batch, threads=args.threads, train_cfg=train_cfg, device=device,
         data=data, views=args.tta_views, tta=tta_config(args.tta_views), classes=7,
         config=args.config, tmp_dir=args.tmp_dir,
-        timing={"windows": args.windows, "window_s": args.window_s, "warmup_s": args.warmup_s,
+        windows=args.windows,
+        timing={"window_s": args.window_s, "warmup_s": args.warmup_s,
                 "sync": C.device_sync(), "warmup_steps": 1 if args.smoke else C.MIN_WARMUP_STEPS},
     )  # fmt: skip
     skip = set(args.skip)
@@ -514,17 +557,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             C.log(f"loading FER2013 from the cache in {cache_dir} (built first if absent)")
             dataset = load_fer2013(data, args.size, args.channels, cache_dir)
             ctx.classes = len(dataset.labels)
-        if "limit" not in skip:
-            measure("limit_train", r, limit_train, ctx)
-        if "ferlab" not in skip:
-            measure("ferlab_train", r, ferlab_train, ctx, dataset)
+        pair = {"limit", "ferlab"} - skip
+        if pair:
+            measure("train", r, train_pair, ctx, dataset, pair)
+            split_pair(r, "train")
         if "naive" not in skip:
             for w in args.workers:
                 measure(f"naive_train_w{w}", r, naive_train, ctx, w)
-        if "limit" not in skip:
-            measure("limit_eval", r, limit_eval, ctx)
-        if "ferlab" not in skip:
-            measure("ferlab_eval", r, ferlab_eval, ctx, dataset)
+        if pair:
+            measure("eval", r, eval_pair, ctx, dataset, pair)
+            split_pair(r, "eval")
         if "naive" not in skip:
             for w in args.workers:
                 measure(f"naive_eval_w{w}", r, naive_eval, ctx, w)
@@ -553,6 +595,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _get(r: dict[str, Any], part: str, key: str) -> float | None:
     v = r.get(part, {}).get(key)
     return float(v) if isinstance(v, int | float) else None
+
+
+def _paired(r: dict[str, Any], name: str) -> float | None:
+    return C.rnd(_get(r, f"paired_{name}", "median"), 3)
+
+
+def _paired_ci(r: dict[str, Any], name: str) -> list[float] | None:
+    ci = r.get(f"paired_{name}", {}).get("ci95")
+    return None if ci is None else [round(float(v), 3) for v in ci]
 
 
 def _best(r: dict[str, Any], prefix: str, workers: list[int]) -> tuple[float | None, int | None]:
@@ -610,10 +661,15 @@ def summarise(args: argparse.Namespace, ctx: SimpleNamespace, r: dict[str, Any])
         # The last run: the OS file cache is then warm too, as for a user's second command.
         "time_to_first_step_s": C.rnd(firsts_ok[-1], 2) if firsts_ok else None,
         "ratios": {
-            "ferlab_train/limit": C.ratio(ft, lt),
+            # Paired: the median over interleaved windows of ferlab / limit (see --help).
+            "ferlab_train/limit": _paired(r, "train") or C.ratio(ft, lt),
+            "ferlab_train/limit_ci95": _paired_ci(r, "train"),
+            "ferlab_train/limit_of_medians": C.ratio(ft, lt),
             "ferlab_train/naive": C.ratio(ft, nt),
             "naive_train/limit": C.ratio(nt, lt),
-            "ferlab_eval/limit": C.ratio(fe, le),
+            "ferlab_eval/limit": _paired(r, "eval") or C.ratio(fe, le),
+            "ferlab_eval/limit_ci95": _paired_ci(r, "eval"),
+            "ferlab_eval/limit_of_medians": C.ratio(fe, le),
             "ferlab_eval/naive": C.ratio(fe, ne),
             "naive_eval/limit": C.ratio(ne, le),
         },
@@ -642,19 +698,21 @@ def summarise(args: argparse.Namespace, ctx: SimpleNamespace, r: dict[str, Any])
 
 
 def table(res: dict[str, Any]) -> str:
+    ratios = res["ratios"]
     rows = [
-        ("train", res["limit_train_ips"], res["ferlab_train_ips"], res["naive_train_ips"]),
-        ("eval (TTA)", res["limit_eval_ips"], res["ferlab_eval_ips"], res["naive_eval_ips"]),
-    ]
+        ("train", "train", res["limit_train_ips"], res["ferlab_train_ips"], res["naive_train_ips"]),
+        ("eval (TTA)", "eval", res["limit_eval_ips"], res["ferlab_eval_ips"], res["naive_eval_ips"]),
+    ]  # fmt: skip
     lines = [
         f"| {res['config']['model']} {res['config']['size']}px b{res['config']['batch']} "
-        f"t{res['config']['threads']} | limit img/s | ferlab img/s | naive img/s | ferlab/limit | ferlab/naive |",
+        f"t{res['config']['threads']} | limit img/s | ferlab img/s | naive img/s "
+        "| ferlab/limit (paired, 95% CI) | ferlab/naive |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, lim, fer, nai in rows:
-        lines.append(
-            f"| {name} | {lim} | {fer} | {nai} | {C.ratio(fer, lim)} | {C.ratio(fer, nai)} |"
-        )
+    for name, key, lim, fer, nai in rows:
+        ci = ratios[f"ferlab_{key}/limit_ci95"]
+        shown = f"{ratios[f'ferlab_{key}/limit']}" + (f" ({ci[0]}-{ci[1]})" if ci else "")
+        lines.append(f"| {name} | {lim} | {fer} | {nai} | {shown} | {C.ratio(fer, nai)} |")
     lines.append("")
     lines.append(
         f"cache_build_s {res['cache_build_s']}  cache_load_s {res['cache_load_s']}  "

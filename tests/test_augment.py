@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ferlab.config import AugmentConfig
-from ferlab.training.augment import affine_matrices, augment_batch, mixup_cutmix
+from ferlab.training.augment import affine_grid, affine_matrices, augment_batch, mixup_cutmix
 
 OFF = dict(
     hflip=0.0,
@@ -132,3 +133,11 @@ def test_mixup_cutmix_probability_zero_is_identity() -> None:
     x, y = batch(), torch.eye(8)
     xm, ym = mixup_cutmix(x, y, AugmentConfig(mixup=0.0, cutmix=0.0), gen())
     assert xm is x and ym is y
+
+
+def test_affine_grid_matches_torch() -> None:
+    theta = affine_matrices(32, cfg(crop_scale=(0.5, 1.0), rotate=30.0, translate=0.2), gen())
+    for h, w in ((48, 48), (17, 40)):
+        ours = affine_grid(theta, h, w)
+        ref = F.affine_grid(theta, [32, 1, h, w], align_corners=False)
+        assert torch.allclose(ours, ref, atol=1e-6)

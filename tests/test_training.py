@@ -30,6 +30,8 @@ from ferlab.training.data import EvalBatches, TrainBatches, remap_targets
 from ferlab.training.device import cpu_threads, pick_accelerator, resolve_precision
 from ferlab.training.module import (
     HISTORY_COLUMNS,
+    FerModule,
+    build_optimizer,
     metrics_from_confusion,
     param_groups,
     warmup_cosine,
@@ -190,6 +192,39 @@ def test_param_groups_exclude_norm_and_bias_from_decay() -> None:
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert {p.ndim for p in decay["params"]} == {2, 4}
     assert len(no_decay["params"]) == 4  # conv bias, bn weight + bias, linear bias
+
+
+def test_build_optimizer_fuses_adamw_on_cpu_and_keeps_groups() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = build_optimizer(model, TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.1))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    sgd = build_optimizer(model, TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] is True
+    # Fused and per-tensor AdamW take the same step.
+    ref = torch.optim.AdamW(param_groups(model, 0.1), lr=0.01, fused=False)
+    twin = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    twin.load_state_dict(model.state_dict())
+    opt2 = build_optimizer(twin, TrainConfig(optimizer="adamw", lr=0.01, weight_decay=0.1))
+    x = torch.randn(2, 1, 6, 6)
+    for m, o in ((model, ref), (twin, opt2)):
+        m(x).square().mean().backward()
+        o.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_module_input_helpers_agree() -> None:
+    module = FerModule(
+        torch.nn.Identity(), TrainConfig(), num_classes=3, channels=1, mean=(0.5,), std=(0.25,),
+        seed=0,
+    )  # fmt: skip
+    x = torch.randint(0, 256, (4, 6, 6, 1), dtype=torch.uint8)
+    unit = module.to_float(x)
+    assert unit.shape == (4, 1, 6, 6) and float(unit.max()) <= 1.0
+    want = (x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(module.normalise(unit), want, atol=1e-5)
+    assert torch.allclose(module.model_input(x), want, atol=1e-5)
 
 
 def test_warmup_cosine_schedule() -> None:

@@ -296,3 +296,17 @@ def test_rows_predict_a_subset_of_a_read_only_memmap(tmp_path: Path) -> None:
         )
         whole = predict_probs(model, mapped, meta, None, batch_size=4, device="cpu")
     np.testing.assert_allclose(plain, whole[rows], atol=1e-6)
+
+
+def test_model_input_fused_path_matches_float_then_normalise() -> None:
+    # Same channels and size: one fused uint8 -> normalised pass; it must equal the long way.
+    from ferlab.evaluation.tta import _to_model_input
+
+    meta = make_meta(image_size=8, channels=1, mean=0.4, std=0.2)
+    mean = torch.tensor([0.4]).view(1, 1, 1, 1)
+    std = torch.tensor([0.2]).view(1, 1, 1, 1)
+    batch = torch.randint(0, 256, (3, 8, 8, 1), dtype=torch.uint8)
+    got = _to_model_input(batch, meta, mean, std)
+    want = (batch.permute(0, 3, 1, 2).float() / 255.0 - 0.4) / 0.2
+    assert got.dtype == torch.float32 and got.shape == (3, 1, 8, 8)
+    assert torch.allclose(got, want, atol=1e-5)

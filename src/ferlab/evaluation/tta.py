@@ -170,8 +170,12 @@ def _to_model_input(
     batch: torch.Tensor, meta: MetaLike, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
     """uint8 (B, H, W, C) on the device -> normalised float (B, meta.channels, h, w)."""
-    x = batch.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+    x = batch.permute(0, 3, 1, 2)  # (B, C, H, W) uint8
     c_in, c_out = x.shape[1], int(meta.channels)
+    hw = _image_hw(meta)
+    if c_in == c_out and tuple(x.shape[-2:]) == hw:  # the usual case: one fused pass
+        return torch.addcmul(-mean / std, x, 1.0 / (255.0 * std))
+    x = x.mul(1.0 / 255.0)  # float in [0, 1]
     if c_in != c_out:
         if c_in == 1 and c_out == 3:
             x = x.expand(-1, 3, -1, -1)
@@ -183,7 +187,6 @@ def _to_model_input(
                 f"Cannot convert {c_in}-channel images to the model's {c_out} channels; "
                 "only grey (1) <-> RGB (3) conversions are supported."
             )
-    hw = _image_hw(meta)
     if tuple(x.shape[-2:]) != hw:
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
     return (x - mean) / std

@@ -9,6 +9,7 @@ for flip + random resized crop + translation + rotation, per-sample brightness/c
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -71,13 +72,21 @@ def _photometric(
     x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, channels: int
 ) -> torch.Tensor:
     b, dev = x.shape[0], x.device
-    if cfg.brightness > 0:
-        f = _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, g).to(dev).view(b, 1, 1, 1)
-        x = x * f
-    if cfg.contrast > 0:
-        f = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, g).to(dev).view(b, 1, 1, 1)
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * f + mean
+    if cfg.brightness > 0 or cfg.contrast > 0:
+        # brightness x -> x * fb, then contrast x -> (x - m) * fc + m with m the new mean:
+        # together x * fb * fc + mean(x) * fb * (1 - fc), one pass over the batch.
+        fb = torch.ones(b)
+        if cfg.brightness > 0:
+            fb = _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, g)
+        scale = fb.to(dev, x.dtype).view(b, 1, 1, 1)
+        if cfg.contrast > 0:
+            fc = (
+                _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, g).to(dev, x.dtype).view(b, 1, 1, 1)
+            )
+            shift = x.mean(dim=(1, 2, 3), keepdim=True) * scale * (1 - fc)
+            x = torch.addcmul(shift, x, scale * fc)
+        else:
+            x = x * scale
     if channels == 3 and cfg.saturation > 0:
         f = _uniform(b, 1 - cfg.saturation, 1 + cfg.saturation, g).to(dev).view(b, 1, 1, 1)
         grey = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(
@@ -86,7 +95,7 @@ def _photometric(
         x = (x - grey) * f + grey
     if channels == 3 and cfg.hue > 0:
         x = _hue_rotate(x, _uniform(b, -cfg.hue, cfg.hue, g).to(dev) * (2 * math.pi))
-    return x.clamp(0.0, 1.0)
+    return x.clamp_(0.0, 1.0)  # x is a new tensor here: clamp in place
 
 
 # RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane.
@@ -116,11 +125,14 @@ def _box_masks(
     x1: torch.Tensor,
     dev: torch.device,
 ) -> torch.Tensor:
-    """(B, 1, H, W) bool masks of the rectangles [y0, y1) x [x0, x1)."""
-    ys = torch.arange(h, device=dev).view(1, h, 1)
-    xs = torch.arange(w, device=dev).view(1, 1, w)
-    y0, y1, x0, x1 = (t.to(dev).view(b, 1, 1) for t in (y0, y1, x0, x1))
-    return ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)).unsqueeze(1)
+    """(B, 1, H, W) bool masks of the rectangles [y0, y1) x [x0, x1): a (B, H) row mask times a
+    (B, W) column mask, one full-size operation."""
+    ys = torch.arange(h, device=dev).view(1, h)
+    xs = torch.arange(w, device=dev).view(1, w)
+    y0, y1, x0, x1 = (t.to(dev).view(b, 1) for t in (y0, y1, x0, x1))
+    rows = (ys >= y0) & (ys < y1)
+    cols = (xs >= x0) & (xs < x1)
+    return (rows.unsqueeze(2) & cols.unsqueeze(1)).unsqueeze(1)
 
 
 def _erase(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
@@ -138,6 +150,26 @@ def _erase(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
     return torch.where(mask, fill.to(x.device, x.dtype).view(b, 1, 1, 1), x)
 
 
+@functools.lru_cache(maxsize=16)
+def _base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, H*W, 3) homogeneous output coordinates (x, y, 1) of ``affine_grid``
+    (align_corners=False): pixel centres in [-1, 1], row-major."""
+    ys = (torch.arange(h, dtype=torch.float64) * 2 + 1) / h - 1
+    xs = (torch.arange(w, dtype=torch.float64) * 2 + 1) / w - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    base = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).view(1, h * w, 3)
+    return base.to(device, dtype)
+
+
+def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, h, w), align_corners=False)`` as one batched product
+    (B, H*W, 3) x (B, 3, 2) against a cached base grid, written straight in (B, H, W, 2)
+    order: about twice as fast as torch's on small images."""
+    b = theta.shape[0]
+    base = _base_grid(h, w, theta.device, theta.dtype).expand(b, -1, -1)
+    return torch.bmm(base, theta.transpose(1, 2)).view(b, h, w, 2)
+
+
 def augment_batch(
     x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, channels: int
 ) -> torch.Tensor:
@@ -150,7 +182,7 @@ def augment_batch(
     b = x.shape[0]
     if _has_geometry(cfg):
         theta = affine_matrices(b, cfg, generator).to(x.device, x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = affine_grid(theta, x.shape[-2], x.shape[-1])
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     elif cfg.hflip > 0:
         flip = _bernoulli(b, cfg.hflip, generator).to(x.device).view(b, 1, 1, 1)
