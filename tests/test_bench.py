@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, shared_dataset
 
 sys.path.insert(0, str(REPO / "bench"))
-import _common as C  # noqa: E402
+import _common as C
 
 
 def test_interleaved_timers_take_turns_in_abba_order() -> None:
