@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferlab.config import TTAConfig
+from ferlab.data.tensors import uint8_nchw
 
 # ITU-R 601-2 luma, the weights PIL uses for "L": RGB input becomes grey as decoding would.
 _LUMA = (0.299, 0.587, 0.114)
@@ -170,7 +171,7 @@ def _to_model_input(
     batch: torch.Tensor, meta: MetaLike, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
     """uint8 (B, H, W, C) on the device -> normalised float (B, meta.channels, h, w)."""
-    x = batch.permute(0, 3, 1, 2)  # (B, C, H, W) uint8
+    x = uint8_nchw(batch)  # (B, C, H, W) uint8, NCHW strides
     c_in, c_out = x.shape[1], int(meta.channels)
     hw = _image_hw(meta)
     if c_in == c_out and tuple(x.shape[-2:]) == hw:  # the usual case: one fused pass

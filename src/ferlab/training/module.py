@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferlab.config import TrainConfig
+from ferlab.data.tensors import uint8_nchw
 from ferlab.training.augment import augment_batch, mixup_cutmix
 from ferlab.training.data import derive_seed
 
@@ -163,8 +164,8 @@ class FerModule(pl.LightningModule):
 
     # -- batch preparation ------------------------------------------------------------------
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1] (one pass)."""
-        return x.permute(0, 3, 1, 2).mul(1.0 / 255.0).contiguous()
+        """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1], NCHW strides (one pass)."""
+        return uint8_nchw(x).mul(1.0 / 255.0)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """(x - mean) / std of a float batch in [0, 1] (one pass)."""
@@ -172,7 +173,7 @@ class FerModule(pl.LightningModule):
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, C) -> the normalised float (B, C, H, W) the model takes (one pass)."""
-        return torch.addcmul(self.norm_shift, x.permute(0, 3, 1, 2), self.u8_scale).contiguous()
+        return torch.addcmul(self.norm_shift, uint8_nchw(x), self.u8_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
