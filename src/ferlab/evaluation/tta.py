@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferlab.config import TTAConfig
-from ferlab.data.tensors import uint8_nchw
+from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
 
 # ITU-R 601-2 luma, the weights PIL uses for "L": RGB input becomes grey as decoding would.
 _LUMA = (0.299, 0.587, 0.114)
@@ -171,12 +171,11 @@ def _to_model_input(
     batch: torch.Tensor, meta: MetaLike, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
     """uint8 (B, H, W, C) on the device -> normalised float (B, meta.channels, h, w)."""
-    x = uint8_nchw(batch)  # (B, C, H, W) uint8, NCHW strides
-    c_in, c_out = x.shape[1], int(meta.channels)
+    c_in, c_out = batch.shape[-1], int(meta.channels)
     hw = _image_hw(meta)
-    if c_in == c_out and tuple(x.shape[-2:]) == hw:  # the usual case: one fused pass
-        return torch.addcmul(-mean / std, x, 1.0 / (255.0 * std))
-    x = x.mul(1.0 / 255.0)  # float in [0, 1]
+    if c_in == c_out and tuple(batch.shape[1:3]) == hw:  # the usual case: one fused pass
+        return uint8_normalised(batch, mean, std)
+    x = uint8_unit(batch)  # float (B, C, H, W) in [0, 1]
     if c_in != c_out:
         if c_in == 1 and c_out == 3:
             x = x.expand(-1, 3, -1, -1)
@@ -190,7 +189,7 @@ def _to_model_input(
             )
     if tuple(x.shape[-2:]) != hw:
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
-    return (x - mean) / std
+    return normalise(x, mean, std)
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

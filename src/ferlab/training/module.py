@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferlab.config import TrainConfig
-from ferlab.data.tensors import uint8_nchw
+from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
 from ferlab.training.augment import augment_batch, mixup_cutmix
 from ferlab.training.data import derive_seed
 
@@ -116,9 +116,6 @@ class FerModule(pl.LightningModule):
 
     mean: torch.Tensor  # (1, C, 1, 1) buffers, not saved: they travel in the model metadata
     std: torch.Tensor
-    norm_scale: torch.Tensor  # 1 / std, (1, C, 1, 1)
-    norm_shift: torch.Tensor  # -mean / std
-    u8_scale: torch.Tensor  # 1 / (255 * std)
     class_weights: torch.Tensor  # (K,) or empty when the loss is unweighted
 
     def __init__(
@@ -149,11 +146,6 @@ class FerModule(pl.LightningModule):
         self.register_buffer(
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
-        # normalise(x) = (x - mean) / std as one fused x * scale + shift; u8_scale folds the
-        # uint8 -> [0, 1] division in too, for batches that skip augmentation.
-        self.register_buffer("norm_scale", 1.0 / self.std, persistent=False)
-        self.register_buffer("norm_shift", -self.mean / self.std, persistent=False)
-        self.register_buffer("u8_scale", 1.0 / (255.0 * self.std), persistent=False)
         cw = class_weights if class_weights is not None else torch.zeros(0)
         self.register_buffer("class_weights", cw.float(), persistent=False)
         self.history: list[dict[str, float]] = []
@@ -165,15 +157,15 @@ class FerModule(pl.LightningModule):
     # -- batch preparation ------------------------------------------------------------------
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, C) -> float (B, C, H, W) in [0, 1], NCHW strides (one pass)."""
-        return uint8_nchw(x).mul(1.0 / 255.0)
+        return uint8_unit(x)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """(x - mean) / std of a float batch in [0, 1] (one pass)."""
-        return torch.addcmul(self.norm_shift, x, self.norm_scale)
+        return normalise(x, self.mean, self.std)
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, C) -> the normalised float (B, C, H, W) the model takes (one pass)."""
-        return torch.addcmul(self.norm_shift, uint8_nchw(x), self.u8_scale)
+        return uint8_normalised(x, self.mean, self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
