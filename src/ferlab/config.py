@@ -86,6 +86,22 @@ class TrainConfig(_Strict):
     limit_val_batches: int | float | None = None
 
 
+class RuntimeConfig(_Strict):
+    """Where and how fast a run executes: hardware settings that do not change what is learned.
+
+    This section is not part of any run key, because of where it lives: moving a run from a
+    laptop CPU to a GPU, or changing the thread count, reuses its weights.
+    """
+
+    accelerator: Literal["auto", "cpu", "cuda", "mps", "gpu"] = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch threads on CPU; None = all cores
+    progress: bool = True  # progress bars
+
+
 class ModelConfig(_Strict):
     """One model; ``train`` overrides fields of the experiment's ``train`` for this model."""
 
