@@ -367,6 +367,7 @@ def ferlab_train_rate(
     model_name: str,
     model_kwargs: dict[str, Any],
     train_cfg: Any,
+    runtime: Any,
     *,
     image_size: int,
     channels: int,
@@ -382,9 +383,10 @@ def ferlab_train_rate(
     """Images/s of ferlab's own training path on ``dataset`` (a ``LoadedDataset``).
 
     Builds what ``ferlab.training.fit`` builds (the model, ``FerModule``, ``FerDataModule``
-    with its in-memory batcher and sampler, a Lightning ``Trainer`` with the same precision,
-    gradient clipping and deterministic mode) but with a timing callback, no progress bar, no
-    validation and no checkpoints, and times steady-state steps (see ``make_step_timer``;
+    with its in-memory batcher and sampler, and the ``Trainer`` from ``build_trainer``: the
+    same precision, gradient clipping, deterministic mode and logs) with ``runtime`` (a
+    ``RuntimeConfig``, see ``bench_runtime``) and a timing callback instead of fit's callbacks:
+    no validation and no checkpoints. Times steady-state steps (see ``make_step_timer``;
     ``between`` runs after every window, untimed here: the other half of an A/B pair).
     Returns ``{"ips", "windows", "steps", "first_step_s", "setup_s"}``; ``setup_s`` is the
     time from the call to the start of training (model, module, trainer).
@@ -394,16 +396,15 @@ def ferlab_train_rate(
     import lightning.pytorch as pl
     import torch
 
+    from ferlab.device import pick_device
     from ferlab.models import create_model, default_norm
     from ferlab.training.data import remap_targets
-    from ferlab.training.device import pick_accelerator, resolve_precision
-    from ferlab.training.fit import FerDataModule, deterministic, quiet_lightning
+    from ferlab.training.fit import FerDataModule
     from ferlab.training.module import FerModule
+    from ferlab.training.trainer import build_trainer
 
     t0 = time.perf_counter()
     labels = list(dataset.labels)
-    accelerator = pick_accelerator(train_cfg.accelerator)
-    precision = resolve_precision(train_cfg.precision, accelerator)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = create_model(
         model_name, num_classes=len(labels), in_chans=channels, image_size=image_size,
@@ -422,35 +423,22 @@ def ferlab_train_rate(
     train, val = dataset.splits["train"], dataset.splits["val"]
     remap_targets(train.labels, labels)  # fail early, with ferlab's message, on a label mismatch
     datamodule = FerDataModule(train, val, labels, train_cfg, seed, None)
-    sync = torch.cuda.synchronize if accelerator == "cuda" else None
+    on_cuda = pick_device(runtime.accelerator).type == "cuda"
     timer = make_step_timer(
         warmup_steps=warmup_steps, warmup_s=warmup_s, window_s=window_s, windows=windows,
-        sync=sync, between=between,
+        sync=torch.cuda.synchronize if on_cuda else None, between=between,
     )  # fmt: skip
-    with (
-        tempfile.TemporaryDirectory(prefix="ferlab-bench-", dir=root_dir) as tmp,
-        quiet_lightning(),
-    ):
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            precision=precision,
+    with tempfile.TemporaryDirectory(prefix="ferlab-bench-", dir=root_dir) as tmp:
+        setup = build_trainer(
+            runtime,
+            Path(tmp),
             max_epochs=10_000,
             max_steps=max_steps,
+            callbacks=[timer],
             gradient_clip_val=train_cfg.grad_clip,
             limit_val_batches=0,
-            callbacks=[timer],
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
-            benchmark=accelerator == "cuda",
-            default_root_dir=tmp,
         )
-        with deterministic(accelerator == "cpu"):
-            trainer.fit(module, datamodule=datamodule)
+        setup.fit(module, datamodule)
     rates = timer.rates
     if len(rates) < windows:
         log(
@@ -466,11 +454,22 @@ def ferlab_train_rate(
     }
 
 
+def bench_runtime(threads: int | None, base: Any = None) -> Any:
+    """Where every benchmark path runs: ``base`` (a ``RuntimeConfig``, default the defaults:
+    the best device) on one device (one process) with ``threads`` torch threads (``None``: all
+    cores) and no progress bar; returns a ``RuntimeConfig``."""
+    from ferlab.config import RuntimeConfig
+
+    base = base if base is not None else RuntimeConfig()
+    return base.model_copy(update={"devices": 1, "threads": threads, "progress": False})
+
+
 def bench_train_config(
     model_name: str, batch: int, threads: int, config: str = "fer2013_cpu"
-) -> tuple[Any, dict[str, Any]]:
-    """The training recipe every path uses: the shipped ``fer2013_cpu.yaml`` (the default CPU
-    recipe) with ``batch_size`` and ``threads`` set; returns (TrainConfig, model kwargs).
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The recipe every path uses: the shipped ``fer2013_cpu.yaml`` (the default CPU recipe)
+    with ``batch_size`` set, and its runtime on one device with ``threads`` threads; returns
+    (TrainConfig, RuntimeConfig, model kwargs).
 
     The model's kwargs come from the config when it trains that model, else none.
     """
@@ -479,5 +478,5 @@ def bench_train_config(
     cfg = load_config(config)
     listed = [m for m in cfg.models if m.name == model_name]
     mcfg = listed[0] if listed else ModelConfig(name=model_name)
-    train = cfg.train_for(mcfg).model_copy(update={"batch_size": batch, "threads": threads})
-    return train, dict(mcfg.kwargs)
+    train = cfg.train_for(mcfg).model_copy(update={"batch_size": batch})
+    return train, bench_runtime(threads, cfg.runtime), dict(mcfg.kwargs)

@@ -113,7 +113,7 @@ def infer_rate(model_name: str, kwargs: dict[str, Any], ds: Any, size: int, ch: 
     """Images/s of a plain (1-view) ``predict_views`` pass on (part of) the val split."""
     import torch
 
-    from ferlab.evaluation import predict_views
+    from ferlab.evaluation.tta import predict_views
     from ferlab.models import create_model, default_norm
 
     torch.manual_seed(0)
@@ -128,14 +128,15 @@ def infer_rate(model_name: str, kwargs: dict[str, Any], ds: Any, size: int, ch: 
 
 
 def plan_epochs(
-    cfg: Any, mcfg: Any, train_cfg: Any, ds: Any, args: argparse.Namespace
+    cfg: Any, mcfg: Any, train_cfg: Any, runtime: Any, ds: Any, args: argparse.Namespace
 ) -> tuple[int, dict[str, Any]]:
     """Epochs that fit the budget, from ferlab's measured training and inference rates."""
     size, ch = mcfg.image_size or cfg.data.image_size, mcfg.channels or cfg.data.channels
     small = len(ds.splits["train"]) < 5000
     C.log("probing this machine's training rate on ferlab's path ...")
     probe = C.ferlab_train_rate(
-        ds, mcfg.name, dict(mcfg.kwargs), train_cfg, image_size=size, channels=ch,
+        ds, mcfg.name, dict(mcfg.kwargs), train_cfg, C.bench_runtime(runtime.threads, runtime),
+        image_size=size, channels=ch,
         windows=2, window_s=1.0 if small else 4.0, warmup_s=1.0 if small else 3.0,
         warmup_steps=1 if small else C.MIN_WARMUP_STEPS, max_steps=100_000,
     )  # fmt: skip
@@ -191,9 +192,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ferlab.config import load_config
+    from ferlab.device import cpu_threads
     from ferlab.models import DEFAULT_CPU_MODEL
     from ferlab.training import fit
-    from ferlab.training.device import cpu_threads
 
     overrides = list(args.overrides)
     if args.model:
@@ -202,9 +203,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mcfg = cfg.models[0]
     if not args.model and args.config == "fer2013_cpu" and mcfg.name != DEFAULT_CPU_MODEL:
         C.log(f"note: {args.config} trains {mcfg.name}; DEFAULT_CPU_MODEL is {DEFAULT_CPU_MODEL}")
-    threads = cpu_threads(args.threads if args.threads else cfg.train.threads)
+    threads = cpu_threads(args.threads if args.threads else cfg.runtime.threads)
     torch.set_num_threads(threads)
-    train_cfg = cfg.train_for(mcfg).model_copy(update={"threads": threads})
+    runtime = cfg.runtime.model_copy(update={"threads": threads, "progress": False})
+    train_cfg = cfg.train_for(mcfg)
     size, ch = mcfg.image_size or cfg.data.image_size, mcfg.channels or cfg.data.channels
 
     t0 = elapsed_s()
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.epochs:
         epochs, plan = args.epochs, {"epochs": args.epochs, "fixed": True}
     else:
-        epochs, plan = plan_epochs(cfg, mcfg, train_cfg, ds, args)
+        epochs, plan = plan_epochs(cfg, mcfg, train_cfg, runtime, ds, args)
     probe_s = elapsed_s() - t0
     train_cfg = train_cfg.model_copy(update={"epochs": epochs})
 
@@ -228,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = elapsed_s()
     result = fit(
         ds, mcfg, train_cfg, run_dir, seed=cfg.seed, image_size=size, channels=ch,
-        log=C.log, progress=False,
+        runtime=runtime, log=C.log,
     )  # fmt: skip
     fit_s = elapsed_s() - t0
 
@@ -250,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "recipe": args.config,
         "overrides": overrides,
         "train_config": train_cfg.model_dump(mode="json"),
+        "runtime": runtime.model_dump(mode="json"),
         "machine": C.machine_info(threads),
         "budget_min": args.budget_min,
         "plan": plan,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ferlab.device import cpu_threads
 from ferlab.models import create_model
 
 DEFAULT_CANDIDATES = [
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--bf16", action="store_true", help="also measure bf16 autocast")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(cpu_threads(args.threads))
     rows = []
     for spec in args.models:
         name, kwargs = parse_candidate(spec)

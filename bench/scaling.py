@@ -105,19 +105,23 @@ def child_point(a: dict[str, Any]) -> dict[str, Any]:
     """One (N, S) point: ferlab's training rate and this process's peak RSS."""
     import torch
 
-    torch.set_num_threads(a["threads"])
     from ferlab.data.loading import load_dataset
+    from ferlab.device import cpu_threads
+
+    torch.set_num_threads(cpu_threads(a["threads"]))
 
     rss_imports = C.current_rss_mb()
     ds = load_dataset("fer2013", a["data"], size=a["size"], channels=1, cache_dir=a["cache_dir"])
     full = len(ds.splits["train"])
     n = full if a["count"] == FULL else min(int(a["count"]), full)
-    train_cfg, kwargs = C.bench_train_config(a["model"], a["batch"], a["threads"], a["config"])
+    train_cfg, runtime, kwargs = C.bench_train_config(
+        a["model"], a["batch"], a["threads"], a["config"]
+    )
     with tempfile.TemporaryDirectory(prefix="ferlab-bench-scaling-") as tmp:
         if n < full:
             ds.splits["train"] = memmapped_subset(ds.splits["train"], n, 0, Path(tmp))
         rate = C.ferlab_train_rate(
-            ds, a["model"], kwargs, train_cfg, image_size=a["size"], channels=1,
+            ds, a["model"], kwargs, train_cfg, runtime, image_size=a["size"], channels=1,
             windows=a["windows"], window_s=a["window_s"], warmup_s=a["warmup_s"],
             warmup_steps=1 if a["smoke"] else C.MIN_WARMUP_STEPS, max_steps=1_000_000,
             root_dir=tmp,

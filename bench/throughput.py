@@ -205,6 +205,7 @@ def train_pair(ctx: SimpleNamespace, dataset: Any, parts: set[str]) -> dict[str,
         ctx.model,
         ctx.kwargs,
         ctx.train_cfg,
+        ctx.runtime,
         image_size=ctx.size,
         channels=ctx.channels,
         windows=ctx.windows,
@@ -235,7 +236,7 @@ def limit_eval_timer(ctx: SimpleNamespace) -> C.WindowTimer:
 
 
 def ferlab_eval_timer(ctx: SimpleNamespace, dataset: Any) -> C.WindowTimer:
-    from ferlab.evaluation import predict_views
+    from ferlab.evaluation.tta import predict_views
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
     mean, std = norm_of(model, ctx.channels)
@@ -409,10 +410,12 @@ def child_rss(a: dict[str, Any]) -> dict[str, Any]:
     """Only ferlab's path, in a process of its own: load, fit a few steps (+ validation), TTA."""
     import torch
 
-    torch.set_num_threads(a["threads"])
-    from ferlab.config import ModelConfig, TrainConfig
-    from ferlab.evaluation import predict_views
+    from ferlab.config import ModelConfig, RuntimeConfig, TrainConfig
+    from ferlab.device import cpu_threads
+    from ferlab.evaluation.tta import predict_views
     from ferlab.training import fit
+
+    torch.set_num_threads(cpu_threads(a["threads"]))
 
     out: dict[str, Any] = {"rss_start_mb": C.current_rss_mb()}
     t0 = time.perf_counter()
@@ -436,8 +439,8 @@ def child_rss(a: dict[str, Any]) -> dict[str, Any]:
             seed=0,
             image_size=a["size"],
             channels=a["channels"],
+            runtime=RuntimeConfig.model_validate(a["runtime"]),
             log=lambda m: print(m, file=sys.stderr),
-            progress=False,
         )
         out["fit_s"] = time.perf_counter() - t0
     out["rss_after_fit_mb"] = C.current_rss_mb()
@@ -476,7 +479,7 @@ def first_step(ctx: SimpleNamespace, cache_dir: Path) -> dict[str, Any]:
             "--out", str(Path(tmp) / "exp"), "--no-progress",
             "--set", f"data.cache_dir={cache_dir}", "--set", f"data.image_size={ctx.size}",
             "--set", f"data.channels={ctx.channels}", "--set", f"train.batch_size={ctx.batch}",
-            "--set", f"train.threads={ctx.threads}",
+            "--set", f"runtime.threads={ctx.threads}",
         ]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS=str(ctx.threads))
         t0 = time.time()
@@ -526,17 +529,18 @@ def split_pair(r: dict[str, Any], name: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from ferlab.device import cpu_threads, pick_device
     from ferlab.models import DEFAULT_CPU_MODEL
-    from ferlab.training.device import pick_accelerator
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(cpu_threads(args.threads))
     model = args.model or DEFAULT_CPU_MODEL
     data = C.fer2013_path(args.data)
-    train_cfg, kwargs = C.bench_train_config(model, args.batch, args.threads, args.config)
-    device = torch.device(pick_accelerator(train_cfg.accelerator))
+    train_cfg, runtime, kwargs = C.bench_train_config(model, args.batch, args.threads, args.config)
+    device = pick_device(runtime.accelerator)
     ctx = SimpleNamespace(
         model=model, kwargs=kwargs, size=args.size, channels=args.channels, batch=args.batch,
-        eval_batch=args.eval_batch, threads=args.threads, train_cfg=train_cfg, device=device,
+        eval_batch=args.eval_batch, threads=args.threads, train_cfg=train_cfg, runtime=runtime,
+        device=device,
         data=data, views=args.tta_views, tta=tta_config(args.tta_views), classes=7,
         config=args.config, tmp_dir=args.tmp_dir,
         windows=args.windows,
@@ -575,6 +579,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "threads": args.threads, "data": str(data), "size": args.size,
                 "channels": args.channels, "cache_dir": str(cache_dir), "model": model,
                 "kwargs": kwargs, "train_cfg": train_cfg.model_dump(mode="json"),
+                "runtime": runtime.model_dump(mode="json"),
                 "steps": args.rss_steps, "val_batches": 1 if args.smoke else None,
                 "views": args.tta_views, "eval_batch": args.eval_batch,
                 "test_images": 256 if args.smoke else None, "tmp_dir": args.tmp_dir,

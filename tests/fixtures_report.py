@@ -1,8 +1,10 @@
 """A fake but complete experiment folder, written the way `ferlab run` lays one out.
 
-Used by the reporting tests: the numbers are random but seeded and internally consistent
-(accuracy, F1 and the confusion matrix come from the same fake predictions), and the weights
-file is garbage on purpose so that any attempt to load a model while reporting fails.
+Every path comes from ``ferlab.layout.Layout`` and the plan and status are written with
+``ferlab.record``, as the pipeline does. Used by the reporting tests: the numbers are random
+but seeded and internally consistent (accuracy, F1 and the confusion matrix come from the same
+fake predictions), and the weights file is garbage on purpose so that any attempt to load a
+model while reporting fails.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,17 @@ from typing import Any
 import numpy as np
 
 from ferlab.labels import CANONICAL, EMOTIONS
+from ferlab.layout import ENSEMBLE, MEGA, Layout, safe_name, write_json
+from ferlab.record import (
+    EvalStatus,
+    PairStatus,
+    Plan,
+    PlannedDataset,
+    PlannedEval,
+    PlannedPair,
+    write_plan,
+    write_status,
+)
 
 MODELS: tuple[str, str] = ("ferlab_cnn", "resnet18")
 DATASETS: tuple[str, str] = ("fer2013", "rafdb")
@@ -27,12 +39,15 @@ TTA_VIEWS = 2
 
 def dir_name(text: str) -> str:
     """The file-name-safe form the pipeline uses for folder names."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "unnamed"
+    return safe_name(text)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    write_json(path, data)
+
+
+def fake_key(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
 
 
 def fake_metrics(
@@ -113,10 +128,9 @@ def _history(rng: np.random.Generator, epochs: int) -> list[dict[str, Any]]:
 
 
 def _write_run(
-    exp: Path, rng: np.random.Generator, dataset: str, model: str, labels: Sequence[str]
+    layout: Layout, rng: np.random.Generator, dataset: str, model: str, labels: Sequence[str]
 ) -> Path:
-    key8 = hashlib.sha256(f"{dataset}/{model}".encode()).hexdigest()[:8]
-    run_dir = exp / "runs" / dir_name(dataset) / f"{dir_name(model)}-{key8}"
+    run_dir = layout.run_dir(dataset, model, fake_key(dataset, model))
     run_dir.mkdir(parents=True)
     epochs = int(rng.integers(6, 11))
     history = _history(rng, epochs)
@@ -136,7 +150,6 @@ def _write_run(
             "stopped_early": epochs < 10,
             "params": int(rng.integers(200_000, 12_000_000)),
             "resumed": False,
-            "reused": False,
         },
     )
     _write_json(
@@ -149,8 +162,8 @@ def _write_run(
     return run_dir
 
 
-def _write_eval(
-    exp: Path,
+def write_eval(
+    layout: Layout,
     rng: np.random.Generator,
     train: tuple[str, Sequence[str]],
     model: str,
@@ -158,14 +171,16 @@ def _write_eval(
     *,
     skill: float,
     with_tta: bool,
-) -> None:
+    key: str,
+) -> Path:
+    """A planned evaluation's files; ``key`` is the evaluation key its metrics.json carries."""
     (train_name, train_labels), (test_name, test_labels) = train, test
     shared = [c for c in CANONICAL if c in train_labels and c in test_labels]
     dropped = [c for c in CANONICAL if (c in train_labels) != (c in test_labels)]
     n = int(rng.integers(150, 400))
     n_dropped = int(rng.integers(5, 30)) if any(c in test_labels for c in dropped) else 0
-    out = exp / "eval" / f"{dir_name(train_name)}__{dir_name(model)}" / f"on_{dir_name(test_name)}"
-    out.mkdir(parents=True)
+    out = layout.eval_dir(train_name, model, test_name)
+    out.mkdir(parents=True, exist_ok=True)
     plain = fake_metrics(rng, shared, n, skill)
     tta = fake_metrics(rng, shared, n, min(0.95, skill + 0.03)) if with_tta else None
     _write_json(
@@ -174,6 +189,7 @@ def _write_eval(
             "train_dataset": train_name,
             "model": model,
             "test_dataset": test_name,
+            "eval_key": key,
             "labels": shared,
             "dropped_labels": dropped,
             "n_dropped_images": n_dropped,
@@ -188,6 +204,7 @@ def _write_eval(
         writer.writerow(["index", "true", "pred"])
         for i in range(5):
             writer.writerow([i, shared[i % len(shared)], shared[(i * 3) % len(shared)]])
+    return out
 
 
 def _distribution_png(path: Path, labels: Sequence[str], counts: Sequence[int], title: str) -> None:
@@ -207,7 +224,9 @@ def _distribution_png(path: Path, labels: Sequence[str], counts: Sequence[int], 
     plt.close(fig)
 
 
-def _write_data(exp: Path, rng: np.random.Generator, dataset: str, labels: Sequence[str]) -> None:
+def _write_data(
+    layout: Layout, rng: np.random.Generator, dataset: str, labels: Sequence[str]
+) -> dict[str, int]:
     stem = dir_name(dataset)
     splits = {}
     for split, size in (("train", 2000), ("val", 250), ("test", 300)):
@@ -218,7 +237,7 @@ def _write_data(exp: Path, rng: np.random.Generator, dataset: str, labels: Seque
             "per_class": dict(zip(labels, map(int, per), strict=True)),
         }
     _write_json(
-        exp / "data" / f"{stem}_data.json",
+        layout.data_json(dataset),
         {
             "dataset": dataset,
             "labels": list(labels),
@@ -236,13 +255,10 @@ def _write_data(exp: Path, rng: np.random.Generator, dataset: str, labels: Seque
         },
     )
     train = [splits["train"]["per_class"][c] for c in labels]
-    _distribution_png(
-        exp / "data" / f"{stem}_dist_original.png", labels, train, f"{dataset}: train"
-    )
+    _distribution_png(layout.dist_original(dataset), labels, train, f"{dataset}: train")
     balanced = [max(train)] * len(labels)
-    _distribution_png(
-        exp / "data" / f"{stem}_dist_balanced.png", labels, balanced, f"{dataset}: balanced"
-    )
+    _distribution_png(layout.dist_balanced(dataset), labels, balanced, f"{dataset}: balanced")
+    return {s: int(v["total"]) for s, v in splits.items()}
 
 
 def make_fake_experiment(
@@ -264,12 +280,13 @@ def make_fake_experiment(
     rng = np.random.default_rng(seed)
     exp = tmp_path / name
     exp.mkdir(parents=True)
+    layout = Layout(exp)
     label_sets = {
         datasets[0]: list(EMOTIONS),
         datasets[1]: list(CANONICAL),
-        "mega": list(CANONICAL),
+        MEGA: list(CANONICAL),
     }
-    (exp / "config.yaml").write_text(
+    layout.config.write_text(
         f"name: {name}\noutput_dir: {tmp_path}\nseed: {seed}\n"
         "datasets:\n"
         + "".join(f"  - name: {json.dumps(d)}\n    path: /data/{dir_name(d)}\n" for d in datasets)
@@ -279,7 +296,7 @@ def make_fake_experiment(
         encoding="utf-8",
     )
     _write_json(
-        exp / "environment.json",
+        layout.environment,
         {
             "ferlab": "0.1.0",
             "torch": "2.14.1",
@@ -290,48 +307,74 @@ def make_fake_experiment(
             "started": "2025-01-02T10:00:00",
         },
     )
-    (exp / "logs").mkdir()
-    (exp / "logs" / "execution_log_20250102-100000.txt").write_text(
+    layout.logs_dir.mkdir()
+    layout.log_file("20250102-100000").write_text(
         "10:00:00 experiment demo\n10:00:01 training ...\n" + f"10:05:00 {FAILED_ERROR}\n",
         encoding="utf-8",
     )
+    planned_data = []
     for d, labels in label_sets.items():
-        _write_data(exp, rng, d, labels)
+        counts = _write_data(layout, rng, d, labels)
+        if d != MEGA:
+            planned_data.append(PlannedDataset(d, d, f"/data/{d}", "train", fake_key(d), counts))
 
     trained: list[tuple[str, str]] = [(d, m) for d in datasets for m in models]
-    trained.append(("mega", models[0]))
+    trained.append((MEGA, models[0]))
     failed = (datasets[1], models[1])
-    status = []
+    pairs: list[PlannedPair] = []
+    status: list[PairStatus] = []
     for d, m in trained:
+        key = fake_key(d, m)
+        pair = PlannedPair(d, m, run_key=key, run_dir=layout.relative(layout.run_dir(d, m, key)))
+        for test in label_sets:
+            pair.evals.append(
+                PlannedEval(
+                    test, fake_key(d, m, test), layout.relative(layout.eval_dir(d, m, test))
+                )
+            )
+        pairs.append(pair)
         if (d, m) == failed:
-            status.append(
-                {
-                    "dataset": d,
-                    "model": m,
-                    "status": "failed",
-                    "error": FAILED_ERROR,
-                    "run_dir": None,
-                }
-            )
+            status.append(PairStatus(d, m, "failed", FAILED_ERROR, pair.run_dir))
             continue
-        run_dir = _write_run(exp, rng, d, m, label_sets[d])
-        status.append(
-            {
-                "dataset": d,
-                "model": m,
-                "status": "ok",
-                "error": None,
-                "run_dir": str(run_dir.relative_to(exp)),
-            }
-        )
-        for test, test_labels in label_sets.items():
-            skill = float(rng.uniform(0.55, 0.8)) if test == d else float(rng.uniform(0.3, 0.5))
-            _write_eval(
-                exp, rng, (d, label_sets[d]), m, (test, test_labels), skill=skill, with_tta=True
+        _write_run(layout, rng, d, m, label_sets[d])
+        st = PairStatus(d, m, "trained", None, pair.run_dir)
+        for e in pair.evals:
+            skill = float(rng.uniform(0.55, 0.8)) if e.test == d else float(rng.uniform(0.3, 0.5))
+            write_eval(
+                layout,
+                rng,
+                (d, label_sets[d]),
+                m,
+                (e.test, label_sets[e.test]),
+                skill=skill,
+                with_tta=True,
+                key=e.key,
             )
+            st.evals.append(EvalStatus(e.test, "computed"))
+        status.append(st)
     d0 = datasets[0]
-    _write_eval(
-        exp, rng, (d0, label_sets[d0]), "ensemble", (d0, label_sets[d0]), skill=0.8, with_tta=False
+    ens = PlannedPair(d0, ENSEMBLE, kind="ensemble", members=list(models))
+    ens.evals.append(
+        PlannedEval(d0, fake_key(d0, ENSEMBLE), layout.relative(layout.eval_dir(d0, ENSEMBLE, d0)))
     )
-    _write_json(exp / "status.json", {"pairs": status})
+    pairs.append(ens)
+    write_eval(
+        layout,
+        rng,
+        (d0, label_sets[d0]),
+        ENSEMBLE,
+        (d0, label_sets[d0]),
+        skill=0.8,
+        with_tta=False,
+        key=ens.evals[0].key,
+    )
+    status.append(PairStatus(d0, ENSEMBLE, "computed", evals=[EvalStatus(d0, "computed")]))
+    # The plan lists mega last among the training datasets, as the pipeline does.
+    order = {d: i for i, d in enumerate([*datasets, MEGA])}
+    pairs.sort(key=lambda p: order[p.dataset])
+    write_plan(
+        layout,
+        Plan(name, planned_data, pairs, {"ferlab_version": "0.1.0", "created": "2025-01-02"}),
+    )
+    write_status(layout, status)
     return exp

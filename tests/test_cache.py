@@ -351,10 +351,12 @@ def test_load_dataset_fills_val_and_test_from_train(tmp_path: Path, cache_dir: P
                       split_seed=3, log=logs.append)  # fmt: skip
     assert ds.name == "_test_folder"
     assert ds.labels == ["angry", "happy", "sad"]
-    assert {s: len(a) for s, a in ds.splits.items()} == {"train": 48, "val": 6, "test": 6}
+    sizes = {s: len(a) for s, a in ds.splits.items()}
+    # Carved by a hash of (seed, key): about 80/10/10 of the 60 images (exact in expectation).
+    assert list(sizes) == ["train", "val", "test"] and sum(sizes.values()) == 60
+    assert sizes["train"] >= 40 and sizes["val"] >= 1 and sizes["test"] >= 1
     assert ds.splits["train"].images.shape[1:] == (8, 8, 3)
-    # Stratified: every class is in val and test in proportion.
-    assert np.bincount(ds.splits["val"].labels, minlength=8)[INDEX["happy"]] == 3
+    assert np.bincount(ds.splits["train"].labels, minlength=8)[INDEX["happy"]] > 0
     assert "seed 3" in ds.protocol and "carved" in ds.protocol
     all_keys = [k for s in ds.splits.values() for k in s.keys]
     assert len(set(all_keys)) == 60
@@ -376,7 +378,9 @@ def test_load_dataset_fills_val_and_test_from_train(tmp_path: Path, cache_dir: P
 def test_load_dataset_carves_val_only_when_test_given(tmp_path: Path, cache_dir: Path) -> None:
     root = folder_dataset(tmp_path / "ds", with_test=True)
     ds = load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, val_fraction=0.2)
-    assert {s: len(a) for s, a in ds.splits.items()} == {"train": 48, "val": 12, "test": 10}
+    sizes = {s: len(a) for s, a in ds.splits.items()}
+    assert sizes["test"] == 10 and sizes["train"] + sizes["val"] == 60  # test as given
+    assert 6 <= sizes["val"] <= 20  # about 20% of train, by hash
     assert all("/test/" in k for k in ds.splits["test"].keys)
     assert (
         "Val (20%) carved" in ds.protocol
@@ -390,7 +394,8 @@ def test_fill_splits_train_and_val_given(tmp_path: Path) -> None:
     out, note = fill_splits(
         {"train": recs, "val": val}, seed=0, val_fraction=0.1, test_fraction=0.25
     )
-    assert [len(out[s]) for s in ("train", "val", "test")] == [15, 4, 5]
+    assert len(out["val"]) == 4 and len(out["train"]) + len(out["test"]) == 20  # val as given
+    assert 1 <= len(out["test"]) <= 10 and {r.key for r in out["val"]} == {r.key for r in val}
     assert "Test (25%)" in note
     only_test, note = fill_splits({"test": recs}, seed=0, val_fraction=0.1, test_fraction=0.1)
     assert list(only_test) == ["test"] and "evaluation only" in note

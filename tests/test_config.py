@@ -115,3 +115,67 @@ def test_labels_synonyms_and_errors() -> None:
     assert "happy" in str(e.value) and "/data/x/happyy" in str(e.value)
     common, dropped = shared_labels(["angry", "happy", "contempt"], ["happy", "angry", "sad"])
     assert common == ["angry", "happy"] and dropped == ["sad", "contempt"]
+
+
+def test_duplicate_dataset_names_are_an_error_naming_both(tmp_path: Path) -> None:
+    f = tmp_path / "exp.yaml"
+    f.write_text(
+        "datasets:\n"
+        "  - {name: folder, path: /data/jaffe}\n"
+        "  - {name: folder, path: /data/ck}\n"
+        "models:\n"
+        "  - {name: ferlab_vgg}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert "datasets[0] (folder: '/data/jaffe') (line 2)" in msg
+    assert "datasets[1] (folder: '/data/ck')" in msg and "line 3" in msg
+    assert "`label:`" in msg and "share one slot" in msg
+    # Labels tell them apart.
+    f.write_text(
+        "datasets:\n"
+        "  - {name: folder, path: /data/jaffe, label: jaffe}\n"
+        "  - {name: folder, path: /data/ck, label: ck+}\n"
+        "models:\n"
+        "  - {name: ferlab_vgg}\n"
+    )
+    assert [d.display for d in load_config(f).datasets] == ["jaffe", "ck+"]
+
+
+def test_duplicate_and_reserved_model_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"models\[0\] \(resnet18, pretrained: False\)"):
+        load_config("default", ["models=[{name: resnet18}, {name: resnet18, pretrained: true}]"])
+    # Names that differ only in characters a file name cannot hold would share a folder too.
+    with pytest.raises(ConfigError, match="both named"):
+        load_config("default", ["models.0.label='my net'", "models.1.label=my_net"])
+    with pytest.raises(ConfigError, match="ensembles"):
+        load_config("default", ["models.1.label=ensemble"])
+    with pytest.raises(ConfigError, match="mega dataset"):
+        load_config("default", ["datasets.0.label=mega"])
+
+
+def test_model_train_overrides_are_validated_with_their_line(tmp_path: Path) -> None:
+    f = tmp_path / "exp.yaml"
+    f.write_text(
+        "datasets:\n"
+        "  - {name: synthetic, path: lab}\n"
+        "models:\n"
+        "  - name: ferlab_vgg\n"
+        "    train:\n"
+        "      lr: -1\n"
+        "      epoks: 3\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert "models.0.train.lr" in msg and "line 6" in msg
+    assert "models.0.train.epoks" in msg and "line 7" in msg and "unknown key" in msg
+
+
+def test_hardware_settings_live_in_runtime_and_not_in_train() -> None:
+    cfg = load_config("default", ["runtime.threads=1", "runtime.accelerator=cpu"])
+    assert cfg.runtime.threads == 1 and cfg.runtime.accelerator == "cpu"
+    with pytest.raises(ConfigError, match=r"train\.threads.*unknown key"):
+        load_config("default", ["train.threads=1"])
+    assert load_config("seed_gpu").runtime.precision == "auto"

@@ -6,8 +6,8 @@ re-running the same command with ``LOCAL_RANK=1``, as it does under torchrun or 
 
 from __future__ import annotations
 
+import csv
 import hashlib
-import importlib
 import json
 import os
 import subprocess
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ferlab.layout import FIT_JSON, HISTORY, LAST_CKPT, META, TRAIN_LOGS, WEIGHTS
 
 EPOCHS = 2
 
@@ -46,32 +48,29 @@ def _rank() -> int:
 
 def _script(run_dir: Path, out_dir: Path) -> None:
     """Both ranks run this: fit with DDP, then report weights hash, history and file writes."""
+    import importlib
+
     import torch
 
-    from ferlab.config import ModelConfig, TrainConfig
+    from ferlab import layout
+    from ferlab.config import ModelConfig, RuntimeConfig, TrainConfig
 
-    fit_mod = importlib.import_module("ferlab.training.fit")
+    fit_mod = importlib.import_module("ferlab.training.fit")  # the package's `fit` is the function
     writes: list[str] = []
-    real_write, real_outputs = fit_mod.write_atomic, fit_mod._write_outputs
+    real_write, real_outputs = layout.atomic_write, fit_mod._write_outputs
 
-    def spy_write(path: Path, data: bytes) -> None:
+    def spy_write(path: Path, data: bytes | str) -> Path:
         writes.append(Path(path).name)
-        real_write(path, data)
+        return real_write(path, data)
 
     def spy_outputs(run_dir: Path, *args, **kwargs) -> None:
         writes.append("<outputs>")
         real_outputs(run_dir, *args, **kwargs)
 
-    fit_mod.write_atomic, fit_mod._write_outputs = spy_write, spy_outputs
-    cfg = TrainConfig(
-        epochs=EPOCHS,
-        batch_size=16,
-        threads=1,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        patience=50,
-    )
+    # Every file of the run folder goes through layout.atomic_write (fit, checkpoints, weights).
+    layout.atomic_write, fit_mod._write_outputs = spy_write, spy_outputs
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=16, patience=50)
+    runtime = RuntimeConfig(accelerator="cpu", devices=2, strategy="ddp", threads=1, progress=False)
     model = ModelConfig(
         name="ferlab_vgg", kwargs={"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1]}
     )
@@ -83,8 +82,8 @@ def _script(run_dir: Path, out_dir: Path) -> None:
         seed=0,
         image_size=16,
         channels=1,
+        runtime=runtime,
         log=lambda s: None,
-        progress=False,
     )
     h = hashlib.sha256()
     for k, v in sorted(res.model.state_dict().items()):
@@ -120,12 +119,21 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     # Outputs once, by rank 0: history per epoch and the final set; rank 1 writes nothing.
     assert r1["writes"] == []
     assert r0["writes"].count("<outputs>") == 1 and r0["writes"].count("DONE") == 1
-    assert r0["writes"].count("history.csv") == EPOCHS + 1
+    assert r0["writes"].count(HISTORY) == EPOCHS + 1
+    assert r0["writes"].count(LAST_CKPT) == EPOCHS
+    assert {WEIGHTS, META, FIT_JSON} <= set(r0["writes"])
 
     from ferlab.training import is_complete, read_history
 
     assert is_complete(run_dir)
-    assert len(read_history(run_dir / "history.csv")) == EPOCHS
+    assert len(read_history(run_dir / HISTORY)) == EPOCHS
+    # The training log is written once, by rank 0: one session folder, one row per epoch.
+    (metrics,) = (run_dir / TRAIN_LOGS).glob("**/metrics.csv")
+    with open(metrics) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
+    for row, hist in zip(rows, r0["history"], strict=True):
+        assert float(row["val_accuracy"]) == pytest.approx(hist["val_accuracy"], rel=1e-6)
 
 
 if __name__ == "__main__":

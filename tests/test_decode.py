@@ -274,9 +274,9 @@ def test_synthetic_draw_uses_render(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((domain, seed, size, channels))
         return np.full((size, size, channels), seed, dtype=np.uint8)
 
-    fake = types.ModuleType("ferlab.data.synthetic")
+    fake = types.ModuleType("ferlab.data.adapters.synthetic")
     fake.render = render  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ferlab.data.synthetic", fake)
+    monkeypatch.setitem(sys.modules, "ferlab.data.adapters.synthetic", fake)
     r = Record(path="synthetic", label=1, draw=("wild", 7))
     out = decode_record(r, 12, 3)
     assert calls == [("wild", 7, 12, 3)] and out.shape == (12, 12, 3) and out[0, 0, 0] == 7

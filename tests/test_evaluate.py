@@ -18,7 +18,7 @@ from ferlab.data.base import ArraySplit
 from ferlab.evaluation import (
     EvalResult,
     align_labels,
-    ensemble_from_files,
+    ensemble_from_dirs,
     ensemble_results,
     evaluate,
     evaluate_split,
@@ -26,11 +26,11 @@ from ferlab.evaluation import (
     load_result,
     predict_probs,
     soft_vote,
-    write_metrics_json,
     write_predictions,
-    write_predictions_csv,
 )
+from ferlab.evaluation.evaluate import write_predictions_csv
 from ferlab.labels import CANONICAL, EMOTIONS, INDEX
+from ferlab.layout import write_json
 from ferlab.models import ModelMeta
 
 SIZE = 8
@@ -193,7 +193,7 @@ def test_flat_metrics_has_the_cli_shape() -> None:
 
 def test_metrics_json_is_atomic_and_strict(tmp_path: Path) -> None:
     path = tmp_path / "eval" / "metrics.json"
-    write_metrics_json(path, {"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3)})
+    write_json(path, {"a": np.float32(0.5), "b": float("nan"), "c": np.arange(3)})
     assert json.loads(path.read_text()) == {"a": 0.5, "b": None, "c": [0, 1, 2]}
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp file left
 
@@ -303,7 +303,7 @@ def test_saved_probabilities_round_trip(tmp_path: Path) -> None:
         device="cpu",
     )
     write_predictions(tmp_path, split.keys, res)
-    write_metrics_json(tmp_path / "metrics.json", {"train_dataset": "a", **res.metrics})
+    write_json(tmp_path / "metrics.json", {"train_dataset": "a", **res.metrics})
     back, keys = load_result(tmp_path)
     assert keys == split.keys
     assert back.labels == res.labels and back.metrics["train_dataset"] == "a"
@@ -320,7 +320,7 @@ def test_saved_probabilities_round_trip(tmp_path: Path) -> None:
 
 def save_member(
     exp: Path, train: str, model: str, labels: Sequence[str], split: ArraySplit
-) -> None:
+) -> Path:
     res = evaluate(
         Oracle(labels),
         make_meta(labels),
@@ -333,25 +333,32 @@ def save_member(
     out = exp / "eval" / f"{train}__{model}" / f"on_{train}"
     write_predictions(out, split.keys, res)
     ids = {"train_dataset": train, "model": model, "test_dataset": train}
-    write_metrics_json(out / "metrics.json", {**ids, **res.metrics})
+    write_json(out / "metrics.json", {**ids, **res.metrics})
+    return out
 
 
-def test_ensemble_from_files_writes_an_ensemble_evaluation(tmp_path: Path) -> None:
+def test_ensemble_from_dirs_votes_over_the_named_members_only(tmp_path: Path) -> None:
     split = make_split(CANONICAL, per_class=2)
-    save_member(tmp_path, "lab", "seven", EMOTIONS, split)
-    save_member(tmp_path, "lab", "five", ["angry", "fear", "happy", "sad", "neutral"], split)
-    save_member(tmp_path, "wild", "seven", EMOTIONS, make_split(EMOTIONS, per_class=1))
-    assert ensemble_from_files(tmp_path, "lab", bootstrap=10, seed=0) == 2
-    assert ensemble_from_files(tmp_path, "wild", bootstrap=10, seed=0) == 0  # one member
+    seven = save_member(tmp_path, "lab", "seven", EMOTIONS, split)
+    five = save_member(tmp_path, "lab", "five", ["angry", "fear", "happy", "sad", "neutral"], split)
+    # A third evaluation on disk that the caller does not name takes no part (nothing globs).
+    save_member(tmp_path, "lab", "stray", ["angry", "happy"], split)
     out = tmp_path / "eval" / "lab__ensemble" / "on_lab"
+    ids = {"train_dataset": "lab", "model": "ensemble", "test_dataset": "lab", "eval_key": "k"}
+    ensemble_from_dirs({"five": five, "seven": seven}, out, ids=ids, bootstrap=10, seed=0)
+    with pytest.raises(ValueError, match="at least two members"):
+        ensemble_from_dirs({"seven": seven}, out, bootstrap=0)
     m = json.loads((out / "metrics.json").read_text())
     assert m["model"] == "ensemble" and m["train_dataset"] == "lab" and m["test_dataset"] == "lab"
+    assert m["eval_key"] == "k"
     assert m["members"] == ["five", "seven"]
     assert m["labels"] == ["angry", "fear", "happy", "sad", "neutral"]
     assert m["tta"]["n"] == 10 and m["tta"]["accuracy"] == 1.0 and m["tta_views"] == 2
     assert m["throughput_ips"] > 0
     assert len(list(csv.DictReader((out / "predictions.csv").open()))) == 10
     # A member evaluated on other images is refused, naming the folders.
-    save_member(tmp_path, "lab", "five", ["angry", "happy"], make_split(CANONICAL, per_class=1))
+    other = save_member(
+        tmp_path, "lab", "five", ["angry", "happy"], make_split(CANONICAL, per_class=1)
+    )
     with pytest.raises(ValueError, match="different images"):
-        ensemble_from_files(tmp_path, "lab", bootstrap=0)
+        ensemble_from_dirs({"five": other, "seven": seven}, out, bootstrap=0)

@@ -11,9 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ferlab.layout import META, WEIGHTS
 from ferlab.models import (
-    META_FILE,
-    WEIGHTS_FILE,
     ModelMeta,
     UnsafeWeightsError,
     WeightsMismatchError,
@@ -89,11 +88,11 @@ def test_save_load_roundtrip_gives_identical_outputs(
     model = _trained_ish(create_model(arch, 7, 1, **kwargs))
     meta = _meta(arch, kwargs=kwargs, extra={"run": "abc"})
     weights = save_model(model, meta, tmp_path / "run")
-    assert weights == tmp_path / "run" / WEIGHTS_FILE
+    assert weights == tmp_path / "run" / WEIGHTS
     x = torch.rand(4, 1, 48, 48)
     with torch.no_grad():
         expected = model(x)
-    for where in (tmp_path / "run", weights, tmp_path / "run" / META_FILE):
+    for where in (tmp_path / "run", weights, tmp_path / "run" / META):
         loaded, meta2 = load_model(where)
         assert meta2 == meta
         assert not loaded.training
@@ -114,10 +113,20 @@ def test_roundtrip_for_a_timm_model_with_image_size(tmp_path: Path) -> None:
 def test_metadata_also_lives_in_the_weights_header(tmp_path: Path) -> None:
     model = create_model("ferlab_mini_xception", 7)
     save_model(model, _meta("ferlab_mini_xception"), tmp_path)
-    (tmp_path / META_FILE).unlink()
-    assert read_meta(tmp_path / WEIGHTS_FILE) == _meta("ferlab_mini_xception")
-    loaded, _ = load_model(tmp_path / WEIGHTS_FILE)
+    (tmp_path / META).unlink()
+    assert read_meta(tmp_path / WEIGHTS) == _meta("ferlab_mini_xception")
+    loaded, _ = load_model(tmp_path / WEIGHTS)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_load_model_picks_the_device_like_everyone_else(tmp_path: Path) -> None:
+    from ferlab.device import pick_device
+
+    save_model(create_model("ferlab_mini_xception", 7), _meta("ferlab_mini_xception"), tmp_path)
+    loaded, _ = load_model(tmp_path, device="auto")
+    assert next(loaded.parameters()).device.type == pick_device("auto").type
+    with pytest.raises(ValueError, match=r"Unknown device 'tpu' for load_model\(device=\.\.\.\)"):
+        load_model(tmp_path, device="tpu")
 
 
 def test_load_model_errors_name_the_problem(tmp_path: Path) -> None:
@@ -126,9 +135,9 @@ def test_load_model_errors_name_the_problem(tmp_path: Path) -> None:
     model = create_model("ferlab_vgg", 7)
     save_model(model, _meta(), tmp_path)
     # metadata that describes another width than the weights: strict loading refuses
-    meta = json.loads((tmp_path / META_FILE).read_text())
+    meta = json.loads((tmp_path / META).read_text())
     meta["kwargs"] = {"width_mult": 2.0}
-    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    (tmp_path / META).write_text(json.dumps(meta))
     with pytest.raises(WeightsMismatchError, match="does not fit ferlab_vgg"):
         load_model(tmp_path)
 
@@ -154,23 +163,26 @@ def test_shared_tensors_are_saved(tmp_path: Path) -> None:
 def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
     save_model(create_model("ferlab_mini_xception", 7), _meta("ferlab_mini_xception"), tmp_path)
     save_model(create_model("ferlab_mini_xception", 7), _meta("ferlab_mini_xception"), tmp_path)
-    assert sorted(os.listdir(tmp_path)) == [META_FILE, WEIGHTS_FILE]
+    assert sorted(os.listdir(tmp_path)) == [META, WEIGHTS]
 
 
 def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path, monkeypatch) -> None:
     model = create_model("ferlab_mini_xception", 7)
     save_model(model, _meta("ferlab_mini_xception"), tmp_path)
-    before = (tmp_path / WEIGHTS_FILE).read_bytes()
+    before = (tmp_path / WEIGHTS).read_bytes()
+    real_fsync = os.fsync
 
-    def crash(state: dict, filename: str, metadata: dict | None = None) -> None:
-        Path(filename).write_bytes(b"half a file")
-        raise KeyboardInterrupt  # a kill in the middle of the write
+    def crash(fd: int) -> None:
+        # A kill once the new weights sit in the temp file, before the rename.
+        if any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+            raise KeyboardInterrupt
+        real_fsync(fd)
 
-    monkeypatch.setattr("safetensors.torch.save_file", crash)
+    monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         save_model(create_model("ferlab_mini_xception", 7), _meta("ferlab_mini_xception"), tmp_path)
-    assert (tmp_path / WEIGHTS_FILE).read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == [META_FILE, WEIGHTS_FILE]
+    assert (tmp_path / WEIGHTS).read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == [META, WEIGHTS]
 
 
 # ---------------------------------------------------------------- pretrained=PATH
@@ -300,7 +312,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path: Path, writer: str) -> None
     assert not marker.exists()
     (tmp_path / "run").mkdir()
     os.replace(path, tmp_path / "run" / "weights.pth")
-    (tmp_path / "run" / META_FILE).write_text(_meta("ferlab_mini_xception").to_json())
+    (tmp_path / "run" / META).write_text(_meta("ferlab_mini_xception").to_json())
     with pytest.raises(UnsafeWeightsError):
         load_model(tmp_path / "run" / "weights.pth")
     assert not marker.exists()

@@ -12,6 +12,7 @@ from ferlab.models import (
     DEFAULT_CPU_MODEL,
     PretrainedUnavailableError,
     UnknownModelError,
+    constants,
     create_model,
     default_data_config,
     default_norm,
@@ -171,17 +172,39 @@ def test_torchvision_first_conv_is_adapted() -> None:
     assert model.fc.out_features == 3  # type: ignore[union-attr]
 
 
+def test_registry_and_compact_share_constants_without_an_import_cycle() -> None:
+    import ast
+    import inspect as pyinspect
+
+    from ferlab.models import compact
+
+    def imported(module: object) -> set[str]:
+        tree = ast.parse(pyinspect.getsource(module))  # type: ignore[arg-type]
+        names: set[str] = set()
+        for node in ast.walk(tree):  # function-level imports too
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert "ferlab.models.compact" not in imported(registry)
+    assert "ferlab.models.constants" in imported(registry) & imported(compact)
+    assert default_norm(1, "ferlab_vgg") == ((constants.FERLAB_MEAN,), (constants.FERLAB_STD,))
+
+
 def test_default_norm() -> None:
     assert default_norm(1) == ((0.5,), (0.25,))
     assert default_norm(3, "ferlab_vgg") == ((0.5,) * 3, (0.25,) * 3)
     mean3, _ = default_norm(3, "resnet50")
-    assert mean3 == pytest.approx(registry.IMAGENET_MEAN)
+    assert mean3 == pytest.approx(constants.IMAGENET_MEAN)
     mean1, std1 = default_norm(1, "resnet50")
-    assert mean1 == pytest.approx((sum(registry.IMAGENET_MEAN) / 3,))
-    assert std1 == pytest.approx((sum(registry.IMAGENET_STD) / 3,))
+    assert mean1 == pytest.approx((sum(constants.IMAGENET_MEAN) / 3,))
+    assert std1 == pytest.approx((sum(constants.IMAGENET_STD) / 3,))
     model = create_model("convnext_atto", 7, in_chans=1, image_size=32)
     assert default_norm(1, model) == (mean1, std1)
-    assert default_norm(3, "tv:resnet18")[1] == pytest.approx(registry.IMAGENET_STD)
+    assert default_norm(3, "tv:resnet18")[1] == pytest.approx(constants.IMAGENET_STD)
     cfg = default_data_config("ferlab_vgg")
     assert cfg["image_size"] == 48 and cfg["mean"] == (0.5,)
 

@@ -1,5 +1,6 @@
 """The one command end to end: synthetic data (fast), the failed-pair path, rerun from cache,
-the CLI, and a small FER2013 + ExpW experiment on the real datasets."""
+the experiment record (only this plan's numbers), evaluation-only datasets, the CLI, and a
+small FER2013 + FER+ + ExpW experiment on the real datasets."""
 
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def test_run_end_to_end_and_rerun_from_cache(tmp_path: Path) -> None:
     exp = res.exp_dir
     # The failed pair is reported and the rest carries on.
     assert [(p.model, p.status) for p in res.failed] == [("no_such_net", "failed")] * 2
-    ok = [p for p in res.pairs if p.status == "ok"]
+    ok = [p for p in res.pairs if p.status == "trained"]
     assert len(ok) == 2
     for name in ("report.html", "summary.csv", "summary.md", "cross_dataset_evaluation.png",
-                 "config.yaml", "environment.json", "status.json"):  # fmt: skip
+                 "config.yaml", "environment.json", "status.json", "plan.json"):  # fmt: skip
         assert (exp / name).is_file(), name
     assert list((exp / "logs").glob("execution_log_*.txt"))
     for ds in ("synthetic-lab", "synthetic-wild"):
@@ -73,7 +74,7 @@ def test_run_end_to_end_and_rerun_from_cache(tmp_path: Path) -> None:
     res2 = run_experiment(cfg2, progress=False, console=False)
     status = {(p.dataset, p.model): p.status for p in res2.pairs}
     assert status[("synthetic-lab", "ferlab_vgg")] == "reused"
-    assert status[("synthetic-lab", "ferlab_mini_xception")] == "ok"
+    assert status[("synthetic-lab", "ferlab_mini_xception")] == "trained"
     assert not res2.failed
     # Two models per dataset: the soft-voting ensemble is evaluated too.
     assert (exp / "eval/synthetic-lab__ensemble/on_synthetic-lab/metrics.json").is_file()
@@ -81,7 +82,7 @@ def test_run_end_to_end_and_rerun_from_cache(tmp_path: Path) -> None:
     # A changed training setting trains anew into its own folder.
     cfg3 = _tiny_cfg(tmp_path, ["models.1.name=ferlab_mini_xception", "train.lr=0.001"])
     res3 = run_experiment(cfg3, progress=False, console=False)
-    assert all(p.status == "ok" for p in res3.pairs)
+    assert all(p.status in ("trained", "computed") for p in res3.pairs)
     assert len(list((exp / "runs" / "synthetic-lab").glob("ferlab_vgg-*"))) == 2
 
     # The report is rebuilt from the files alone.
@@ -122,7 +123,7 @@ def test_cli_train_then_cached_then_evaluate(tmp_path: Path, capsys) -> None:
         "--out", str(tmp_path / "exp"), "--no-progress",
     ]  # fmt: skip
     assert main(["train", "--data", "synthetic:lab", "--model", "ferlab_vgg", *common]) == 0
-    assert "ok" in capsys.readouterr().out
+    assert "trained" in capsys.readouterr().out
     assert main(["train", "--data", "synthetic:lab", "--model", "ferlab_vgg", *common]) == 0
     assert "reused" in capsys.readouterr().out
     run = next((tmp_path / "exp" / "runs" / "synthetic-lab").glob("ferlab_vgg-*"))
@@ -132,18 +133,21 @@ def test_cli_train_then_cached_then_evaluate(tmp_path: Path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert {"accuracy", "balanced_accuracy", "macro_f1", "n", "per_class", "confusion_matrix",
             "labels", "dropped_labels"} <= set(out)  # fmt: skip
-    assert out["n"] == 300  # the synthetic default test split
+    # The same adapter as the run's: its recorded options (n_test: 35) and split settings apply.
+    assert out["n"] == 35 and out["split_settings"]["from_run"] is True
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_real_fer2013_and_expw_experiment(tmp_path: Path) -> None:
+def test_real_fer2013_ferplus_and_expw_experiment(tmp_path: Path) -> None:
     fer = shared_dataset("fer2013")
     expw = shared_dataset("expw")
+    ferplus = shared_dataset("ferplus")
     cfg = load_config(
         "default",
         [
-            f"datasets=[{{name: fer2013, path: '{fer}'}}, {{name: expw, path: '{expw}'}}]",
+            f"datasets=[{{name: fer2013, path: '{fer}'}}, {{name: ferplus, path: '{ferplus}'}},"
+            f" {{name: expw, path: '{expw}'}}]",
             "models=[{name: ferlab_vgg}]",
             "train.epochs=1",
             "train.limit_train_batches=8",
@@ -160,12 +164,27 @@ def test_real_fer2013_and_expw_experiment(tmp_path: Path) -> None:
     m = json.loads((exp / "eval/fer2013__ferlab_vgg/on_fer2013/metrics.json").read_text())
     assert m["plain"]["n"] == 3589  # PrivateTest
     x = json.loads((exp / "eval/fer2013__ferlab_vgg/on_expw/metrics.json").read_text())
-    assert x["plain"]["n"] == 567 and x["dropped_labels"] == []
+    expw_data = json.loads((exp / "data/expw_data.json").read_text())
+    n_expw = expw_data["splits"]["test"]["total"]
+    assert sum(v["total"] for v in expw_data["splits"].values()) == 5705
+    assert 500 < n_expw < 640  # about 10% by the seeded hash split
+    assert x["plain"]["n"] == n_expw and x["dropped_labels"] == []
     data = json.loads((exp / "data/fer2013_data.json").read_text())
     assert data["splits"]["train"]["total"] == 28709
     assert "PublicTest" in data["protocol"]
     for p in ("cross_dataset_evaluation.png", "report.html", "plots/expw_ferlab_vgg_cm_TTA.png"):
         assert (exp / p).is_file(), p
+    # FER+ (Valid/Test only) is a test set, never trained on: a column, not a row.
+    assert [(p.dataset, p.model) for p in res.pairs] == [
+        ("fer2013", "ferlab_vgg"),
+        ("expw", "ferlab_vgg"),
+    ]
+    f = json.loads((exp / "eval/fer2013__ferlab_vgg/on_ferplus/metrics.json").read_text())
+    assert f["n_total"] == 3137 and f["dropped_labels"] == ["contempt"]
+    assert f["plain"]["n"] == 3137 - 15  # FER+ test majority labels, contempt left out
+    with open(exp / "cross_dataset.csv") as fh:
+        header = next(csv.reader(fh))
+    assert header == ["train_dataset", "model", "fer2013", "ferplus", "expw"]
 
 
 @pytest.mark.slow

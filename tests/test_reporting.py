@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ferlab.labels import CANONICAL, EMOTIONS
+from ferlab.layout import Layout, ReportInputError
+from ferlab.record import PairStatus, Plan, PlannedEval, PlannedPair, write_plan, write_status
 from ferlab.reporting import (
     build_report,
     collect_cross_dataset,
@@ -31,8 +34,15 @@ from ferlab.reporting import (
     write_cross_dataset,
     write_summary,
 )
-from ferlab.reporting.tables import ReportInputError, fmt_count, fmt_pct, fmt_seconds
-from fixtures_report import DATASETS, FAILED_ERROR, MODELS, dir_name, make_fake_experiment
+from ferlab.reporting.tables import fmt_count, fmt_pct, fmt_seconds
+from fixtures_report import (
+    DATASETS,
+    FAILED_ERROR,
+    MODELS,
+    dir_name,
+    make_fake_experiment,
+    write_eval,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -130,7 +140,7 @@ def test_summary_csv_equals_metrics_files(tmp_path: Path) -> None:
         row = table[(dataset, model)]
         metrics = metrics_file(exp, dataset, model, dataset)
         fit = fit_file(exp, dataset, model)
-        assert row["status"] == "ok"
+        assert row["status"] == "trained"
         for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
             assert float(row[metric]) == metrics["plain"][metric]
             assert float(row[f"tta_{metric}"]) == metrics["tta"][metric]
@@ -379,15 +389,11 @@ def test_report_escapes_names(tmp_path: Path) -> None:
 
 def test_report_without_evaluations(tmp_path: Path) -> None:
     exp = tmp_path / "empty"
-    exp.mkdir()
-    pair = {
-        "dataset": "fer2013",
-        "model": "m",
-        "status": "failed",
-        "error": "boom",
-        "run_dir": None,
-    }
-    (exp / "status.json").write_text(json.dumps({"pairs": [pair]}))
+    layout = Layout(exp)
+    pair = PlannedPair("fer2013", "m", run_key="k", run_dir="runs/fer2013/m-k")
+    pair.evals.append(PlannedEval("fer2013", "e", "eval/fer2013__m/on_fer2013"))
+    write_plan(layout, Plan("empty", [], [pair], {}))
+    write_status(layout, [PairStatus("fer2013", "m", "failed", "boom", pair.run_dir)])
     html = build_report(exp).read_text(encoding="utf-8")
     assert "No evaluations found." in html
     assert "boom" in html
@@ -400,6 +406,85 @@ def test_build_report_rejects_other_folders(tmp_path: Path) -> None:
         build_report(tmp_path / "nope")
     with pytest.raises(ReportInputError, match="does not look like an experiment folder"):
         build_report(tmp_path)
+    # An experiment folder without a recorded plan (an older ferlab's) is refused, not guessed.
+    (tmp_path / "config.yaml").write_text("name: old\n")
+    with pytest.raises(ReportInputError, match=r"plan\.json does not exist"):
+        build_report(tmp_path)
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def _plan(exp: Path) -> dict[str, Any]:
+    return json.loads((exp / "plan.json").read_text())
+
+
+def test_results_of_another_plan_are_never_shown(tmp_path: Path) -> None:
+    exp = make_fake_experiment(tmp_path)
+    layout = Layout(exp)
+    # 1. A planned evaluation whose file carries another key (an earlier plan, other code).
+    stale = metrics_file(exp, DATASETS[0], MODELS[0], DATASETS[1])
+    stale_acc = stale["tta"]["accuracy"]
+    stale["eval_key"] = "from-an-earlier-plan"
+    (layout.eval_dir(DATASETS[0], MODELS[0], DATASETS[1]) / "metrics.json").write_text(
+        json.dumps(stale)
+    )
+    # 2. A model removed from the experiment: its folders are still on disk.
+    write_eval(layout, np.random.default_rng(1), (DATASETS[0], list(EMOTIONS)), "old_net",
+               (DATASETS[0], list(EMOTIONS)), skill=0.99, with_tta=True, key="k")  # fmt: skip
+    (layout.runs_dir / DATASETS[0] / "old_net-12345678").mkdir(parents=True)
+    # 3. The failed pair left files with its planned key by an earlier, successful run.
+    failed = next(
+        p for p in _plan(exp)["pairs"] if (p["dataset"], p["model"]) == (DATASETS[1], MODELS[1])
+    )
+    for e in failed["evals"]:
+        write_eval(layout, np.random.default_rng(2), (DATASETS[1], list(CANONICAL)), MODELS[1],
+                   (e["test"], list(CANONICAL)), skill=0.99, with_tta=True, key=e["key"])  # fmt: skip
+
+    rows = {(r["dataset"], r["model"]): r for r in collect_summary(exp)}
+    assert (DATASETS[0], "old_net") not in rows
+    assert rows[(DATASETS[1], MODELS[1])]["status"] == "failed"
+    assert rows[(DATASETS[1], MODELS[1])]["accuracy"] is None
+    cross = collect_cross_dataset(exp)
+    row = f"{DATASETS[0]} / {MODELS[0]}"
+    assert (row, DATASETS[1]) not in cross.values  # the stale cell is blank, not old numbers
+    assert all(not name.startswith(f"{DATASETS[1]} / {MODELS[1]}") for name in cross.train_names)
+    assert all("old_net" not in name for name in cross.train_names)
+    html = build_report(exp).read_text(encoding="utf-8")
+    assert "old_net" in html.split('id="record"', 1)[1]  # listed apart, as not in this plan
+    assert "old_net" not in html.split('id="record"', 1)[0]
+    section = html.split('id="unplanned"', 1)[1].split("</ul>", 1)[0]
+    assert f"eval/{DATASETS[0]}__old_net/on_{DATASETS[0]}" in section
+    assert f"runs/{DATASETS[0]}/old_net-12345678" in section
+    # The stale file's number is nowhere in the cross-dataset CSV either.
+    assert str(stale_acc) not in (exp / "cross_dataset.csv").read_text()
+
+
+def test_reused_runs_are_named_with_their_version(tmp_path: Path) -> None:
+    exp = make_fake_experiment(tmp_path)
+    layout = Layout(exp)
+    status = json.loads(layout.status.read_text())
+    produced = {
+        "ferlab_version": "0.0.9",
+        "code_digest": "abcdef0123456789",
+        "created": "2025-01-01T09:00:00",
+    }
+    for p in status["pairs"]:
+        if (p["dataset"], p["model"]) == (DATASETS[0], MODELS[0]):
+            p["status"], p["produced_by"] = "reused", produced
+    layout.status.write_text(json.dumps(status))
+    rows = {(r["dataset"], r["model"]): r for r in collect_summary(exp)}
+    assert rows[(DATASETS[0], MODELS[0])]["reused"] is True
+    assert rows[(DATASETS[0], MODELS[0])]["produced_by"] == (
+        "ferlab 0.0.9 (code abcdef01), 2025-01-01T09:00:00"
+    )
+    assert rows[(DATASETS[0], MODELS[1])]["reused"] is False
+    html = build_report(exp).read_text(encoding="utf-8")
+    record = html.split('id="reused-table"', 1)[1].split("</table>", 1)[0]
+    assert f"weights of {MODELS[0]} trained on {DATASETS[0]}" in record
+    assert "ferlab 0.0.9 (code abcdef01), 2025-01-01T09:00:00" in record
+    assert MODELS[1] not in record
+    assert "ferlab 0.0.9" in (exp / "summary.md").read_text()
 
 
 def test_damaged_metrics_file_is_named(tmp_path: Path) -> None:

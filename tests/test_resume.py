@@ -6,7 +6,7 @@ epoch, after the second epoch's checkpoint is on disk, so the kill lands at a kn
 
 from __future__ import annotations
 
-import importlib
+import csv
 import os
 import signal
 import subprocess
@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from ferlab.config import AugmentConfig, ModelConfig, TrainConfig
+from ferlab import layout
+from ferlab.config import AugmentConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ferlab.data.base import ArraySplit, LoadedDataset
+from ferlab.layout import CHECKPOINTS, DONE, HISTORY, LAST_CKPT, TRAIN_LOGS, WEIGHTS
 from ferlab.training import fit, is_complete, read_history
-from ferlab.training.fit import LAST, _read_ckpt_state
+from ferlab.training.fit import _read_ckpt_state
 
 EPOCHS = 4
 KILL_AT_EPOCH = 2  # 0-based: the child stops at the start of the third epoch
@@ -50,6 +52,7 @@ def toy_dataset(size: int = 16) -> LoadedDataset:
 
 
 MODEL = ModelConfig(name="ferlab_vgg", kwargs={"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1]})
+CPU = RuntimeConfig(accelerator="cpu", threads=1, progress=False)
 
 
 def train_cfg() -> TrainConfig:
@@ -58,8 +61,6 @@ def train_cfg() -> TrainConfig:
         epochs=EPOCHS,
         batch_size=32,
         lr=3e-3,
-        threads=1,
-        accelerator="cpu",
         patience=50,
         augment=AugmentConfig(rotate=8, translate=0.05, mixup=0.3, cutmix=0.3, erasing=0.3),
     )
@@ -74,8 +75,8 @@ def run_fit(run_dir: Path):
         seed=3,
         image_size=16,
         channels=1,
+        runtime=CPU,
         log=lambda s: None,
-        progress=False,
     )
 
 
@@ -118,9 +119,9 @@ def test_sigkill_then_rerun_gives_identical_weights(tmp_path: Path) -> None:
 
     # The kill left a resumable run that nobody may mistake for a finished one.
     assert not is_complete(run_dir)
-    state = _read_ckpt_state(run_dir / "checkpoints" / LAST)
+    state = _read_ckpt_state(run_dir / CHECKPOINTS / LAST_CKPT)
     assert state is not None and state["epoch"] == KILL_AT_EPOCH - 1
-    assert len(read_history(run_dir / "history.csv")) == KILL_AT_EPOCH
+    assert len(read_history(run_dir / HISTORY)) == KILL_AT_EPOCH
 
     resumed = run_fit(run_dir)
     assert resumed.resumed and not straight.resumed
@@ -132,24 +133,34 @@ def test_sigkill_then_rerun_gives_identical_weights(tmp_path: Path) -> None:
         assert torch.equal(a[k], b[k]), k
     assert resumed.best_epoch == straight.best_epoch
     # History: every epoch exactly once, the same numbers (timings aside).
-    h_straight = read_history(tmp_path / "straight" / "history.csv")
-    h_resumed = read_history(run_dir / "history.csv")
+    h_straight = read_history(tmp_path / "straight" / HISTORY)
+    h_resumed = read_history(run_dir / HISTORY)
     assert [r["epoch"] for r in h_resumed] == list(range(1, EPOCHS + 1))
     for r1, r2 in zip(h_straight, h_resumed, strict=True):
         for col in r1:
             if col != "epoch_seconds":
                 assert r1[col] == r2[col], (col, r1, r2)
+    # The training logs: one CSV per session (killed, resumed), every epoch once across them.
+    sessions = sorted((run_dir / TRAIN_LOGS / "csv").glob("version_*/metrics.csv"))
+    assert [p.parent.name for p in sessions] == ["version_0", "version_1"]
+    rows = []
+    for p in sessions:
+        with open(p) as f:
+            rows += list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
+    for row, hist in zip(rows, h_straight, strict=True):
+        assert float(row["val_loss"]) == pytest.approx(hist["val_loss"], rel=1e-6)
 
 
 def test_torn_and_stale_checkpoints_are_not_mistaken(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    ckpts = run_dir / "checkpoints"
+    ckpts = run_dir / CHECKPOINTS
     ckpts.mkdir(parents=True)
     # What a kill during a write could leave with a non-atomic writer: a truncated last.ckpt,
     # and a stale temp file from the atomic writer.
-    (ckpts / LAST).write_bytes(b"PK\x03\x04 truncated zip")
-    (ckpts / f".{LAST}.999.tmp").write_bytes(b"\x00" * 100)
-    assert _read_ckpt_state(ckpts / LAST) is None
+    (ckpts / LAST_CKPT).write_bytes(b"PK\x03\x04 truncated zip")
+    (ckpts / f".{LAST_CKPT}.999.tmp").write_bytes(b"\x00" * 100)
+    assert _read_ckpt_state(ckpts / LAST_CKPT) is None
     assert not is_complete(run_dir)
 
     cfg = train_cfg().model_copy(update={"epochs": 1, "limit_train_batches": 2})
@@ -161,37 +172,35 @@ def test_torn_and_stale_checkpoints_are_not_mistaken(tmp_path: Path) -> None:
         seed=0,
         image_size=16,
         channels=1,
+        runtime=CPU,
         log=lambda s: None,
-        progress=False,
     )
     assert not res.resumed
     assert res.epochs_run == 1
     assert is_complete(run_dir)
     assert not list(ckpts.glob("*.tmp")) and not list(ckpts.glob(".*.tmp"))
-    state = _read_ckpt_state(ckpts / LAST)
+    state = _read_ckpt_state(ckpts / LAST_CKPT)
     assert state is not None and state["epoch"] == 0
 
 
 def test_finished_checkpoint_without_done_only_writes_outputs(tmp_path: Path, monkeypatch) -> None:
     """Killed after the last epoch's checkpoint but before DONE: the rerun trains nothing."""
-    fit_mod = importlib.import_module("ferlab.training.fit")  # the package's `fit` is the function
+    real_write = layout.atomic_write
 
-    real_write = fit_mod.write_atomic
-
-    def crash_at_done(path: Path, data: bytes) -> None:
-        if path.name == "DONE":
+    def crash_at_done(path: Path, data: bytes | str) -> Path:
+        if Path(path).name == DONE:
             raise KeyboardInterrupt("simulated kill before DONE")
-        real_write(path, data)
+        return real_write(path, data)
 
     run_dir = tmp_path / "run"
     cfg = train_cfg().model_copy(update={"epochs": 3, "limit_train_batches": 2})
-    kw = dict(seed=0, image_size=16, channels=1, log=lambda s: None, progress=False)
+    kw = dict(seed=0, image_size=16, channels=1, runtime=CPU, log=lambda s: None)
     straight = fit(toy_dataset(), MODEL, cfg, tmp_path / "straight", **kw)
-    monkeypatch.setattr(fit_mod, "write_atomic", crash_at_done)
+    monkeypatch.setattr(layout, "atomic_write", crash_at_done)
     with pytest.raises(KeyboardInterrupt):
         fit(toy_dataset(), MODEL, cfg, run_dir, **kw)
-    monkeypatch.setattr(fit_mod, "write_atomic", real_write)
-    assert (run_dir / "weights.safetensors").exists() and not is_complete(run_dir)
+    monkeypatch.setattr(layout, "atomic_write", real_write)
+    assert (run_dir / WEIGHTS).exists() and not is_complete(run_dir)
 
     again = fit(toy_dataset(), MODEL, cfg, run_dir, **kw)
     assert again.resumed and is_complete(run_dir)
@@ -206,9 +215,9 @@ def test_damaged_finished_run_is_retrained_not_half_reused(tmp_path: Path) -> No
     (the best-epoch checkpoint is gone, so resuming could not recover the best weights)."""
     run_dir = tmp_path / "run"
     cfg = train_cfg().model_copy(update={"epochs": 2, "limit_train_batches": 2})
-    kw = dict(seed=0, image_size=16, channels=1, log=lambda s: None, progress=False)
+    kw = dict(seed=0, image_size=16, channels=1, runtime=CPU, log=lambda s: None)
     first = fit(toy_dataset(), MODEL, cfg, run_dir, **kw)
-    (run_dir / "weights.safetensors").write_bytes(b"damaged")
+    (run_dir / WEIGHTS).write_bytes(b"damaged")
     assert not is_complete(run_dir)
     again = fit(toy_dataset(), MODEL, cfg, run_dir, **kw)
     assert not again.resumed and is_complete(run_dir)

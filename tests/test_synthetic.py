@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from ferlab.data.adapters.synthetic import DOMAINS, draw_seed, label_of_seed, render, synthetic
 from ferlab.data.base import DatasetError, Record
-from ferlab.data.synthetic import DOMAINS, draw_seed, label_of_seed, render, synthetic
 from ferlab.labels import CANONICAL, EMOTIONS, INDEX
 
 

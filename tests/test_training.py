@@ -11,29 +11,35 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ferlab.config import AugmentConfig, ModelConfig, TrainConfig
+from ferlab.config import AugmentConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ferlab.data.base import ArraySplit, LoadedDataset
+from ferlab.device import cpu_threads, pick_device, resolve_precision
 from ferlab.labels import CANONICAL
+from ferlab.layout import FIT_JSON, META, TRAIN_LOGS
 from ferlab.training import (
     class_counts_after_balancing,
-    class_weights,
     clear_run,
-    epoch_indices,
     fit,
     is_complete,
-    oversample_indices,
     read_history,
     run_key,
-    soft_cross_entropy,
 )
-from ferlab.training.data import EvalBatches, TrainBatches, remap_targets
-from ferlab.training.device import cpu_threads, pick_accelerator, resolve_precision
+from ferlab.training import trainer as trainer_mod
+from ferlab.training.data import (
+    EvalBatches,
+    TrainBatches,
+    class_weights,
+    epoch_indices,
+    oversample_indices,
+    remap_targets,
+)
 from ferlab.training.module import (
     HISTORY_COLUMNS,
     FerModule,
     build_optimizer,
     metrics_from_confusion,
     param_groups,
+    soft_cross_entropy,
     warmup_cosine,
 )
 
@@ -68,13 +74,21 @@ def toy_dataset(
 TINY = ModelConfig(name="ferlab_vgg", kwargs={"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1]})
 
 
+CPU = RuntimeConfig(accelerator="cpu", threads=1, progress=False)
+
+
 def tcfg(**kw) -> TrainConfig:
-    base = dict(epochs=5, batch_size=32, lr=3e-3, threads=1, accelerator="cpu", patience=50)
+    base = dict(epochs=5, batch_size=32, lr=3e-3, patience=50)
     return TrainConfig(**{**base, **kw})
 
 
 def quiet_fit(
-    data: LoadedDataset, cfg: TrainConfig, run_dir: Path, model: ModelConfig = TINY, seed: int = 0
+    data: LoadedDataset,
+    cfg: TrainConfig,
+    run_dir: Path,
+    model: ModelConfig = TINY,
+    seed: int = 0,
+    **kw,
 ):
     return fit(
         data,
@@ -84,8 +98,9 @@ def quiet_fit(
         seed=seed,
         image_size=16,
         channels=1,
+        runtime=CPU,
         log=lambda s: None,
-        progress=False,
+        **kw,
     )
 
 
@@ -237,19 +252,60 @@ def test_warmup_cosine_schedule() -> None:
 
 
 def test_device_choices_on_this_machine() -> None:
-    acc = pick_accelerator("auto")
-    assert acc in ("cpu", "cuda", "mps")
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    assert pick_device("cpu") == pick_device(torch.device("cpu")) == torch.device("cpu")
     assert resolve_precision("auto", "cpu") == "32"
     assert (
         resolve_precision("auto", "cuda") in ("16-mixed", "bf16-mixed")
         if torch.cuda.is_available()
         else True
     )
-    with pytest.raises(ValueError, match="GPU"):
+    with pytest.raises(ValueError, match=r"runtime\.precision '16-mixed' needs a GPU"):
         resolve_precision("16-mixed", "cpu")
-    with pytest.raises(ValueError, match="accelerator"):
-        pick_accelerator("tpu")
+    with pytest.raises(ValueError, match=r"Unknown device 'tpu' for runtime\.accelerator"):
+        pick_device("tpu")
+    with pytest.raises(ValueError, match=r"for load_model\(device=\.\.\.\)"):
+        pick_device("tpu", setting="load_model(device=...)")
     assert cpu_threads(3) == 3 and cpu_threads(None, processes=10**6) == 1
+    with pytest.raises(ValueError, match=r"runtime\.threads must be >= 1"):
+        cpu_threads(0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a CUDA device")
+def test_absent_cuda_is_refused_with_the_setting_named() -> None:
+    with pytest.raises(ValueError, match=r"runtime\.accelerator is 'cuda' but torch sees no CUDA"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match=r"device is 'cuda:1' but torch sees no CUDA"):
+        pick_device("cuda:1", setting="device")
+
+
+# -- the trainer -------------------------------------------------------------------------------
+def test_build_trainer_from_the_runtime(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    setup = trainer_mod.build_trainer(CPU, tmp_path / "run", max_epochs=3, max_steps=7)
+    t = setup.trainer
+    assert (setup.accelerator, setup.precision, setup.threads) == ("cpu", "32", 1)
+    assert torch.get_num_threads() == 1  # the runtime's thread count is applied
+    assert t.max_epochs == 3 and t.max_steps == 7 and t.num_devices == 1
+    assert isinstance(t.strategy.checkpoint_io, trainer_mod.AtomicCheckpointIO)
+    # No checkpoint callback given: Lightning adds none of its own; no progress bar either.
+    assert not [cb for cb in t.callbacks if isinstance(cb, Checkpoint | TQDMProgressBar)]
+    csv_logger = next(lg for lg in t.loggers if isinstance(lg, CSVLogger))
+    assert Path(csv_logger.log_dir).parent.parent == tmp_path / "run" / TRAIN_LOGS
+    assert t.precision == "32-true"
+
+    shown = trainer_mod.build_trainer(
+        CPU.model_copy(update={"progress": True, "threads": 2}), tmp_path / "b", max_epochs=1
+    )
+    bars = [cb for cb in shown.trainer.callbacks if isinstance(cb, TQDMProgressBar)]
+    assert len(bars) == 1 and bars[0].refresh_rate == trainer_mod.PROGRESS_REFRESH_STEPS
+    assert shown.threads == 2 == torch.get_num_threads()
+    with pytest.raises(ValueError, match=r"runtime\.precision"):
+        trainer_mod.build_trainer(
+            CPU.model_copy(update={"precision": "16-mixed"}), tmp_path / "c", max_epochs=1
+        )
 
 
 # -- run cache ---------------------------------------------------------------------------------
@@ -267,8 +323,8 @@ def test_run_key_tracks_what_shapes_the_run() -> None:
     assert base != run_key(
         "fp", ModelConfig(name="ferlab_vgg", kwargs={"drop_rate": 0.1}), t, data, 0
     )
-    # Thread count and display name do not change what is learned.
-    assert base == run_key("fp", m, TrainConfig(threads=1), data, 0)
+    # The display name does not change what is learned (hardware settings are not in
+    # TrainConfig but in RuntimeConfig, which run_key does not take).
     assert base == run_key("fp", ModelConfig(name="ferlab_vgg", label="VGG"), t, data, 0)
 
 
@@ -354,3 +410,82 @@ def test_fit_refuses_a_dataset_without_val(tmp_path: Path) -> None:
     del data.splits["val"]
     with pytest.raises(ValueError, match="val"):
         quiet_fit(data, tcfg(epochs=1), tmp_path / "run")
+
+
+# -- standard training logs and extra metadata -------------------------------------------------
+EXTRA = {"data": {"spec": "toy:lab", "options": {"a": 1}}, "provenance": {"code": "abc123"}}
+LOGGED_CFG = dict(epochs=2, limit_train_batches=3)
+
+
+@pytest.fixture(scope="module")
+def logged_fit(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny fit with the standard loggers and ``extra_meta`` (numpy and Path values)."""
+    run = tmp_path_factory.mktemp("logged") / "run"
+    extra = {**EXTRA, "split_seed": np.int64(7), "root": Path("/data/toy")}
+    return run, quiet_fit(toy_dataset(), tcfg(**LOGGED_CFG), run, extra_meta=extra)
+
+
+@pytest.mark.slow
+def test_fit_logs_one_csv_row_per_epoch_with_the_val_metrics(logged_fit) -> None:
+    run, res = logged_fit
+    (path,) = (run / TRAIN_LOGS).glob("**/metrics.csv")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]  # Lightning's 0-based epoch counter
+    for row, hist in zip(rows, res.history, strict=True):
+        for col in HISTORY_COLUMNS:
+            if col in ("epoch", "epoch_seconds"):
+                continue
+            assert float(row[col]) == pytest.approx(hist[col], rel=1e-6), col
+
+
+@pytest.mark.slow
+def test_fit_writes_tensorboard_events_when_installed(logged_fit) -> None:
+    if not trainer_mod.tensorboard_available():
+        pytest.skip("tensorboard is not installed (pip install 'ferlab[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, res = logged_fit
+    (events,) = (run / TRAIN_LOGS / "tensorboard").glob("version_0/events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    got = [e.value for e in acc.Scalars("val_balanced_accuracy")]
+    assert got == pytest.approx([r["val_balanced_accuracy"] for r in res.history], rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You called `self.log.*but have no logger configured")
+def test_logging_does_not_change_what_is_learned(logged_fit, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(trainer_mod, "train_loggers", lambda run_dir: [])
+    run = tmp_path / "unlogged"
+    plain = quiet_fit(toy_dataset(), tcfg(**LOGGED_CFG), run)
+    assert not (run / TRAIN_LOGS).exists()  # the patch took: this run had no loggers
+    _, logged = logged_fit
+    for k, v in logged.model.state_dict().items():
+        assert torch.equal(v, plain.model.state_dict()[k]), k
+    for a, b in zip(logged.history, plain.history, strict=True):
+        assert {k: v for k, v in a.items() if k != "epoch_seconds"} == {
+            k: v for k, v in b.items() if k != "epoch_seconds"
+        }
+
+
+@pytest.mark.slow
+def test_extra_meta_goes_into_meta_json_and_fit_json(logged_fit) -> None:
+    run, res = logged_fit
+    want = {**EXTRA, "split_seed": 7, "root": "/data/toy"}
+    meta = json.loads((run / META).read_text())
+    assert {k: meta["extra"][k] for k in want} == want
+    assert meta["extra"]["train_dataset"] == "toy" and meta["extra"]["seed"] == 0
+    assert {k: res.meta.extra[k] for k in want} == want
+    summary = json.loads((run / FIT_JSON).read_text())
+    assert summary["extra"] == want
+    assert summary["runtime"] == CPU.model_dump(mode="json")
+
+
+def test_bad_extra_meta_is_refused_before_training(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"may not set \['seed'\]"):
+        quiet_fit(toy_dataset(), tcfg(epochs=1), run, extra_meta={"seed": 5})
+    with pytest.raises(ValueError, match="must be JSON-able"):
+        quiet_fit(toy_dataset(), tcfg(epochs=1), run, extra_meta={"f": object()})
+    assert not (run / "checkpoints").exists()

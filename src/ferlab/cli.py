@@ -2,7 +2,7 @@
 
 ferlab run [EXPERIMENT] [--set key=value ...] [--out DIR] [--force]
 ferlab train --data NAME:PATH --model NAME [--set key=value ...]
-ferlab evaluate --weights RUN_OR_FILE --data NAME:PATH [--tta] [--json]
+ferlab evaluate --weights RUN_OR_FILE --data NAME:PATH [--split test|val|train|all] [--tta] [--json]
 ferlab data inspect NAME:PATH [--json] [--out DIR]
 ferlab report DIR
 ferlab models [PATTERN]    ferlab datasets
@@ -82,14 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="evaluate saved weights on any dataset",
         description="Evaluate saved weights (a run folder or a weights.safetensors with its "
-        "meta.json) on a dataset's test split. Classes the model and dataset do not share are "
-        "left out and listed.",
+        "meta.json) on a dataset's split. On the dataset a run was trained on, the run's own "
+        "split settings and adapter options are used, so 'test' is its held-out split; scoring "
+        "images the run trained or validated on is refused unless --allow-overlap. Classes "
+        "the model and dataset do not share are left out and listed.",
     )
     p.add_argument("--weights", required=True, help="run folder or weights file")
     p.add_argument("--data", required=True, metavar="NAME:PATH")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="split to score; 'all' scores every image of the dataset (an external test set)",
+    )
     p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
     p.add_argument("--tta-crops", type=int, default=0, help="add N crops to the TTA views (5/10)")
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="score images the run trained or validated on anyway (the output records it)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, e.g. --option margin=0.1 (added to the run's recorded options)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cache-dir", default="~/.cache/ferlab")
     p.add_argument("--batch-size", type=int, default=256)
@@ -142,81 +161,65 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ferlab.config import load_config
-    from ferlab.pipeline import run_experiment
+    from ferlab.api import run
 
-    cfg = load_config(args.experiment, args.overrides)
-    result = run_experiment(cfg, out=args.out, force=args.force, progress=not args.no_progress)
+    result = run(
+        args.experiment,
+        overrides=args.overrides,
+        out=args.out,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     return EXIT_FAILED_PAIRS if result.failed else 0
 
 
-def train_config(args: argparse.Namespace) -> Any:
-    """The experiment config behind ``ferlab train``: one dataset, one model, no cross-eval."""
-    from ferlab.config import apply_overrides, load_config, validate_config
-    from ferlab.data.base import parse_spec
-    from ferlab.models import DEFAULT_CPU_MODEL
-
-    name, path = parse_spec(args.data)
-    base = load_config(args.config) if args.config else None
-    raw: dict[str, Any] = base.model_dump(mode="json") if base else {}
-    raw.update(
-        name=f"train_{name}" if name != "synthetic" else f"train_synthetic_{path}",
-        datasets=[{"name": name, "path": path}],
-        models=[{"name": args.model or DEFAULT_CPU_MODEL}],
-    )
-    raw.setdefault("eval", {})
-    raw["eval"]["cross_dataset"] = False
-    raw["eval"]["ensembles"] = False
-    raw.setdefault("mega", {})["enabled"] = False
-    return validate_config(apply_overrides(raw, args.overrides))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from ferlab.pipeline import run_experiment
+    from ferlab.api import train
 
-    cfg = train_config(args)
-    result = run_experiment(cfg, out=args.out, force=args.force, progress=not args.no_progress)
+    result = train(
+        args.data,
+        args.model,
+        config=args.config,
+        overrides=args.overrides,
+        out=args.out,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     for p in result.pairs:
-        print(f"{p.dataset} / {p.model}: {p.status}  weights: {p.run_dir}")
+        where = result.run_dir(p.dataset, p.model)
+        print(f"{p.dataset} / {p.model}: {p.status}  weights: {where}")
     return EXIT_FAILED_PAIRS if result.failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ferlab.config import TTAConfig
-    from ferlab.data.base import DatasetError, parse_spec
-    from ferlab.data.loading import load_dataset
-    from ferlab.evaluation import evaluate, flat_metrics
-    from ferlab.models import load_model
+    from ferlab.api import evaluate
 
-    model, meta = load_model(args.weights)
-    name, path = parse_spec(args.data)
-    data = load_dataset(
-        name, path, size=meta.image_size, channels=meta.channels, cache_dir=args.cache_dir
-    )
-    if args.split not in data.splits:
-        raise DatasetError(f"{args.data} has no {args.split!r} split; it has {list(data.splits)}.")
-    tta = TTAConfig(hflip=True, crops=args.tta_crops) if args.tta else None
-    result = evaluate(
-        model,
-        meta,
-        data.splits[args.split],
-        data.labels,
-        tta=tta,
+    flat = evaluate(
+        args.weights,
+        args.data,
+        split=args.split,
+        tta=args.tta,
+        tta_crops=args.tta_crops,
+        options=_parse_options(args.option),
+        cache_dir=args.cache_dir,
         batch_size=args.batch_size,
-        bootstrap=1000,
-        seed=0,
+        allow_overlap=args.allow_overlap,
     )
-    flat = flat_metrics(result, use_tta=args.tta)
     if args.json:
         print(json.dumps(flat, indent=2))
         return 0
+    settings = flat["split_settings"]
+    source = "the run's split settings" if settings["from_run"] else "default split settings"
     print(
-        f"{meta.architecture} on {args.data} ({args.split}, n={flat['n']}, TTA={'on' if args.tta else 'off'})"
+        f"{args.weights} on {args.data} ({args.split}, n={flat['n']}, "
+        f"TTA={'on' if args.tta else 'off'}; {source})"
     )
     for k in ("accuracy", "balanced_accuracy", "macro_f1"):
         print(f"  {k:18s} {_pct(flat[k])}")
     if flat.get("dropped_labels"):
         print(f"  left out (not shared by model and data): {', '.join(flat['dropped_labels'])}")
+    if flat["overlap"]["n"]:
+        print(f"  WARNING: {flat['overlap']['n']} scored images were trained or validated on")
     print("  per class (precision / recall / F1 / support):")
     for label, pc in flat["per_class"].items():
         print(
@@ -258,7 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     exp = Path(args.dir)
     if not exp.is_dir():
         raise ConfigError(f"Experiment folder {str(exp)!r} does not exist.")
-    path = build_report(exp)
+    path = build_report(exp)  # from the recorded plan: the same report the run wrote
     print(format_console_table(collect_summary(exp)))
     print(f"Report: {path.resolve()}")
     return 0
@@ -299,10 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     from ferlab.data.base import DatasetError
     from ferlab.labels import UnknownLabelError
+    from ferlab.layout import ReportInputError
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, DatasetError, UnknownLabelError, FileNotFoundError) as e:
+    except (ConfigError, DatasetError, UnknownLabelError, ReportInputError, FileNotFoundError) as e:
         print(f"ferlab: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -29,8 +29,11 @@ class DatasetConfig(_Strict):
 
     name: str
     path: str = ""
-    label: str | None = None  # display name; defaults to name, or name:path for synthetic
+    label: str | None = None  # display name; defaults to name, or name-path for synthetic
     options: dict[str, Any] = Field(default_factory=dict)
+    # train: trained on (when it has a train split) and tested; test: an external test set,
+    # every image of it is scored and nothing of it is trained on (JAFFE, CK+, KDEF...).
+    use: Literal["train", "test"] = "train"
 
     @property
     def display(self) -> str:
@@ -60,6 +63,8 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    """The training recipe: everything here can change what is learned (all of it is keyed)."""
+
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -76,13 +81,9 @@ class TrainConfig(_Strict):
     balance: Literal["oversample", "weighted", "none"] = "oversample"
     soft_labels: bool = False  # train on vote shares when the dataset has them (FER+)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
-    accelerator: Literal["auto", "cpu", "cuda", "mps", "gpu"] = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    threads: int | None = None  # torch threads on CPU; None = all cores
-    limit_train_batches: int | float | None = None  # tests and smoke runs
+    # Smoke runs and tests. They change what is learned, so they are part of the run key (a
+    # run cut to 8 batches is never reused as the full one); hardware lives in ``runtime``.
+    limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
 
 
@@ -164,6 +165,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     mega: MegaConfig = Field(default_factory=MegaConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("datasets", "models")
     @classmethod
@@ -182,6 +184,84 @@ class ExperimentConfig(_Strict):
         except ValidationError as e:
             raise ConfigError(
                 _format_errors(e, prefix=f"models[{model.name}].train", lines={})
+            ) from e
+
+
+RESERVED_NAMES = {"datasets": "mega", "models": "ensemble"}
+
+
+def name_clashes(cfg: ExperimentConfig) -> list[tuple[str, int, int, str]]:
+    """Entries whose display names (or their file-name forms) collide: ``(section, i, j, name)``.
+
+    Results are filed by display name, so two entries with one name would share one slot;
+    ``mega`` and ``ensemble`` are taken by the mega dataset and the ensembles.
+    """
+    from ferlab.layout import safe_name
+
+    out: list[tuple[str, int, int, str]] = []
+    sections: dict[str, list[str]] = {
+        "datasets": [d.display for d in cfg.datasets],
+        "models": [m.display for m in cfg.models],
+    }
+    for section, names in sections.items():
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if safe_name(name) == RESERVED_NAMES[section]:
+                out.append((section, -1, i, name))
+                continue
+            j = seen.setdefault(safe_name(name), i)
+            if j != i:
+                out.append((section, j, i, name))
+    return out
+
+
+def _entry_text(cfg: ExperimentConfig, section: str, i: int) -> str:
+    if section == "datasets":
+        d = cfg.datasets[i]
+        return f"datasets[{i}] ({d.name}: {d.path!r})"
+    m = cfg.models[i]
+    return f"models[{i}] ({m.name}, pretrained: {m.pretrained})"
+
+
+def check_names(
+    cfg: ExperimentConfig, file: str = "", lines: dict[tuple[Any, ...], int] | None = None
+) -> None:
+    """Refuse clashing display names (``name_clashes``), naming both entries and `label:`."""
+    lines = lines or {}
+    clashes = name_clashes(cfg)
+    if not clashes:
+        return
+    msgs = []
+    for section, i, j, name in clashes:
+        where = f" ({file}, line {lines[(section, j)]})" if file and (section, j) in lines else ""
+        if i < 0:
+            msgs.append(
+                f"  {_entry_text(cfg, section, j)}{where} is named {name!r}, which ferlab uses "
+                f"for the {'mega dataset' if section == 'datasets' else 'ensembles'}: give it "
+                "another `label:`."
+            )
+            continue
+        first = f" (line {lines[(section, i)]})" if file and (section, i) in lines else ""
+        msgs.append(
+            f"  {_entry_text(cfg, section, i)}{first} and {_entry_text(cfg, section, j)}{where} "
+            f"are both named {name!r}, so their results would share one slot. Give each a "
+            f"distinct `label:` field (e.g. `label: {name}_2`)."
+        )
+    raise ConfigError("Invalid experiment configuration:\n" + "\n".join(msgs))
+
+
+def _check_model_overrides(
+    cfg: ExperimentConfig, file: str, lines: dict[tuple[Any, ...], int]
+) -> None:
+    """Each model's ``train:`` overrides, validated like the rest (key, file and line)."""
+    for i, m in enumerate(cfg.models):
+        if not m.train:
+            continue
+        try:
+            TrainConfig.model_validate(_deep_merge(cfg.train.model_dump(), m.train))
+        except ValidationError as e:
+            raise ConfigError(
+                _format_errors(e, lines=lines, file=file, loc_prefix=("models", i, "train"))
             ) from e
 
 
@@ -229,11 +309,16 @@ def _load_with_lines(text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
 
 
 def _format_errors(
-    err: ValidationError, *, prefix: str = "", lines: dict[tuple[Any, ...], int], file: str = ""
+    err: ValidationError,
+    *,
+    prefix: str = "",
+    lines: dict[tuple[Any, ...], int],
+    file: str = "",
+    loc_prefix: tuple[Any, ...] = (),
 ) -> str:
     msgs = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        loc = (*loc_prefix, *e["loc"])
         key = ".".join(str(p) for p in loc)
         if prefix:
             key = f"{prefix}.{key}"
@@ -319,11 +404,17 @@ def validate_config(
     raw: dict[str, Any], *, file: str = "", lines: dict[tuple[Any, ...], int] | None = None
 ) -> ExperimentConfig:
     """Validate a raw mapping; errors name each bad key (and its file line when known)."""
+    lines = lines or {}
     try:
-        return ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, lines=lines or {}, file=file)) from e
+        raise ConfigError(_format_errors(e, lines=lines, file=file)) from e
+    check_names(cfg, file, lines)
+    _check_model_overrides(cfg, file, lines)
+    return cfg
 
 
 def dump_config(cfg: BaseModel, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    from ferlab.layout import atomic_write
+
+    atomic_write(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

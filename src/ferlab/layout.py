@@ -226,7 +226,9 @@ class Layout:
         return self.root / "eval"
 
     def eval_dir(self, dataset: str, model: str, test: str) -> Path:
-        return self.eval_root / f"{safe_name(dataset)}__{safe_name(model)}" / f"on_{safe_name(test)}"
+        return (
+            self.eval_root / f"{safe_name(dataset)}__{safe_name(model)}" / f"on_{safe_name(test)}"
+        )
 
     # plots
     @property

@@ -1,16 +1,19 @@
-"""The experiment runner behind ``ferlab run``: datasets x models, evaluation, ensembles, report.
+"""The experiment runner behind ``ferlab run``: plan, train, evaluate, ensembles, report.
 
-Every result is written to files in the experiment folder first, and the summary, the
-cross-dataset matrix and the HTML report are read back from those files, so a report can be
-rebuilt without retraining and a rerun finishes only what is missing.
+A run first loads (and so validates) every dataset, then records its plan in ``plan.json``:
+every (train dataset, model) pair with its run key, every (pair, test set) evaluation with
+its evaluation key, and the ensembles. Training and evaluation then fill exactly the planned
+folders, each result is written to files first, and the summary, cross-dataset matrix and
+HTML report are read back from the planned entries only (``ferlab.record``), so a report can
+be rebuilt without retraining and never shows a number this plan did not produce.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -29,29 +32,34 @@ from ferlab.config import (
     DatasetConfig,
     ExperimentConfig,
     ModelConfig,
+    check_names,
     config_hash,
     dump_config,
 )
 from ferlab.data.base import DatasetError, LoadedDataset
-from ferlab.evaluation.evaluate import write_metrics_json
+from ferlab.layout import ENSEMBLE, MEGA, METRICS, PROBS, SPLITS, Layout, write_json
+from ferlab.provenance import code_digest, stamp
+from ferlab.record import (
+    EvalStatus,
+    PairStatus,
+    Plan,
+    PlannedDataset,
+    PlannedEval,
+    PlannedPair,
+    planned_metrics,
+    write_plan,
+    write_status,
+)
 
 log = logging.getLogger("ferlab")
 
-EVAL_FORMAT = 1  # bump when metrics.json changes meaning, so cached evaluations are redone
-
-
-@dataclass
-class PairStatus:
-    dataset: str
-    model: str
-    status: str  # ok | reused | failed
-    error: str | None = None
-    run_dir: str | None = None
+EVAL_FORMAT = 2  # bump when metrics.json changes meaning, so cached evaluations are redone
 
 
 @dataclass
 class ExperimentResult:
     exp_dir: Path
+    plan: Plan | None = None
     pairs: list[PairStatus] = field(default_factory=list)
     report: Path | None = None
     summary_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -60,17 +68,35 @@ class ExperimentResult:
     def failed(self) -> list[PairStatus]:
         return [p for p in self.pairs if p.status == "failed"]
 
+    @property
+    def weights(self) -> Path:
+        """The run folder (weights + metadata) of the only trained pair, as ``ferlab.train``
+        makes; with several pairs use ``run_dir(dataset, model)``."""
+        trained = [p for p in self.pairs if p.run_dir and p.status in ("trained", "reused")]
+        if len(trained) != 1:
+            raise ValueError(
+                f"weights needs exactly one trained pair; this experiment has {len(trained)}: "
+                "use run_dir(dataset, model)."
+            )
+        return Layout(self.exp_dir).resolve(str(trained[0].run_dir))
+
+    def run_dir(self, dataset: str, model: str) -> Path | None:
+        """The run folder of a trained pair (None for failed pairs and ensembles)."""
+        for p in self.pairs:
+            if (p.dataset, p.model) == (dataset, model) and p.run_dir:
+                return Layout(self.exp_dir).resolve(p.run_dir)
+        return None
+
 
 def experiment_dir(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     return Path(out).expanduser() if out else Path(cfg.output_dir).expanduser() / cfg.name
 
 
 @contextmanager
-def experiment_logging(exp_dir: Path, *, console: bool = True) -> Iterator[Path]:
-    """Log to a timestamped file in ``exp_dir/logs`` (and the console) while the block runs."""
-    logs = exp_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"execution_log_{datetime.now():%Y%m%d_%H%M%S}.txt"
+def experiment_logging(layout: Layout, *, console: bool = True) -> Iterator[Path]:
+    """Log to a timestamped file in the experiment's logs (and the console) while the block runs."""
+    layout.logs_dir.mkdir(parents=True, exist_ok=True)
+    path = layout.log_file(f"{datetime.now():%Y%m%d_%H%M%S}")
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setFormatter(fmt)
@@ -95,7 +121,7 @@ def experiment_logging(exp_dir: Path, *, console: bool = True) -> Iterator[Path]
 def environment_info() -> dict[str, Any]:
     import torch
 
-    from ferlab.training.device import describe_device
+    from ferlab.device import describe_device
 
     commit = None
     try:
@@ -111,6 +137,8 @@ def environment_info() -> dict[str, Any]:
         pass
     return {
         "ferlab": __version__,
+        "code_digest_train": code_digest("train"),
+        "code_digest_eval": code_digest("eval"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -137,7 +165,7 @@ class DataStore:
     def get(self, ds: DatasetConfig, size: int, channels: int) -> LoadedDataset:
         from ferlab.data.loading import load_dataset
 
-        key = (ds.display, size, channels)
+        key = (ds.display, size, channels)  # display names are unique (config.check_names)
         if key not in self._cache:
             d = self.cfg.data
             t0 = time.perf_counter()
@@ -152,6 +180,7 @@ class DataStore:
                 val_fraction=d.val_fraction,
                 test_fraction=d.test_fraction,
                 options=dict(ds.options),
+                use=ds.use,
                 log=log.info,
                 display=ds.display,
             )
@@ -177,15 +206,16 @@ class DataStore:
         return self._cache[key]
 
     def mega(self, size: int, channels: int) -> LoadedDataset:
+        """The mega dataset over the trainable datasets (all, or those ``mega.datasets`` names)."""
         from ferlab.data.mega import build_mega
 
-        key = ("mega", size, channels)
+        key = (MEGA, size, channels)
         if key not in self._cache:
             wanted = set(self.cfg.mega.datasets)
             parts = [
-                self.get(ds, size, channels)
-                for ds in self.cfg.datasets
-                if not wanted or ds.display in wanted
+                d
+                for d in (self.get(ds, size, channels) for ds in self.cfg.datasets)
+                if d.trainable and (not wanted or d.name in wanted)
             ]
             self._cache[key] = build_mega(
                 parts, balance_sources=self.cfg.mega.balance_sources, seed=self.cfg.seed
@@ -197,72 +227,38 @@ def model_geometry(cfg: ExperimentConfig, m: ModelConfig) -> tuple[int, int]:
     return m.image_size or cfg.data.image_size, m.channels or cfg.data.channels
 
 
-def _dataset_entries(cfg: ExperimentConfig) -> list[DatasetConfig | None]:
-    """The training datasets; ``None`` stands for the mega dataset."""
-    entries: list[DatasetConfig | None] = list(cfg.datasets)
-    if cfg.mega.enabled:
-        entries.append(None)
-    return entries
+# -- the plan ----------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    """A training dataset of the plan: a dataset entry, or the mega dataset (``ds is None``)."""
+
+    name: str
+    ds: DatasetConfig | None
+
+    def data(self, store: DataStore, size: int, ch: int) -> LoadedDataset:
+        return store.mega(size, ch) if self.ds is None else store.get(self.ds, size, ch)
 
 
-def _get_data(store: DataStore, entry: DatasetConfig | None, size: int, ch: int) -> LoadedDataset:
-    return store.mega(size, ch) if entry is None else store.get(entry, size, ch)
+def _test_entries(cfg: ExperimentConfig, store: DataStore) -> list[_Entry]:
+    """Every dataset that can be tested on (all datasets, then mega)."""
+    size, ch = model_geometry(cfg, cfg.models[0])
+    out = [_Entry(ds.display, ds) for ds in cfg.datasets]
+    if cfg.mega.enabled and any(store.get(ds, size, ch).trainable for ds in cfg.datasets):
+        out.append(_Entry(MEGA, None))
+    return out
 
 
-def write_data_outputs(
-    cfg: ExperimentConfig, store: DataStore, exp_dir: Path
-) -> dict[str, dict[str, Any]]:
-    """Per dataset: a data JSON and class-distribution plots before and after balancing."""
-    from ferlab.labels import CANONICAL
-    from ferlab.reporting.distribution import plot_distribution
-    from ferlab.training import class_counts_after_balancing
-
-    out = exp_dir / "data"
-    out.mkdir(parents=True, exist_ok=True)
-    summaries: dict[str, dict[str, Any]] = {}
-    size, ch = cfg.data.image_size, cfg.data.channels
-    for entry in _dataset_entries(cfg):
-        data = _get_data(store, entry, size, ch)
-        per_class: dict[str, dict[str, int]] = {}
-        for split_name, split in data.splits.items():
-            counts = np.bincount(split.labels, minlength=len(CANONICAL))
-            per_class[split_name] = {n: int(counts[CANONICAL.index(n)]) for n in data.labels}
-        splits = {s: {"total": sum(c.values()), "per_class": c} for s, c in per_class.items()}
-        summary = {
-            "dataset": data.name,
-            "labels": data.labels,
-            "protocol": data.protocol,
-            "fingerprint": data.fingerprint,
-            "splits": splits,
-            "bad_files": len(data.bad_files),
-            "bad_file_examples": [
-                {"path": b.path, "reason": b.reason} for b in data.bad_files[:20]
-            ],
-            "excluded": data.excluded,
-        }
-        write_metrics_json(out / f"{data.name}_data.json", summary)
-        plot_distribution(
-            per_class,
-            out / f"{data.name}_dist_original.png",
-            f"{data.name}: class distribution",
-        )
-        balanced = class_counts_after_balancing(
-            data.splits["train"].labels, cfg.train.balance, cfg.seed
-        )
-        plot_distribution(
-            {f"train ({cfg.train.balance})": {n: int(balanced.get(n, 0)) for n in data.labels}},
-            out / f"{data.name}_dist_balanced.png",
-            f"{data.name}: training classes after balancing ({cfg.train.balance})",
-        )
-        summaries[data.name] = summary
-    return summaries
+def _train_entries(cfg: ExperimentConfig, store: DataStore) -> list[_Entry]:
+    """The datasets that are trained on: those with a train split, then mega."""
+    size, ch = model_geometry(cfg, cfg.models[0])
+    return [
+        e for e in _test_entries(cfg, store) if e.ds is None or store.get(e.ds, size, ch).trainable
+    ]
 
 
-def _eval_dir(exp_dir: Path, train_name: str, model_name: str, test_name: str) -> Path:
-    return exp_dir / "eval" / f"{train_name}__{model_name}" / f"on_{test_name}"
-
-
-def _eval_key(run_key: str, test: LoadedDataset, cfg: ExperimentConfig) -> str:
+def eval_key(run_key: str, test: LoadedDataset, cfg: ExperimentConfig) -> str:
+    """What an evaluation depends on: the weights, the test images, the evaluation settings
+    and seed, and the code that measures (version and digest)."""
     return config_hash(
         {
             "run": run_key,
@@ -270,32 +266,186 @@ def _eval_key(run_key: str, test: LoadedDataset, cfg: ExperimentConfig) -> str:
             "eval": cfg.eval.model_dump(mode="json"),
             "seed": cfg.seed,
             "format": EVAL_FORMAT,
+            "ferlab": __version__,
+            "code": code_digest("eval"),
         }
     )
 
 
-def evaluate_pair(
+def make_plan(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> Plan:
+    """Every pair, evaluation and ensemble this run will produce, with their keys."""
+    from ferlab.training import run_key
+
+    tests = _test_entries(cfg, store)
+    size0, ch0 = model_geometry(cfg, cfg.models[0])
+    datasets = []
+    for ds in cfg.datasets:
+        d = store.get(ds, size0, ch0)
+        datasets.append(
+            PlannedDataset(
+                name=d.name,
+                adapter=ds.name,
+                path=ds.path,
+                use="train" if d.trainable else "test",
+                fingerprint=d.fingerprint,
+                splits={s: len(a) for s, a in d.splits.items()},
+            )
+        )
+    pairs: list[PlannedPair] = []
+    for entry in _train_entries(cfg, store):
+        members: list[PlannedPair] = []
+        for m in cfg.models:
+            size, ch = model_geometry(cfg, m)
+            data = entry.data(store, size, ch)
+            key = run_key(
+                data.fingerprint,
+                m,
+                cfg.train_for(m),
+                {"image_size": size, "channels": ch},
+                cfg.seed,
+            )
+            pair = PlannedPair(
+                dataset=entry.name,
+                model=m.display,
+                run_key=key,
+                run_dir=layout.relative(layout.run_dir(entry.name, m.display, key)),
+            )
+            for t in tests:
+                own = t.name == entry.name
+                external = t.ds is not None and not store.get(t.ds, size, ch).trainable
+                if not (own or external or cfg.eval.cross_dataset):
+                    continue
+                test = t.data(store, size, ch)
+                if "test" not in test.splits:
+                    continue
+                pair.evals.append(
+                    PlannedEval(
+                        test=t.name,
+                        key=eval_key(key, test, cfg),
+                        dir=layout.relative(layout.eval_dir(entry.name, m.display, t.name)),
+                    )
+                )
+            members.append(pair)
+        pairs += members
+        if cfg.eval.ensembles and len(members) > 1:
+            ens = PlannedPair(
+                dataset=entry.name,
+                model=ENSEMBLE,
+                kind="ensemble",
+                members=[p.model for p in members],
+            )
+            for t in tests:
+                keys = [p.eval_on(t.name) for p in members]
+                if all(k is not None for k in keys):
+                    ens.evals.append(
+                        PlannedEval(
+                            test=t.name,
+                            key=config_hash(
+                                {"members": [k.key for k in keys if k], "format": EVAL_FORMAT}
+                            ),
+                            dir=layout.relative(layout.eval_dir(entry.name, ENSEMBLE, t.name)),
+                        )
+                    )
+            pairs.append(ens)
+    return Plan(
+        name=cfg.name,
+        datasets=datasets,
+        pairs=pairs,
+        provenance={
+            "ferlab_version": __version__,
+            "code_digest_train": code_digest("train"),
+            "code_digest_eval": code_digest("eval"),
+            "created": datetime.now().isoformat(timespec="seconds"),
+        },
+    )
+
+
+def drop_stale_evaluations(layout: Layout, plan: Plan) -> int:
+    """Delete planned evaluation folders whose files were produced under another key.
+
+    Such a file (an earlier plan's, or a pair that failed since) can never be reused, and left
+    in place it would look current to someone browsing ``eval/``. Returns how many were removed.
+    """
+    removed = 0
+    for pair in plan.pairs:
+        for e in pair.evals:
+            folder = layout.resolve(e.dir)
+            if (folder / METRICS).is_file() and planned_metrics(layout, e) is None:
+                shutil.rmtree(folder)
+                removed += 1
+    return removed
+
+
+# -- data outputs ------------------------------------------------------------------------------
+def write_data_outputs(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> None:
+    """Per dataset: data JSON, split key lists, class-distribution plots (balanced: trained only)."""
+    from ferlab.labels import CANONICAL
+    from ferlab.reporting.distribution import plot_distribution
+    from ferlab.training import class_counts_after_balancing
+
+    size, ch = model_geometry(cfg, cfg.models[0])
+    for entry in _test_entries(cfg, store):
+        data = entry.data(store, size, ch)
+        per_class: dict[str, dict[str, int]] = {}
+        for split_name, split in data.splits.items():
+            counts = np.bincount(split.labels, minlength=len(CANONICAL))
+            per_class[split_name] = {n: int(counts[CANONICAL.index(n)]) for n in data.labels}
+        splits = {s: {"total": sum(c.values()), "per_class": c} for s, c in per_class.items()}
+        write_json(
+            layout.data_json(data.name),
+            {
+                "dataset": data.name,
+                "labels": data.labels,
+                "use": "train" if data.trainable else "test",
+                "protocol": data.protocol,
+                "fingerprint": data.fingerprint,
+                "spec": data.spec,
+                "splits": splits,
+                "bad_files": len(data.bad_files),
+                "bad_file_examples": [
+                    {"path": b.path, "reason": b.reason} for b in data.bad_files[:20]
+                ],
+                "excluded": data.excluded,
+            },
+        )
+        write_json(layout.splits_json(data.name), data.split_keys())
+        plot_distribution(
+            per_class, layout.dist_original(data.name), f"{data.name}: class distribution"
+        )
+        if data.trainable:
+            balanced = class_counts_after_balancing(
+                data.splits["train"].labels, cfg.train.balance, cfg.seed
+            )
+            plot_distribution(
+                {f"train ({cfg.train.balance})": {n: int(balanced.get(n, 0)) for n in data.labels}},
+                layout.dist_balanced(data.name),
+                f"{data.name}: training classes after balancing ({cfg.train.balance})",
+            )
+
+
+# -- training and evaluation -------------------------------------------------------------------
+def evaluate_planned(
     model: Any,
     meta: Any,
     test: LoadedDataset,
-    out_dir: Path,
+    planned: PlannedEval,
+    layout: Layout,
     *,
     cfg: ExperimentConfig,
     ids: dict[str, Any],
     force: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a model on ``test``'s test split (with and without TTA) and write the files.
+) -> tuple[dict[str, Any], bool]:
+    """Score a model on ``test``'s test split (plain and TTA) into the planned folder.
 
-    Reuses a previous evaluation when its key (weights, test data, eval settings) matches.
+    Returns the metrics and whether they were reused: a previous result counts only when it
+    carries the planned key (same weights, test images, settings and code) and its arrays exist.
     """
     from ferlab.evaluation import evaluate, write_predictions
 
-    metrics_path = out_dir / "metrics.json"
-    key = _eval_key(ids["run_key"], test, cfg)
-    if metrics_path.exists() and not force:
-        old = json.loads(metrics_path.read_text())
-        if old.get("eval_key") == key and (out_dir / "probs.npz").exists():
-            return dict(old)
+    out_dir = layout.resolve(planned.dir)
+    old = None if force else planned_metrics(layout, planned)
+    if old is not None and (out_dir / PROBS).is_file():
+        return old, True
     split = test.splits["test"]
     result = evaluate(
         model,
@@ -307,48 +457,65 @@ def evaluate_pair(
         bootstrap=cfg.eval.bootstrap,
         seed=cfg.seed,
     )
-    metrics = {**ids, "test_dataset": test.name, "eval_key": key, **result.metrics}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        **ids,
+        "test_dataset": test.name,
+        "eval_key": planned.key,
+        "produced_by": stamp("eval"),
+        **result.metrics,
+    }
     write_predictions(out_dir, split.keys, result)
-    write_metrics_json(metrics_path, metrics)
-    return metrics
+    write_json(out_dir / METRICS, metrics)
+    return metrics, False
 
 
 def _fit_or_reuse(
     data: LoadedDataset,
     m: ModelConfig,
+    pair: PlannedPair,
     cfg: ExperimentConfig,
-    exp_dir: Path,
+    layout: Layout,
     *,
     force: bool,
-    progress: bool,
-) -> tuple[Any, Any, str, Path, bool]:
+) -> tuple[Any, Any, bool, dict[str, Any]]:
+    """Train the planned pair, or load its completed run; also returns who produced it."""
     from ferlab.models import load_model
-    from ferlab.training import clear_run, fit, is_complete, run_key
+    from ferlab.training import clear_run, fit, is_complete
 
+    assert pair.run_dir is not None and pair.run_key is not None
+    run_dir = layout.resolve(pair.run_dir)
     size, ch = model_geometry(cfg, m)
-    tcfg = cfg.train_for(m)
-    key = run_key(data.fingerprint, m, tcfg, {"image_size": size, "channels": ch}, cfg.seed)
-    run_dir = exp_dir / "runs" / data.name / f"{m.display}-{key[:8]}"
     if force and run_dir.exists():
         clear_run(run_dir)
     if is_complete(run_dir):
-        log.info("[%s / %s] reusing the completed run in %s", data.name, m.display, run_dir)
         model, meta = load_model(run_dir)
-        return model, meta, key, run_dir, True
-    log.info("[%s / %s] training into %s", data.name, m.display, run_dir)
+        produced = dict((meta.extra or {}).get("provenance") or {})
+        log.info(
+            "[%s / %s] reusing the completed run in %s (trained by ferlab %s on %s)",
+            pair.dataset,
+            pair.model,
+            pair.run_dir,
+            produced.get("ferlab_version", "?"),
+            produced.get("created", "?"),
+        )
+        return model, meta, True, produced
+    log.info("[%s / %s] training into %s", pair.dataset, pair.model, pair.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / SPLITS, data.split_keys())
+    produced = stamp("train")
     result = fit(
         data,
         m,
-        tcfg,
+        cfg.train_for(m),
         run_dir,
+        runtime=cfg.runtime,
         seed=cfg.seed,
         image_size=size,
         channels=ch,
         log=log.info,
-        progress=progress,
+        extra_meta={"run_key": pair.run_key, "data": data.spec, "provenance": produced},
     )
-    return result.model, result.meta, key, run_dir, False
+    return result.model, result.meta, False, produced
 
 
 def run_experiment(
@@ -356,19 +523,27 @@ def run_experiment(
     *,
     out: str | Path | None = None,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     console: bool = True,
     on_pair_done: Callable[[PairStatus], None] | None = None,
 ) -> ExperimentResult:
-    """Train and evaluate every (dataset, model) pair, then ensembles and the report."""
-    exp_dir = experiment_dir(cfg, out)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    with experiment_logging(exp_dir, console=console) as log_path:
-        log.info("ferlab %s: experiment %r in %s", __version__, cfg.name, exp_dir)
+    """Plan, train and evaluate every (dataset, model) pair, then ensembles and the report.
+
+    ``progress`` overrides ``cfg.runtime.progress``; ``force`` retrains and re-evaluates.
+    """
+    check_names(cfg)  # a config built in code has not been through load_config's checks
+    if progress is not None:
+        cfg = cfg.model_copy(
+            update={"runtime": cfg.runtime.model_copy(update={"progress": progress})}
+        )
+    layout = Layout(experiment_dir(cfg, out))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with experiment_logging(layout, console=console) as log_path:
+        log.info("ferlab %s: experiment %r in %s", __version__, cfg.name, layout.root)
         log.info("Log file: %s", log_path)
-        dump_config(cfg, exp_dir / "config.yaml")
-        write_metrics_json(exp_dir / "environment.json", environment_info())
-        return _run(cfg, exp_dir, force=force, progress=progress, on_pair_done=on_pair_done)
+        dump_config(cfg, layout.config)
+        write_json(layout.environment, environment_info())
+        return _run(cfg, layout, force=force, on_pair_done=on_pair_done)
 
 
 def _validate_datasets(cfg: ExperimentConfig, store: DataStore) -> None:
@@ -377,97 +552,47 @@ def _validate_datasets(cfg: ExperimentConfig, store: DataStore) -> None:
         size, ch = model_geometry(cfg, m)
         for ds in cfg.datasets:
             store.get(ds, size, ch)
+        if cfg.mega.enabled:
+            store.mega(size, ch)
 
 
 def _run(
     cfg: ExperimentConfig,
-    exp_dir: Path,
+    layout: Layout,
     *,
     force: bool,
-    progress: bool,
     on_pair_done: Callable[[PairStatus], None] | None,
 ) -> ExperimentResult:
-    from ferlab.evaluation import ensemble_from_files
-    from ferlab.reporting import build_report, format_console_table
+    from ferlab.reporting import build_report, collect_summary, format_console_table
 
-    result = ExperimentResult(exp_dir=exp_dir)
     store = DataStore(cfg)
     _validate_datasets(cfg, store)
-    write_data_outputs(cfg, store, exp_dir)
+    plan = make_plan(cfg, store, layout)
+    removed = drop_stale_evaluations(layout, plan)
+    if removed:
+        log.info("Removed %d evaluation folder(s) left by another plan", removed)
+    write_plan(layout, plan)
+    statuses = [PairStatus(dataset=p.dataset, model=p.model, run_dir=p.run_dir) for p in plan.pairs]
+    write_status(layout, statuses)
+    write_data_outputs(cfg, store, layout)
+    for ds in plan.datasets:
+        if ds.use == "test":
+            log.info("%s: evaluation only (no train split, or use: test)", ds.name)
 
-    for entry in _dataset_entries(cfg):
-        for m in cfg.models:
-            size, ch = model_geometry(cfg, m)
-            train_name = "mega" if entry is None else entry.display
-            status = PairStatus(dataset=train_name, model=m.display, status="ok")
-            try:
-                data = _get_data(store, entry, size, ch)
-                model, meta, key, run_dir, reused = _fit_or_reuse(
-                    data, m, cfg, exp_dir, force=force, progress=progress
-                )
-                status.run_dir = str(run_dir)
-                status.status = "reused" if reused else "ok"
-                ids = {"train_dataset": data.name, "model": m.display, "run_key": key}
-                tests = [data]
-                if cfg.eval.cross_dataset:
-                    tests += [
-                        _get_data(store, other, size, ch)
-                        for other in _dataset_entries(cfg)
-                        if (other is None) != (entry is None)
-                        or (other is not None and entry is not None and other != entry)
-                    ]
-                for test in tests:
-                    metrics = evaluate_pair(
-                        model,
-                        meta,
-                        test,
-                        _eval_dir(exp_dir, data.name, m.display, test.name),
-                        cfg=cfg,
-                        ids=ids,
-                        force=force,
-                    )
-                    best = metrics.get("tta") or metrics["plain"]
-                    log.info(
-                        "[%s / %s] on %s: accuracy %.2f%% (TTA), balanced %.2f%%, macro-F1 %.2f%%",
-                        data.name,
-                        m.display,
-                        test.name,
-                        100 * best["accuracy"],
-                        100 * best["balanced_accuracy"],
-                        100 * best["macro_f1"],
-                    )
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except DatasetError:
-                raise
-            except Exception as e:  # one failed pair must not stop the others
-                status.status = "failed"
-                status.error = f"{type(e).__name__}: {e}"
-                log.error(
-                    "[%s / %s] failed: %s\n%s", train_name, m.display, e, traceback.format_exc()
-                )
-            result.pairs.append(status)
-            if on_pair_done:
-                on_pair_done(status)
+    entries = {e.name: e for e in _test_entries(cfg, store)}
+    models = {m.display: m for m in cfg.models}
+    for pair, status in zip(plan.pairs, statuses, strict=True):
+        if pair.kind == "ensemble":
+            _run_ensemble(pair, plan, statuses, layout, cfg)
+        else:
+            _run_pair(pair, status, entries, models, store, layout, cfg, force=force)
+        write_status(layout, statuses)
+        if on_pair_done:
+            on_pair_done(status)
 
-    if cfg.eval.ensembles and len(cfg.models) > 1:
-        for entry in _dataset_entries(cfg):
-            train_name = "mega" if entry is None else entry.display
-            try:
-                done = ensemble_from_files(
-                    exp_dir, train_name, bootstrap=cfg.eval.bootstrap, seed=cfg.seed
-                )
-                if done:
-                    log.info("[%s / ensemble] soft vote over %d models", train_name, done)
-            except Exception as e:
-                log.error("[%s / ensemble] failed: %s", train_name, e)
-
-    write_metrics_json(exp_dir / "status.json", {"pairs": [p.__dict__ for p in result.pairs]})
-    report = build_report(exp_dir)
-    from ferlab.reporting import collect_summary
-
-    result.summary_rows = collect_summary(exp_dir)
-    result.report = report
+    result = ExperimentResult(exp_dir=layout.root, plan=plan, pairs=statuses)
+    result.report = build_report(layout.root)
+    result.summary_rows = collect_summary(layout.root)
     table = format_console_table(result.summary_rows)
     log.info("\nSummary (own test split; TTA columns use the configured views)\n%s", table)
     if result.failed:
@@ -477,5 +602,134 @@ def _run(
             len(result.pairs),
             ", ".join(f"{p.dataset}/{p.model}" for p in result.failed),
         )
-    log.info("Report: %s", report.resolve())
+    log.info("Report: %s", result.report.resolve())
     return result
+
+
+def _run_pair(
+    pair: PlannedPair,
+    status: PairStatus,
+    entries: dict[str, _Entry],
+    models: dict[str, ModelConfig],
+    store: DataStore,
+    layout: Layout,
+    cfg: ExperimentConfig,
+    *,
+    force: bool,
+) -> None:
+    m = models[pair.model]
+    size, ch = model_geometry(cfg, m)
+    try:
+        data = entries[pair.dataset].data(store, size, ch)
+        model, meta, reused, produced = _fit_or_reuse(data, m, pair, cfg, layout, force=force)
+        status.status = "reused" if reused else "trained"
+        status.produced_by = produced
+    except (KeyboardInterrupt, SystemExit, DatasetError):
+        raise
+    except Exception as e:  # one failed pair must not stop the others
+        status.status = "failed"
+        status.error = f"{type(e).__name__}: {e}"
+        log.error("[%s / %s] failed: %s\n%s", pair.dataset, pair.model, e, traceback.format_exc())
+        return
+    ids = {"train_dataset": pair.dataset, "model": pair.model, "run_key": pair.run_key}
+    for planned in pair.evals:
+        test = entries[planned.test].data(store, size, ch)
+        try:
+            metrics, again = evaluate_planned(
+                model, meta, test, planned, layout, cfg=cfg, ids=ids, force=force
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            status.evals.append(EvalStatus(planned.test, "failed", f"{type(e).__name__}: {e}"))
+            log.error("[%s / %s] on %s failed: %s", pair.dataset, pair.model, planned.test, e)
+            continue
+        status.evals.append(
+            EvalStatus(
+                planned.test,
+                "reused" if again else "computed",
+                None,
+                metrics.get("produced_by") or {},
+            )
+        )
+        best = metrics.get("tta") or metrics["plain"]
+        log.info(
+            "[%s / %s] on %s: accuracy %.2f%% (TTA), balanced %.2f%%, macro-F1 %.2f%%%s",
+            pair.dataset,
+            pair.model,
+            planned.test,
+            100 * best["accuracy"],
+            100 * best["balanced_accuracy"],
+            100 * best["macro_f1"],
+            " (reused)" if again else "",
+        )
+
+
+def _run_ensemble(
+    pair: PlannedPair,
+    plan: Plan,
+    statuses: list[PairStatus],
+    layout: Layout,
+    cfg: ExperimentConfig,
+) -> None:
+    """Soft-vote the planned members' saved evaluations; every member must have succeeded."""
+    from ferlab.evaluation import ensemble_from_dirs
+
+    status = next(s for s in statuses if (s.dataset, s.model) == (pair.dataset, pair.model))
+    member_status = {s.model: s for s in statuses if s.dataset == pair.dataset}
+    broken = [m for m in pair.members if not member_status[m].ok]
+    if broken:  # not a failure of its own: the planned ensemble needs every member
+        status.status = "skipped"
+        status.error = (
+            f"member(s) {', '.join(broken)} failed; the ensemble needs all of {pair.members}"
+        )
+        log.warning("[%s / %s] not built: %s", pair.dataset, ENSEMBLE, status.error)
+        return
+    plan_pairs = {p.model: p for p in plan.pairs if p.dataset == pair.dataset}
+    for planned in pair.evals:
+        member_evals = {m: plan_pairs[m].eval_on(planned.test) for m in pair.members}
+        missing = [
+            m for m, e in member_evals.items() if e is None or planned_metrics(layout, e) is None
+        ]
+        if missing:
+            status.evals.append(
+                EvalStatus(planned.test, "failed", f"no current evaluation of {', '.join(missing)}")
+            )
+            continue
+        old = planned_metrics(layout, planned)
+        if old is not None:  # the same members' evaluations, the same settings
+            status.evals.append(
+                EvalStatus(planned.test, "reused", None, old.get("produced_by") or {})
+            )
+            continue
+        try:
+            ensemble_from_dirs(
+                {m: layout.resolve(e.dir) for m, e in member_evals.items() if e},
+                layout.resolve(planned.dir),
+                ids={
+                    "train_dataset": pair.dataset,
+                    "model": ENSEMBLE,
+                    "test_dataset": planned.test,
+                    "eval_key": planned.key,
+                    "produced_by": stamp("eval"),
+                },
+                bootstrap=cfg.eval.bootstrap,
+                seed=cfg.seed,
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            status.evals.append(EvalStatus(planned.test, "failed", f"{type(e).__name__}: {e}"))
+            log.error("[%s / %s] on %s failed: %s", pair.dataset, ENSEMBLE, planned.test, e)
+            continue
+        status.evals.append(EvalStatus(planned.test, "computed", None, stamp("eval")))
+    failed = [e for e in status.evals if e.status == "failed"]
+    if failed or not status.evals:
+        status.status = "failed"
+        status.error = "; ".join(f"{e.test}: {e.error}" for e in failed) or "nothing to ensemble"
+        return
+    if all(e.status == "reused" for e in status.evals):
+        status.status, status.produced_by = "reused", status.evals[0].produced_by
+    else:
+        status.status = "computed"
+    log.info("[%s / %s] soft vote over %d models", pair.dataset, ENSEMBLE, len(pair.members))

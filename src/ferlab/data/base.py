@@ -8,7 +8,8 @@ decode-once cache live in ``ferlab.data.decode`` and ``ferlab.data.cache``.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,36 @@ class ArraySplit:
 class LoadedDataset:
     """A dataset decoded at one size and channel count, ready for training and evaluation."""
 
-    name: str  # the spec's name, e.g. "fer2013" or "synthetic:wild"
+    name: str  # the display name, e.g. "fer2013" or "synthetic-wild"
     labels: list[str]
     splits: dict[str, ArraySplit]
     protocol: str
     fingerprint: str
     bad_files: list[BadFile] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)
+    # How to load it again: adapter, path, options, split settings, use (``load_dataset``'s
+    # arguments); recorded with every run so ``evaluate`` scores the same held-out images.
+    spec: dict[str, Any] = field(default_factory=dict)
+    root: str = ""  # the dataset root (keys are recorded relative to it)
+
+    @property
+    def trainable(self) -> bool:
+        """False for an evaluation-only dataset (no train split, or declared ``use: test``)."""
+        return "train" in self.splits and len(self.splits["train"]) > 0
+
+    def split_keys(self) -> dict[str, list[str]]:
+        """Every split's record keys, relative to the dataset root (see ``relative_key``)."""
+        return {s: [relative_key(k, self.root) for k in a.keys] for s, a in self.splits.items()}
+
+
+def relative_key(key: str, root: str) -> str:
+    """A record key without its dataset root, so two copies of a dataset have the same keys."""
+    root = root.rstrip("/\\")
+    if root and key.startswith(root):
+        rest = key[len(root) :]
+        if rest[:1] in ("/", "\\"):
+            return rest[1:]
+    return key
 
 
 Adapter = Callable[..., DatasetIndex]
@@ -165,29 +189,39 @@ def _import_builtin_adapters() -> None:
     from ferlab.data import adapters  # noqa: F401
 
 
-def stratified_split(
-    records: list[Record], fractions: dict[str, float], seed: int
-) -> dict[str, list[Record]]:
-    """Split records per class by ``fractions`` (e.g. {"train": .8, "val": .1, "test": .1}).
+def split_unit(seed: int, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, key): where a record falls in a seeded split.
 
-    Deterministic for a seed and the record keys, whatever order the files were listed in.
+    Only the key's last two path components (class folder and file name, with any ``#row`` or
+    ``#box`` suffix) count, so the split does not change when the dataset folder moves.
+    """
+    path, sep, frag = key.partition("#")
+    tail = "/".join(path.replace("\\", "/").rstrip("/").split("/")[-2:]) + sep + frag
+    digest = hashlib.sha256(f"{seed}\0{tail}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def stratified_split(
+    records: Sequence[Record], fractions: dict[str, float], seed: int
+) -> dict[str, list[Record]]:
+    """Split records by ``fractions`` (e.g. {"train": .8, "val": .1, "test": .1}).
+
+    Each record goes to a split by a hash of (seed, its key) alone (``split_unit``), so adding
+    or removing one file moves only that file, and the result does not depend on the order the
+    files were listed in. Every class is split in the same proportions in expectation; a class
+    of n images gets about ``n * fraction`` of them in each split. Within a split, records keep
+    their key order.
     """
     names = list(fractions)
     total = sum(fractions.values())
+    bounds: list[float] = []
+    acc = 0.0
+    for n in names:
+        acc += fractions[n] / total
+        bounds.append(acc)
+    bounds[-1] = 1.0
     out: dict[str, list[Record]] = {n: [] for n in names}
-    by_class: dict[int, list[Record]] = {}
     for r in sorted(records, key=lambda r: r.key):
-        by_class.setdefault(r.label, []).append(r)
-    rng = np.random.default_rng(seed)
-    for label in sorted(by_class):
-        group = by_class[label]
-        order = rng.permutation(len(group))
-        start = 0
-        for i, n in enumerate(names):
-            if i == len(names) - 1:
-                stop = len(group)
-            else:
-                stop = start + round(len(group) * fractions[n] / total)
-            out[n].extend(group[j] for j in order[start:stop])
-            start = stop
+        u = split_unit(seed, r.key)
+        out[names[next(i for i, b in enumerate(bounds) if u < b)]].append(r)
     return out

@@ -96,7 +96,7 @@ def _stat(path: str) -> str:
 
 
 def _renderer_hash() -> str:
-    from ferlab.data import synthetic
+    from ferlab.data.adapters import synthetic
 
     src = getattr(synthetic, "__file__", None)
     if not src:

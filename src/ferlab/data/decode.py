@@ -101,7 +101,7 @@ def _decode_pixels(record: Record, size: int, channels: int) -> np.ndarray:
 
 
 def _render_synthetic(draw: tuple[str, int], size: int, channels: int) -> np.ndarray:
-    from ferlab.data.synthetic import render  # lazy: only synthetic datasets need it
+    from ferlab.data.adapters.synthetic import render  # lazy: only synthetic datasets need it
 
     domain, seed = draw
     arr = np.asarray(render(domain, seed, size, channels))

@@ -25,6 +25,7 @@ from ferlab.data.base import (
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message, build_or_load
 
 Log = Callable[[str], None]
+USES = ("train", "test")
 
 
 def load_dataset(
@@ -39,6 +40,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     options: dict[str, Any] | None = None,
+    use: str = "train",
     log: Log | None = None,
     display: str | None = None,
     workers: int | None = None,
@@ -49,12 +51,15 @@ def load_dataset(
     memory-mapped arrays from the decode-once cache in ``cache_dir``. Bad files are dropped
     and listed (``on_bad_file="skip"``) or raise ``DatasetError`` naming them (``"error"``)
     before anything is added to the cache. ``display`` overrides the result's name (default:
-    ``name``, or ``synthetic-<domain>``).
+    ``name``, or ``synthetic-<domain>``). ``use="test"`` makes the dataset evaluation-only:
+    every image it has, whatever split its layout puts it in, is in its ``test`` split.
     """
     if on_bad_file not in ON_BAD_FILE:
         raise DatasetError(
             f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r} (data.on_bad_file)."
         )
+    if use not in USES:
+        raise DatasetError(f"use must be one of {list(USES)}, got {use!r} (datasets[].use).")
     say = log or (lambda _msg: None)
     label = display or (f"synthetic-{path}" if name == "synthetic" else name)
     opts = dict(options or {})
@@ -65,13 +70,20 @@ def load_dataset(
 
     t0 = time.perf_counter()
     index = index_dataset(name, path, **opts)
-    splits, note = fill_splits(
-        index.splits,
-        seed=split_seed,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        where=label,
-    )
+    if use == "test":
+        everything = [r for recs in index.splits.values() for r in recs]
+        if not everything:
+            raise DatasetError(f"{label}: no images found under {path!r} (use: test).")
+        splits = {"test": everything}
+        note = f"Declared evaluation-only (use: test): all {len(everything):,} images are its test split."
+    else:
+        splits, note = fill_splits(
+            index.splits,
+            seed=split_seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            where=label,
+        )
     protocol = f"{index.protocol} {note}".strip() if note else index.protocol
     say(
         f"{label}: indexed {', '.join(f'{s} {len(r):,}' for s, r in splits.items())} "
@@ -80,12 +92,22 @@ def load_dataset(
     if index.bad_files and on_bad_file == "error":
         raise DatasetError(bad_files_message(label, index.bad_files))
 
+    spec = {
+        "adapter": name,
+        "path": path,
+        "options": dict(options or {}),
+        "split_seed": split_seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "use": use,
+    }
     extra = {
         "adapter": name,
         "options": opts,
         "split_seed": split_seed,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        "use": use,
     }
     arrays, decode_bad, fp = build_or_load(
         label,
@@ -109,6 +131,8 @@ def load_dataset(
         fingerprint=fp,
         bad_files=bad,
         excluded=dict(index.excluded),
+        spec=spec,
+        root=index.root,
     )
 
 
@@ -133,6 +157,7 @@ def load_from_config(
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
         options=ds.options,
+        use=ds.use,
         log=log,
         display=ds.display,
     )

@@ -21,8 +21,7 @@ import numpy as np
 
 from ferlab.data.base import SPLITS, ArraySplit, BadFile, DatasetError, LoadedDataset
 from ferlab.labels import CANONICAL
-
-MEGA_NAME = "mega"
+from ferlab.layout import MEGA as MEGA_NAME
 
 
 def build_mega(
@@ -75,6 +74,7 @@ def build_mega(
         fingerprint=mega_fingerprint(datasets, balance_sources=balance_sources, seed=seed),
         bad_files=[BadFile(b.path, b.reason) for d in datasets for b in d.bad_files],
         excluded={f"{d.name}: {k}": v for d in datasets for k, v in d.excluded.items()},
+        spec={"adapter": MEGA_NAME, "sources": [d.spec for d in datasets]},
     )
 
 

@@ -2,8 +2,7 @@
 soft-voting ensembles (the cross-dataset matrix is read back from files by ferlab.reporting)."""
 
 from ferlab.evaluation.ensemble import (
-    ENSEMBLE_NAME,
-    ensemble_from_files,
+    ensemble_from_dirs,
     ensemble_results,
     soft_vote,
 )
@@ -15,31 +14,23 @@ from ferlab.evaluation.evaluate import (
     evaluate_split,
     flat_metrics,
     load_result,
-    write_metrics_json,
     write_predictions,
-    write_predictions_csv,
 )
 from ferlab.evaluation.metrics import bootstrap_ci, compute_metrics, confusion_matrix
 from ferlab.evaluation.tta import (
-    auto_device,
     n_views,
     predict_probs,
-    predict_views,
-    predict_with_timing,
     tta_views,
-    view_names,
 )
 
 __all__ = [
-    "ENSEMBLE_NAME",
     "Alignment",
     "EvalResult",
     "align_labels",
-    "auto_device",
     "bootstrap_ci",
     "compute_metrics",
     "confusion_matrix",
-    "ensemble_from_files",
+    "ensemble_from_dirs",
     "ensemble_results",
     "evaluate",
     "evaluate_split",
@@ -47,12 +38,7 @@ __all__ = [
     "load_result",
     "n_views",
     "predict_probs",
-    "predict_views",
-    "predict_with_timing",
     "soft_vote",
     "tta_views",
-    "view_names",
-    "write_metrics_json",
     "write_predictions",
-    "write_predictions_csv",
 ]

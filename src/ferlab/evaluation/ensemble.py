@@ -8,23 +8,16 @@ intersection and renormalised before the (optionally weighted) average of probab
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ferlab.evaluation.evaluate import (
-    METRICS_FILE,
-    PROBS_FILE,
-    EvalResult,
-    load_result,
-    write_metrics_json,
-    write_predictions,
-)
+from ferlab.evaluation.evaluate import EvalResult, load_result, write_predictions
 from ferlab.evaluation.metrics import compute_metrics
 from ferlab.labels import CANONICAL
+from ferlab.layout import METRICS, write_json
 
 
 def _intersection(label_lists: Sequence[Sequence[str]]) -> list[str]:
@@ -138,76 +131,47 @@ def ensemble_results(
     return EvalResult(metrics, plain, tta, y_true, keep)
 
 
-ENSEMBLE_NAME = "ensemble"
-
-
-def _member_dirs(eval_dir: Path, train_name: str) -> dict[str, dict[str, Path]]:
-    """test set -> {model: folder} for the saved evaluations of models trained on ``train_name``."""
-    found: dict[str, dict[str, Path]] = {}
-    for metrics_path in sorted(eval_dir.glob(f"*/on_*/{METRICS_FILE}")):
-        folder = metrics_path.parent
-        if not (folder / PROBS_FILE).exists():
-            continue
-        try:
-            data = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue  # a damaged file: that member is skipped, the report flags the file
-        train, _, model = folder.parent.name.partition("__")
-        train = str(data.get("train_dataset", train))
-        model = str(data.get("model", model))
-        test = str(data.get("test_dataset", folder.name.removeprefix("on_")))
-        if train == train_name and model != ENSEMBLE_NAME:
-            found.setdefault(test, {})[model] = folder
-    return found
-
-
-def ensemble_from_files(
-    exp_dir: str | Path,
-    train_name: str,
+def ensemble_from_dirs(
+    members: Mapping[str, Path],
+    out_dir: Path,
     *,
+    ids: Mapping[str, Any] | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
     weights: Sequence[float] | None = None,
-) -> int:
-    """Soft-vote the saved evaluations of every model trained on ``train_name``; write the files.
+) -> EvalResult:
+    """Soft-vote the saved evaluations in ``members`` (model name -> evaluation folder).
 
-    For each test set with at least two members' ``probs.npz`` under
-    ``<exp_dir>/eval/<train>__<model>/on_<test>/``, writes ``metrics.json``, ``predictions.csv``
-    and ``probs.npz`` into ``<exp_dir>/eval/<train>__ensemble/on_<test>/`` (``model`` is
-    ``"ensemble"``, ``members`` names the models). Returns the number of members of the largest
-    ensemble (0: nothing to ensemble). Members evaluated on different image lists are an error.
+    Each folder holds ``probs.npz`` (and ``metrics.json``) as ``write_predictions`` wrote them,
+    for the same test images. Writes ``metrics.json`` (``ids`` first, then ``members``, the
+    ensemble's metrics, throughput and TTA views), ``predictions.csv`` and ``probs.npz`` into
+    ``out_dir`` and returns the result. The caller names the members: nothing is globbed, so
+    only the evaluations it planned take part. Members scored on different images are an error.
     """
-    eval_dir = Path(exp_dir) / "eval"
-    largest = 0
-    for test, members in _member_dirs(eval_dir, train_name).items():
-        if len(members) < 2:
-            continue
-        names = sorted(members)
-        loaded = [load_result(members[m]) for m in names]
-        keys = loaded[0][1]
-        for name, (_, other) in zip(names[1:], loaded[1:], strict=True):
-            if other != keys:
-                raise ValueError(
-                    f"Cannot ensemble on {test!r}: {members[name]} and {members[names[0]]} were "
-                    "evaluated on different images; rerun `ferlab run` to refresh the evaluations."
-                )
-        results = [r for r, _ in loaded]
-        ens = ensemble_results(results, weights=weights, bootstrap=bootstrap, seed=seed)
-        ips = [float(r.metrics.get("throughput_ips") or 0.0) for r in results]
-        views = {r.metrics.get("tta_views") for r in results}
-        prefix = members[names[0]].parent.name.partition("__")[0]
-        out = eval_dir / f"{prefix}__{ENSEMBLE_NAME}" / members[names[0]].name
-        write_predictions(out, keys, ens)
-        metrics = {
-            "train_dataset": train_name,
-            "model": ENSEMBLE_NAME,
-            "test_dataset": test,
-            "members": names,
-            **ens.metrics,
-            # The members run one after another: their times per image add up.
-            "throughput_ips": 1.0 / sum(1.0 / v for v in ips) if all(v > 0 for v in ips) else None,
-            "tta_views": views.pop() if len(views) == 1 else None,
-        }
-        write_metrics_json(out / METRICS_FILE, metrics)
-        largest = max(largest, len(names))
-    return largest
+    if len(members) < 2:
+        raise ValueError(f"An ensemble needs at least two members; got {list(members)}.")
+    names = list(members)
+    loaded = [load_result(members[m]) for m in names]
+    keys = loaded[0][1]
+    for name, (_, other) in zip(names[1:], loaded[1:], strict=True):
+        if other != keys:
+            raise ValueError(
+                f"Cannot ensemble {members[name]} with {members[names[0]]}: they were evaluated "
+                "on different images; rerun `ferlab run` to refresh the evaluations."
+            )
+    results = [r for r, _ in loaded]
+    ens = ensemble_results(results, weights=weights, bootstrap=bootstrap, seed=seed)
+    ips = [float(r.metrics.get("throughput_ips") or 0.0) for r in results]
+    views = {r.metrics.get("tta_views") for r in results}
+    write_predictions(out_dir, keys, ens)
+    metrics = {
+        **dict(ids or {}),
+        "members": names,
+        **ens.metrics,
+        # The members run one after another: their times per image add up.
+        "throughput_ips": 1.0 / sum(1.0 / v for v in ips) if all(v > 0 for v in ips) else None,
+        "tta_views": views.pop() if len(views) == 1 else None,
+    }
+    write_json(Path(out_dir) / METRICS, metrics)
+    ens.metrics = metrics
+    return ens

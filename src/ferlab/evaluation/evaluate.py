@@ -7,18 +7,14 @@ and test images whose true class the model cannot predict are
 excluded and counted (``n_dropped_images``). ``dropped_labels`` names every class left out,
 from either side, so a report can say so.
 
-Cross-dataset helpers read the experiment's ``eval/<dataset>__<model>/on_<testset>/metrics.json``
-files back into a train x test matrix, so reports are rebuilt from files.
+The files of an evaluation (``metrics.json``, ``predictions.csv``, ``probs.npz``; names in
+``ferlab.layout``) are written atomically; ensembles and reports read them back.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +29,7 @@ from ferlab.data.base import ArraySplit
 from ferlab.evaluation.metrics import compute_metrics
 from ferlab.evaluation.tta import MetaLike, n_views, predict_views
 from ferlab.labels import CANONICAL, INDEX
+from ferlab.layout import METRICS, PREDICTIONS, PROBS, atomic_write, read_json
 
 # ----------------------------------------------------------------------------- label alignment
 
@@ -253,47 +250,6 @@ def flat_metrics(result: EvalResult | Mapping[str, Any], use_tta: bool) -> dict[
 # ----------------------------------------------------------------------------- files
 
 
-def _jsonable(obj: Any) -> Any:
-    """numpy values -> Python; NaN and infinities -> None (JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 text atomically (see ``_atomic_write_bytes``)."""
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_metrics_json(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write metrics as JSON atomically (NaN becomes null)."""
-    text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
-    _atomic_write_text(Path(path), text)
-
-
 def write_predictions_csv(
     path: str | Path,
     keys: Sequence[str],
@@ -328,12 +284,7 @@ def write_predictions_csv(
         if pred_plain is not None:
             row.append(labels[int(pred_plain[i])])
         w.writerow(row + [f"{p:.6g}" for p in probs[i].tolist()])
-    _atomic_write_text(Path(path), buf.getvalue())
-
-
-PREDICTIONS_FILE = "predictions.csv"
-PROBS_FILE = "probs.npz"
-METRICS_FILE = "metrics.json"
+    atomic_write(path, buf.getvalue())
 
 
 def write_predictions(out_dir: str | Path, keys: Sequence[str], result: EvalResult) -> None:
@@ -344,7 +295,7 @@ def write_predictions(out_dir: str | Path, keys: Sequence[str], result: EvalResu
     there is TTA, and ``labels`` (S,), so ``load_result`` can rebuild the ``EvalResult``.
     """
     out = Path(out_dir)
-    result.write_predictions(out / PREDICTIONS_FILE, keys)
+    result.write_predictions(out / PREDICTIONS, keys)
     arrays: dict[str, np.ndarray] = {
         "keys": np.asarray(list(keys), dtype=str),
         "kept_mask": result.kept_mask.astype(bool),
@@ -356,7 +307,7 @@ def write_predictions(out_dir: str | Path, keys: Sequence[str], result: EvalResu
         arrays["probs_tta"] = result.probs_tta.astype(np.float32)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-    _atomic_write_bytes(out / PROBS_FILE, buf.getvalue())
+    atomic_write(out / PROBS, buf.getvalue())
 
 
 def load_result(out_dir: str | Path) -> tuple[EvalResult, list[str]]:
@@ -366,7 +317,7 @@ def load_result(out_dir: str | Path) -> tuple[EvalResult, list[str]]:
     only ``labels``.
     """
     out = Path(out_dir)
-    path = out / PROBS_FILE
+    path = out / PROBS
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {name: z[name] for name in z.files}
@@ -378,8 +329,8 @@ def load_result(out_dir: str | Path) -> tuple[EvalResult, list[str]]:
     if missing:
         raise ValueError(f"{path} lacks the arrays {sorted(missing)}; rerun the evaluation.")
     metrics: dict[str, Any] = {}
-    if (out / METRICS_FILE).exists():
-        metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
+    if (out / METRICS).exists():
+        metrics = read_json(out / METRICS)
     metrics["labels"] = [str(x) for x in data["labels"].tolist()]
     result = EvalResult(
         metrics=metrics,

@@ -26,6 +26,7 @@ from torch import nn
 
 from ferlab.config import TTAConfig
 from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
+from ferlab.device import pick_device
 
 # ITU-R 601-2 luma, the weights PIL uses for "L": RGB input becomes grey as decoding would.
 _LUMA = (0.299, 0.587, 0.114)
@@ -133,17 +134,6 @@ def _zooms(x: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-# ----------------------------------------------------------------------------- devices
-
-
-def auto_device() -> torch.device:
-    """CUDA when present, else Apple MPS, else CPU (``ferlab.training.device``'s choice)."""
-    # Imported here: importing ferlab.training may pull in Lightning, which evaluation avoids.
-    from ferlab.training.device import pick_accelerator
-
-    return torch.device(pick_accelerator("auto"))
-
-
 # ----------------------------------------------------------------------------- prediction
 
 
@@ -230,7 +220,7 @@ def predict_views(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
     images = _check_images(images)
-    dev = torch.device(device) if device is not None else auto_device()
+    dev = pick_device("auto" if device is None else device, setting="device")
     k = len(meta.labels)
     cols = None if columns is None else torch.as_tensor(list(columns), dtype=torch.long, device=dev)
     k_out = k if cols is None else int(cols.numel())

@@ -8,13 +8,10 @@ names; ``save_model``/``load_model`` write and read ``weights.safetensors`` + ``
 
 from ferlab.models import compact as compact  # registers the ferlab_* nets
 from ferlab.models.io import (
-    META_FILE,
-    WEIGHTS_FILE,
     ModelMeta,
     load_model,
     plain_state_dict,
     read_meta,
-    resolve_device,
     save_model,
 )
 from ferlab.models.pretrained import (
@@ -40,8 +37,6 @@ DEFAULT_CPU_MODEL = "ferlab_vgg"
 
 __all__ = [
     "DEFAULT_CPU_MODEL",
-    "META_FILE",
-    "WEIGHTS_FILE",
     "LoadReport",
     "ModelMeta",
     "PretrainedUnavailableError",
@@ -60,6 +55,5 @@ __all__ = [
     "read_meta",
     "read_state_file",
     "register_model",
-    "resolve_device",
     "save_model",
 ]

@@ -23,12 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ferlab.models.constants import FERLAB_MEAN, FERLAB_STD
 from ferlab.models.registry import register_model
-
-# Grey FER crops average ~0.5 with a spread of ~0.25 after scaling to [0, 1] (FER2013: 0.507,
-# 0.255); dataset-free constants keep a model usable on any dataset without a statistics pass.
-FERLAB_MEAN = 0.5
-FERLAB_STD = 0.25
 
 
 def _width(w: int, mult: float, divisor: int = 8) -> int:

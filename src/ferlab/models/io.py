@@ -2,30 +2,30 @@
 
 The metadata says everything needed to rebuild and run a model without a config file:
 architecture and its kwargs, output labels in order, input size, channels and normalisation.
-Files are data only: loading never runs code from them (no pickles), and every write goes to a
-temporary file first and is renamed into place, so a kill never leaves a half-written file under
-the final name.
+Files are data only: loading never runs code from them (no pickles), and every write goes
+through ``ferlab.layout.atomic_write`` (a temporary file renamed into place), so a kill never
+leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
-from ferlab import __version__
+from ferlab import __version__, layout
+from ferlab.device import pick_device
 from ferlab.labels import CANONICAL
+from ferlab.layout import META, WEIGHTS
+from ferlab.models.pretrained import WeightsMismatchError, read_state_file
+from ferlab.models.registry import create_model
 
-WEIGHTS_FILE = "weights.safetensors"
-META_FILE = "meta.json"
 META_FORMAT = "ferlab-model/1"
 _HEADER_KEY = "ferlab_meta"  # the metadata is also stored in the safetensors header
 
@@ -101,40 +101,6 @@ class ModelMeta:
         return cls.from_dict(json.loads(text))
 
 
-# ---------------------------------------------------------------- atomic files
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported everywhere (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 # ---------------------------------------------------------------- save / load
 
 
@@ -161,24 +127,21 @@ def save_model(model: nn.Module, meta: ModelMeta, directory: str | Path) -> Path
     The metadata is written last (and is also kept in the safetensors header), so a folder with
     a ``meta.json`` always has complete weights beside it.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
-    weights = directory / WEIGHTS_FILE
-    state = plain_state_dict(model)
     header = {"format": "pt", _HEADER_KEY: json.dumps(meta.to_dict())}
-    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata=header))
-    atomic_write_text(directory / META_FILE, meta.to_json() + "\n")
+    blob = safetensors.torch.save(plain_state_dict(model), metadata=header)
+    weights = layout.atomic_write(directory / WEIGHTS, blob)
+    layout.atomic_write(directory / META, meta.to_json() + "\n")
     return weights
 
 
 def _locate(path: Path) -> tuple[Path, Path]:
     """(weights file, meta.json) for a run folder, a weights file or a meta.json."""
     if path.is_dir():
-        return path / WEIGHTS_FILE, path / META_FILE
-    if path.name == META_FILE:
-        return path.parent / WEIGHTS_FILE, path
-    return path, path.parent / META_FILE
+        return path / WEIGHTS, path / META
+    if path.name == META:
+        return path.parent / WEIGHTS, path
+    return path, path.parent / META
 
 
 def read_meta(path: str | Path) -> ModelMeta:
@@ -202,30 +165,17 @@ def read_meta(path: str | Path) -> ModelMeta:
     )
 
 
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``"auto"`` -> CUDA, else MPS, else CPU; anything else as given."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
     """Rebuild a saved model from its run folder or weights file; returns (model in eval mode, meta).
 
     The architecture is rebuilt from the metadata and the weights are loaded strictly; no code
-    is executed from any file.
+    is executed from any file. ``device`` is ``"auto"`` or any device ``ferlab.device.pick_device``
+    accepts.
     """
-    from ferlab.models.pretrained import WeightsMismatchError, read_state_file
-    from ferlab.models.registry import create_model
-
     weights, _ = _locate(Path(path))
     if not weights.is_file():
         raise FileNotFoundError(
-            f"No weights at {weights}: pass a run folder holding {WEIGHTS_FILE} and {META_FILE}, "
+            f"No weights at {weights}: pass a run folder holding {WEIGHTS} and {META}, "
             "or the weights file itself."
         )
     meta = read_meta(path)
@@ -244,4 +194,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
             f"{weights} does not fit {meta.architecture} as described by its metadata "
             f"({len(meta.labels)} classes, {meta.channels} channels, kwargs {meta.kwargs}): {e}"
         ) from e
-    return model.to(resolve_device(device)).eval(), meta
+    return model.to(pick_device(device, setting="load_model(device=...)")).eval(), meta

@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from ferlab.models import pretrained as pre
+from ferlab.models.constants import FERLAB_MEAN, FERLAB_STD, IMAGENET_MEAN, IMAGENET_STD
+
 log = logging.getLogger("ferlab.models")
 
 ModelFactory = Callable[..., nn.Module]
@@ -27,8 +30,6 @@ F = TypeVar("F", bound=ModelFactory)
 _REGISTRY: dict[str, ModelFactory] = {}
 
 TV_PREFIX = "tv:"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class UnknownModelError(ValueError):
@@ -59,14 +60,12 @@ def register_model(name: str) -> Callable[[F], F]:
 
 
 def ferlab_models() -> list[str]:
-    """Names of the registered ferlab nets, sorted."""
-    _ensure_builtin()
+    """Names of the registered ferlab nets, sorted.
+
+    ``ferlab/models/__init__.py`` imports ``compact`` (which registers the ``ferlab_*`` nets)
+    before anything else, and Python runs it before any ``ferlab.models.*`` submodule is used.
+    """
     return sorted(_REGISTRY)
-
-
-def _ensure_builtin() -> None:
-    # compact.py registers itself on import; importing here avoids an import cycle.
-    import ferlab.models.compact  # noqa: F401
 
 
 def _timm_names(pattern: str = "*") -> list[str]:
@@ -127,8 +126,6 @@ def create_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-    from ferlab.models import pretrained as pre
-
     hub, path = pre.parse_pretrained(pretrained)
     if name in ferlab_models():
         if hub:
@@ -179,8 +176,6 @@ def _create_timm(
         return _timm_build(timm, name, hub, args, size)
 
     if hub:
-        from ferlab.models import pretrained as pre
-
         return pre.from_hub(name, build)
     return build()
 
@@ -218,8 +213,6 @@ def _create_tv(
     )
     adapt_first_conv_module(model, in_chans)
     if hub:
-        from ferlab.models import pretrained as pre
-
         state = pre.from_hub(
             TV_PREFIX + name,
             lambda: torchvision.models.get_model_weights(name)["DEFAULT"].get_state_dict(
@@ -265,8 +258,6 @@ def default_norm(
     timm models: their pretrained config's mean/std; torchvision: ImageNet's. For one channel
     the RGB values are averaged, matching how a 3-channel first conv is summed into one.
     """
-    from ferlab.models.compact import FERLAB_MEAN, FERLAB_STD
-
     mean: tuple[float, ...] = (FERLAB_MEAN,) * 3
     std: tuple[float, ...] = (FERLAB_STD,) * 3
     cfg: Any = None

@@ -1,7 +1,7 @@
 """Reporting: plots, summary tables and the self-contained HTML report of an experiment.
 
-Everything is read back from the experiment folder, so ``build_report(exp_dir)`` rebuilds the
-report without retraining or loading a model.
+Everything is read back from the experiment's recorded plan (``load_record``), so
+``build_report(exp_dir)`` rebuilds the report without retraining or loading a model.
 """
 
 from ferlab.reporting.html import build_report
@@ -13,6 +13,7 @@ from ferlab.reporting.tables import (
     collect_summary,
     format_console_table,
     format_markdown_table,
+    load_record,
     write_cross_dataset,
     write_summary,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "collect_summary",
     "format_console_table",
     "format_markdown_table",
+    "load_record",
     "plot_confusion_matrix",
     "plot_cross_dataset",
     "plot_learning_curves",

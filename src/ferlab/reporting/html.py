@@ -1,9 +1,11 @@
-"""The self-contained HTML report of an experiment, rebuilt from its files alone.
+"""The self-contained HTML report of an experiment, rebuilt from its recorded plan alone.
 
 ``build_report`` regenerates the derived plots (confusion matrices, learning curves, the
-cross-dataset heatmaps) and tables from the experiment folder, then renders one page with the
-images embedded as data URIs and inline CSS: it can be mailed, archived or opened offline.
-No model is loaded and nothing is retrained.
+cross-dataset heatmaps) and tables from the planned entries of the experiment folder
+(``ferlab.reporting.tables.load_record``), then renders one page with the images embedded as
+data URIs and inline CSS: it can be mailed, archived or opened offline. It says which runs and
+evaluations were reused and from which ferlab version, and lists folders on disk that the plan
+does not name apart, without their numbers. No model is loaded and nothing is retrained.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 import jinja2
 import yaml
 
+from ferlab.layout import HISTORY, Layout, ReportInputError, atomic_write, read_json
+from ferlab.record import unplanned_folders
 from ferlab.reporting.plots import plot_confusion_matrix, plot_learning_curves
 from ferlab.reporting.tables import (
     METRICS,
     Evaluation,
-    ReportInputError,
+    Record,
     collect_dropped_labels,
     collect_summary,
     fmt_ci,
@@ -30,11 +34,9 @@ from ferlab.reporting.tables import (
     fmt_plain,
     fmt_seconds,
     headline,
-    load_evaluations,
-    ordered_test_sets,
+    load_record,
+    produced_by_text,
     read_csv_rows,
-    read_json,
-    safe_name,
     write_cross_dataset,
     write_summary,
 )
@@ -52,25 +54,16 @@ def data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def pair_plot_paths(exp_dir: Path, dataset: str, model: str) -> dict[str, Path]:
-    """Where the derived plots of a pair live (``plots/<dataset>_<model>_cm_TTA.png`` ...)."""
-    stem = f"{safe_name(dataset)}_{safe_name(model)}"
-    plots = Path(exp_dir) / "plots"
-    return {
-        "cm": plots / f"{stem}_cm.png",
-        "cm_tta": plots / f"{stem}_cm_TTA.png",
-        "curves": plots / f"{stem}_curves.png",
-    }
-
-
 def render_pair_plots(
-    exp_dir: Path,
+    layout: Layout,
     row: Mapping[str, Any],
     evaluation: Evaluation | None,
 ) -> dict[str, Path]:
     """Regenerate the confusion matrices and learning curves of one pair from its files."""
     dataset, model = str(row["dataset"]), str(row["model"])
-    paths = pair_plot_paths(exp_dir, dataset, model)
+    paths = {k: layout.pair_plot(dataset, model, k) for k in ("cm", "cm_tta", "curves")}
+    for path in paths.values():  # an earlier plan's picture must not outlive its numbers
+        path.unlink(missing_ok=True)
     written: dict[str, Path] = {}
     if evaluation is not None:
         for key, block_name, suffix in (("cm", "plain", ""), ("cm_tta", "tta", " (TTA)")):
@@ -83,8 +76,8 @@ def render_pair_plots(
                 block["confusion_matrix"], labels, paths[key], title, normalize=True
             )
     run_dir = row.get("run_dir")
-    if run_dir:
-        history = Path(exp_dir) / str(run_dir) / "history.csv"
+    if run_dir and row.get("status") in ("trained", "reused"):
+        history = layout.resolve(str(run_dir)) / HISTORY
         rows = read_csv_rows(history) if history.is_file() else []
         if rows:
             written["curves"] = plot_learning_curves(
@@ -118,8 +111,8 @@ def per_class_table(evaluation: Evaluation | None) -> list[dict[str, Any]]:
     return out
 
 
-def _read_config(exp_dir: Path) -> tuple[str, dict[str, Any]]:
-    path = exp_dir / "config.yaml"
+def _read_config(layout: Layout) -> tuple[str, dict[str, Any]]:
+    path = layout.config
     if not path.is_file():
         return "", {}
     text = path.read_text(encoding="utf-8")
@@ -130,31 +123,34 @@ def _read_config(exp_dir: Path) -> tuple[str, dict[str, Any]]:
     return text, data if isinstance(data, dict) else {}
 
 
-def _read_environment(exp_dir: Path) -> dict[str, Any]:
-    path = exp_dir / "environment.json"
+def _read_environment(layout: Layout) -> dict[str, Any]:
+    path = layout.environment
     if not path.is_file():
         return {}
     data = read_json(path)
     return data if isinstance(data, dict) else {}
 
 
-def _log_tail(exp_dir: Path) -> tuple[str | None, str]:
-    logs = sorted((exp_dir / "logs").glob("execution_log_*.txt"))
+def _log_tail(layout: Layout) -> tuple[str | None, str]:
+    logs = layout.log_files()
     if not logs:
         return None, ""
     lines = logs[-1].read_text(encoding="utf-8", errors="replace").splitlines()
     return logs[-1].name, "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def data_sections(exp_dir: Path, order: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """One entry per ``data/<name>_data.json``: splits, protocol, bad files and distributions.
-
-    Sections follow ``order`` (the experiment's dataset order); others come after, by name.
-    """
+def data_sections(record: Record) -> list[dict[str, Any]]:
+    """One entry per planned dataset (then mega): splits, protocol, bad files, distributions."""
+    layout = record.layout
+    names = [d.name for d in record.plan.datasets] + [
+        d for d in record.plan.train_datasets if d not in {x.name for x in record.plan.datasets}
+    ]
     out = []
-    for path in sorted((exp_dir / "data").glob("*_data.json")):
+    for name in names:
+        path = layout.data_json(name)
+        if not path.is_file():
+            continue
         info = read_json(path)
-        stem = path.name[: -len("_data.json")]
         labels = list(info.get("labels") or [])
         splits = []
         for split, counts in (info.get("splits") or {}).items():
@@ -168,7 +164,8 @@ def data_sections(exp_dir: Path, order: Sequence[str] = ()) -> list[dict[str, An
             )
         out.append(
             {
-                "dataset": info.get("dataset", stem),
+                "dataset": info.get("dataset", name),
+                "use": info.get("use", "train"),
                 "labels": labels,
                 "splits": splits,
                 "protocol": info.get("protocol"),
@@ -177,12 +174,39 @@ def data_sections(exp_dir: Path, order: Sequence[str] = ()) -> list[dict[str, An
                 "bad_file_examples": [
                     b for b in (info.get("bad_file_examples") or []) if isinstance(b, dict)
                 ],
-                "dist_original": data_uri(exp_dir / "data" / f"{stem}_dist_original.png"),
-                "dist_balanced": data_uri(exp_dir / "data" / f"{stem}_dist_balanced.png"),
+                "dist_original": data_uri(layout.dist_original(name)),
+                "dist_balanced": data_uri(layout.dist_balanced(name))
+                if info.get("use", "train") == "train"
+                else None,
             }
         )
-    rank = {name: i for i, name in enumerate(order)}
-    return sorted(out, key=lambda d: rank.get(str(d["dataset"]), len(rank)))
+    return out
+
+
+def reused_entries(record: Record) -> list[dict[str, Any]]:
+    """Every reused run and evaluation of this plan, with the version that produced it."""
+    out = []
+    for pair in record.plan.pairs:
+        st = record.pair_status(pair)
+        if st.status == "reused":
+            out.append(
+                {
+                    "what": f"weights of {pair.model} trained on {pair.dataset}",
+                    "where": pair.run_dir,
+                    "produced_by": produced_by_text(st.produced_by),
+                }
+            )
+        for e in st.evals:
+            planned = pair.eval_on(e.test)
+            if e.status == "reused":
+                out.append(
+                    {
+                        "what": f"evaluation of {pair.dataset} / {pair.model} on {e.test}",
+                        "where": planned.dir if planned else None,
+                        "produced_by": produced_by_text(e.produced_by),
+                    }
+                )
+    return out
 
 
 def _best_rows(rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
@@ -220,28 +244,23 @@ def _environment() -> jinja2.Environment:
 
 def build_context(exp_dir: Path) -> dict[str, Any]:
     """Regenerate tables and plots and gather everything the template shows."""
-    exp_dir = Path(exp_dir)
-    rows = collect_summary(exp_dir)
-    write_summary(rows, exp_dir)
-    cross_files = {p.name: p for p in write_cross_dataset(exp_dir)}
-    evaluations = load_evaluations(exp_dir)
-    own = {(e.train_dataset, e.model): e for e in evaluations if e.train_dataset == e.test_dataset}
-    datasets = list(dict.fromkeys(str(r["dataset"]) for r in rows))
-    test_order = {t: i for i, t in enumerate(ordered_test_sets(evaluations, datasets))}
+    record = load_record(Path(exp_dir))
+    layout = record.layout
+    rows = collect_summary(record)
+    write_summary(rows, layout)
+    cross_files = {p.name: p for p in write_cross_dataset(record)}
+    test_order = {t: i for i, t in enumerate(record.plan.test_sets)}
 
     pairs = []
     for i, row in enumerate(rows):
-        if row["status"] == "failed":
+        if row["status"] in ("failed", "skipped", "pending"):
             continue
-        evaluation = own.get((row["dataset"], row["model"]))
-        plots = render_pair_plots(exp_dir, row, evaluation)
+        dataset, model = str(row["dataset"]), str(row["model"])
+        evaluation = record.evaluation(dataset, model, dataset)
+        plots = render_pair_plots(layout, row, evaluation)
         others = sorted(
-            (
-                e
-                for e in evaluations
-                if (e.train_dataset, e.model) == (row["dataset"], row["model"])
-            ),
-            key=lambda e: (e.test_dataset != row["dataset"], test_order.get(e.test_dataset, 0)),
+            record.evaluations_of(dataset, model),
+            key=lambda e: (e.test_dataset != dataset, test_order.get(e.test_dataset, 0)),
         )
         pairs.append(
             {
@@ -256,15 +275,16 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
             }
         )
 
-    config_text, config = _read_config(exp_dir)
-    environment = _read_environment(exp_dir)
-    log_name, log_tail = _log_tail(exp_dir)
+    config_text, config = _read_config(layout)
+    environment = _read_environment(layout)
+    log_name, log_tail = _log_tail(layout)
     started = environment.get("started") or _dt.datetime.fromtimestamp(
-        exp_dir.stat().st_mtime
+        layout.root.stat().st_mtime
     ).isoformat(timespec="seconds")
+    failed = [r for r in rows if r["status"] == "failed"]
     return {
-        "name": config.get("name") or exp_dir.name,
-        "exp_dir": str(exp_dir),
+        "name": config.get("name") or record.plan.name or layout.root.name,
+        "exp_dir": str(layout.root),
         "started": started,
         "generated": _dt.datetime.now().isoformat(timespec="seconds"),
         "environment": [(k, environment[k]) for k in ENVIRONMENT_KEYS if k in environment]
@@ -277,20 +297,24 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
         "any_tta": any(r.get("tta_accuracy") is not None for r in rows),
         "counts": {
             "pairs": len(rows),
-            "ok": sum(r["status"] in ("ok", "reused") for r in rows),
-            "failed": sum(r["status"] == "failed" for r in rows),
+            "ok": sum(r["status"] in ("trained", "reused", "computed") for r in rows),
+            "failed": len(failed),
         },
-        "failed": [r for r in rows if r["status"] == "failed"],
+        "failed": failed,
         "cross_accuracy": data_uri(cross_files["cross_dataset_evaluation.png"])
         if "cross_dataset_evaluation.png" in cross_files
         else None,
         "cross_balanced": data_uri(cross_files["cross_dataset_evaluation_balanced_accuracy.png"])
         if "cross_dataset_evaluation_balanced_accuracy.png" in cross_files
         else None,
-        "dropped": collect_dropped_labels(exp_dir),
+        "eval_only": [d.name for d in record.plan.datasets if d.use == "test"],
+        "dropped": collect_dropped_labels(record),
         "pairs": pairs,
-        "data": data_sections(exp_dir, datasets),
+        "data": data_sections(record),
         "metrics": METRICS,
+        "provenance": record.plan.provenance,
+        "reused": reused_entries(record),
+        "unplanned": unplanned_folders(layout, record.plan),
     }
 
 
@@ -314,22 +338,18 @@ def render_report(context: Mapping[str, Any]) -> str:
 
 
 def build_report(exp_dir: Path) -> Path:
-    """Rebuild plots and tables from the experiment folder and write ``<exp_dir>/report.html``."""
-    exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
+    """Rebuild plots and tables from the experiment's plan and write ``<exp_dir>/report.html``."""
+    layout = Layout(Path(exp_dir))
+    if not layout.root.is_dir():
         raise FileNotFoundError(
-            f"experiment folder {exp_dir} does not exist; pass the folder `ferlab run` wrote "
-            "(it holds config.yaml, runs/ and eval/)"
+            f"experiment folder {layout.root} does not exist; pass the folder `ferlab run` "
+            "wrote (it holds plan.json, config.yaml, runs/ and eval/)"
         )
-    markers = ("config.yaml", "status.json", "eval", "runs")
-    if not any((exp_dir / m).exists() for m in markers):
+    if not layout.looks_like_experiment():
         raise ReportInputError(
-            f"{exp_dir} does not look like an experiment folder: none of {list(markers)} is "
-            "there. Pass the folder `ferlab run` printed, e.g. runs/<experiment name>."
+            f"{layout.root} does not look like an experiment folder: it has no plan.json, "
+            "config.yaml, status.json or runs/. Pass the folder `ferlab run` printed, e.g. "
+            "runs/<experiment name>."
         )
-    html = render_report(build_context(exp_dir))
-    out = exp_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    html = render_report(build_context(layout.root))
+    return atomic_write(layout.report, html)

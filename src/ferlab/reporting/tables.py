@@ -1,21 +1,24 @@
-"""Summary and cross-dataset tables, read back from an experiment folder.
+"""Summary and cross-dataset tables, read back from an experiment's recorded plan.
 
-Nothing here trains or loads a model: every number comes from ``status.json``, the run folders'
-``fit.json`` and the ``eval/<train>__<model>/on_<test>/metrics.json`` files, so
-``ferlab report DIR`` rebuilds the same tables a run printed.
+Nothing here trains or loads a model, and nothing globs for results: every number comes from
+an evaluation the experiment's ``plan.json`` names, and only when its ``metrics.json`` carries
+the planned key (``ferlab.record.planned_metrics``); statuses come from ``status.json`` and
+training facts from the planned run folder's ``fit.json``. So ``ferlab report DIR`` rebuilds
+the tables a run printed, and a result left by another plan never shows as current.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ferlab.layout import FIT_JSON, META, Layout, atomic_write, read_json
+from ferlab.record import PairStatus, Plan, PlannedPair, planned_metrics, read_plan, read_status
 
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
 METRIC_TITLES: dict[str, str] = {
@@ -23,8 +26,6 @@ METRIC_TITLES: dict[str, str] = {
     "balanced_accuracy": "balanced accuracy",
     "macro_f1": "macro-F1",
 }
-ENSEMBLE = "ensemble"
-MEGA = "mega"
 
 # Columns of summary.csv, in order. Metrics are fractions in [0, 1] written at full precision.
 SUMMARY_FIELDS: tuple[str, ...] = (
@@ -53,31 +54,9 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "params",
     "throughput_ips",
     "reused",
+    "produced_by",
     "run_dir",
 )
-
-
-class ReportInputError(ValueError):
-    """A file in the experiment folder is unreadable or has the wrong shape."""
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a dataset or model name (``tv:resnet50`` -> ``tv_resnet50``)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
-    return cleaned or "unnamed"
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; the error names the file and how to regenerate it."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportInputError(
-            f"cannot read {path}: {e}. The file is damaged; delete it and rerun `ferlab run` "
-            "on the same experiment to regenerate it."
-        ) from e
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
@@ -86,12 +65,13 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-# --------------------------------------------------------------------------- reading files
+# --------------------------------------------------------------------------- the record
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One ``metrics.json``: a model trained on ``train_dataset`` scored on ``test_dataset``."""
+    """One planned evaluation with its numbers: a pair trained on ``train_dataset`` scored on
+    ``test_dataset``."""
 
     train_dataset: str
     model: str
@@ -107,105 +87,68 @@ class Evaluation:
         return dict(plain) if plain else None
 
 
-def load_evaluations(exp_dir: Path) -> list[Evaluation]:
-    """Every ``eval/*/on_*/metrics.json`` in the experiment folder, sorted by path."""
-    out = []
-    for path in sorted(Path(exp_dir).glob("eval/*/on_*/metrics.json")):
-        data = read_json(path)
-        missing = [k for k in ("train_dataset", "model", "test_dataset") if k not in data]
-        if missing:
-            raise ReportInputError(
-                f"{path} lacks the keys {missing}; expected a metrics file written by "
-                "`ferlab run` (keys train_dataset, model, test_dataset, plain, tta)"
-            )
-        out.append(
-            Evaluation(
-                str(data["train_dataset"]),
-                str(data["model"]),
-                str(data["test_dataset"]),
-                path.parent,
-                data,
-            )
+@dataclass
+class Record:
+    """An experiment folder as its plan describes it, with the results that match the plan."""
+
+    layout: Layout
+    plan: Plan
+    status: dict[tuple[str, str], PairStatus]
+    evaluations: list[Evaluation]
+
+    def pair_status(self, pair: PlannedPair) -> PairStatus:
+        return self.status.get(
+            (pair.dataset, pair.model), PairStatus(pair.dataset, pair.model, run_dir=pair.run_dir)
         )
-    return out
+
+    def evaluation(self, dataset: str, model: str, test: str) -> Evaluation | None:
+        for e in self.evaluations:
+            if (e.train_dataset, e.model, e.test_dataset) == (dataset, model, test):
+                return e
+        return None
+
+    def evaluations_of(self, dataset: str, model: str) -> list[Evaluation]:
+        return [e for e in self.evaluations if (e.train_dataset, e.model) == (dataset, model)]
 
 
-def load_status(exp_dir: Path) -> list[dict[str, Any]]:
-    """The ``pairs`` of ``status.json``; empty when the file does not exist yet."""
-    path = Path(exp_dir) / "status.json"
-    if not path.exists():
-        return []
-    data = read_json(path)
-    pairs = data.get("pairs") if isinstance(data, dict) else None
-    if not isinstance(pairs, list):
-        raise ReportInputError(f"{path} has no 'pairs' list; expected {{'pairs': [...]}}")
-    return [p for p in pairs if isinstance(p, dict) and "dataset" in p and "model" in p]
+def load_record(exp_dir: Path | Layout) -> Record:
+    """Read ``plan.json``, ``status.json`` and every planned evaluation whose key matches.
 
-
-def _ordered(names: Iterable[str], last: str) -> list[str]:
-    """Unique names in first-seen order, ``last`` (``mega``/``ensemble``) moved to the end."""
-    seen = list(dict.fromkeys(names))
-    return [n for n in seen if n != last] + ([last] if last in seen else [])
-
-
-def ordered_pairs(
-    status: Sequence[Mapping[str, Any]], evaluations: Sequence[Evaluation]
-) -> list[tuple[str, str]]:
-    """Every (dataset, model) pair, in the run's order: datasets, then models; mega and ensembles last."""
-    pairs = [(str(p["dataset"]), str(p["model"])) for p in status]
-    pairs += [(e.train_dataset, e.model) for e in evaluations]
-    datasets = _ordered((d for d, _ in pairs), MEGA)
-    models = _ordered((m for _, m in pairs), ENSEMBLE)
-    unique = set(pairs)
-    return [(d, m) for d in datasets for m in models if (d, m) in unique]
-
-
-def ordered_test_sets(evaluations: Sequence[Evaluation], datasets: Sequence[str]) -> list[str]:
-    """Test sets in the datasets' order, then any others, mega last."""
-    names = [d for d in datasets if any(e.test_dataset == d for e in evaluations)]
-    names += sorted({e.test_dataset for e in evaluations} - set(names))
-    return _ordered(names, MEGA)
-
-
-def find_run(
-    exp_dir: Path, dataset: str, model: str, hint: str | None = None
-) -> tuple[Path | None, dict[str, Any] | None]:
-    """The run folder of a pair and its ``fit.json`` (both None for ensembles and failed pairs).
-
-    ``hint`` is the ``run_dir`` from status.json (absolute or relative to the experiment);
-    without one, or when it moved, the newest ``runs/*/*/fit.json`` naming the pair is used.
+    An evaluation of a pair that is not ``ok`` in this run's status is left out even if a
+    file with the planned key exists (the pair failed after it was written).
     """
-    exp_dir = Path(exp_dir)
-    if hint:
-        candidate = Path(hint)
-        # An absolute path goes stale when the folder is moved or copied: look inside
-        # this experiment's runs/ first.
-        inside = exp_dir / "runs" / candidate.parent.name / candidate.name
-        for path in (inside, exp_dir / candidate, candidate):
-            if (path / "fit.json").is_file():
-                return path, read_json(path / "fit.json")
-    found: list[tuple[float, Path, dict[str, Any]]] = []
-    for fit_path in exp_dir.glob("runs/*/*/fit.json"):
-        fit = read_json(fit_path)
-        # fit.json names its pair; older files are named by their folder only.
-        fit_dataset = str(fit.get("dataset") or fit_path.parent.parent.name)
-        fit_model = str(fit.get("model") or fit_path.parent.name.rsplit("-", 1)[0])
-        if fit_dataset in (dataset, safe_name(dataset)) and fit_model == model:
-            found.append((fit_path.stat().st_mtime, fit_path.parent, fit))
-    if not found:
-        return None, None
-    _, run_dir, fit = max(found, key=lambda t: t[0])
-    return run_dir, fit
+    layout = exp_dir if isinstance(exp_dir, Layout) else Layout(Path(exp_dir))
+    plan = read_plan(layout)
+    status = read_status(layout)
+    evaluations = []
+    for pair in plan.pairs:
+        st = status.get((pair.dataset, pair.model))
+        if st is None or not st.ok:
+            continue
+        failed = {e.test for e in st.evals if e.status == "failed"}
+        for planned in pair.evals:
+            if planned.test in failed:
+                continue
+            data = planned_metrics(layout, planned)
+            if data is not None:
+                evaluations.append(
+                    Evaluation(
+                        pair.dataset,
+                        pair.model,
+                        planned.test,
+                        layout.resolve(planned.dir),
+                        data,
+                    )
+                )
+    return Record(layout, plan, status, evaluations)
 
 
-def own_evaluation(
-    evaluations: Sequence[Evaluation], dataset: str, model: str
-) -> Evaluation | None:
-    """The evaluation of a pair on its own test set (``on_<dataset>``)."""
-    for e in evaluations:
-        if e.train_dataset == dataset and e.model == model and e.test_dataset == dataset:
-            return e
-    return None
+def fit_summary(layout: Layout, pair: PlannedPair) -> dict[str, Any] | None:
+    """The planned run folder's ``fit.json`` (None for ensembles and runs not finished)."""
+    if not pair.run_dir:
+        return None
+    path = layout.resolve(pair.run_dir) / FIT_JSON
+    return read_json(path) if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- summary
@@ -222,27 +165,31 @@ def _metric_fields(block: Mapping[str, Any] | None, prefix: str) -> dict[str, An
     return row
 
 
-def summary_row(
-    exp_dir: Path,
-    dataset: str,
-    model: str,
-    status_entry: Mapping[str, Any] | None,
-    evaluation: Evaluation | None,
-) -> dict[str, Any]:
+def produced_by_text(produced: Mapping[str, Any] | None) -> str | None:
+    """``ferlab 0.1.0 (code 1a2b3c4d), 2026-12-01T10:00:00`` for a recorded stamp."""
+    if not produced:
+        return None
+    code = produced.get("code_digest")
+    version = f"ferlab {produced.get('ferlab_version', '?')}"
+    if code:
+        version += f" (code {str(code)[:8]})"
+    created = produced.get("created")
+    return f"{version}, {created}" if created else version
+
+
+def summary_row(record: Record, pair: PlannedPair) -> dict[str, Any]:
     """One summary row: status, own-test metrics (plain and TTA, with CIs) and training facts."""
-    status = (
-        str(status_entry.get("status")) if status_entry else ("ok" if evaluation else "missing")
-    )
-    error = status_entry.get("error") if status_entry else None
-    run_dir, fit = find_run(exp_dir, dataset, model, (status_entry or {}).get("run_dir"))
+    st = record.pair_status(pair)
+    evaluation = record.evaluation(pair.dataset, pair.model, pair.dataset)
+    fit = fit_summary(record.layout, pair) if st.ok else None
     data = evaluation.data if evaluation else {}
     plain = data.get("plain")
     tta = data.get("tta")
-    row: dict[str, Any] = {
-        "dataset": dataset,
-        "model": model,
-        "status": status,
-        "error": error,
+    return {
+        "dataset": pair.dataset,
+        "model": pair.model,
+        "status": st.status,
+        "error": st.error,
         "n_test": (plain or {}).get("n"),
         **_metric_fields(plain, ""),
         **_metric_fields(tta, "tta_"),
@@ -251,51 +198,34 @@ def summary_row(
         "epochs": (fit or {}).get("epochs_run"),
         "best_epoch": (fit or {}).get("best_epoch"),
         "stopped_early": (fit or {}).get("stopped_early"),
-        "params": _params(run_dir, fit),
+        "params": _params(record.layout, pair, fit),
         "throughput_ips": data.get("throughput_ips"),
-        "reused": (fit or {}).get("reused"),
-        "run_dir": _relative(run_dir, exp_dir),
+        "reused": st.status == "reused",
+        "produced_by": produced_by_text(st.produced_by) if st.status == "reused" else None,
+        "run_dir": pair.run_dir,
     }
-    return row
 
 
-def _params(run_dir: Path | None, fit: Mapping[str, Any] | None) -> int | None:
+def _params(layout: Layout, pair: PlannedPair, fit: Mapping[str, Any] | None) -> int | None:
     """The parameter count from fit.json, else from meta.json's ``extra`` block."""
     if fit and fit.get("params") is not None:
         return int(fit["params"])
-    meta_path = run_dir / "meta.json" if run_dir else None
-    if meta_path is None or not meta_path.is_file():
+    if not pair.run_dir or not (layout.resolve(pair.run_dir) / META).is_file():
         return None
-    meta = read_json(meta_path)
+    meta = read_json(layout.resolve(pair.run_dir) / META)
     extra = meta.get("extra") if isinstance(meta, dict) else None
     value = (extra or {}).get("params") if isinstance(extra, dict) else None
     return int(value) if value is not None else None
 
 
-def _relative(path: Path | None, base: Path) -> str | None:
-    """``path`` relative to ``base`` when inside it (so a moved experiment folder still works)."""
-    if path is None:
-        return None
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def collect_summary(exp_dir: Path) -> list[dict[str, Any]]:
-    """One row per (dataset, model) pair, ensembles and failed pairs included.
-
-    Metrics are from the pair's own test set (``on_<dataset>``); a failed pair has its error
-    and no metrics. Keys are ``SUMMARY_FIELDS``; missing values are None.
+def collect_summary(exp_dir: Path | Record) -> list[dict[str, Any]]:
+    """One row per planned (dataset, model) pair, ensembles and failed pairs included, in the
+    plan's order. Metrics are from the pair's own test set; a failed pair has its error and no
+    metrics (an evaluation-only dataset has no own test: its models are scored in the matrix).
+    Keys are ``SUMMARY_FIELDS``; missing values are None.
     """
-    exp_dir = Path(exp_dir)
-    status = load_status(exp_dir)
-    evaluations = load_evaluations(exp_dir)
-    by_pair = {(str(p["dataset"]), str(p["model"])): p for p in status}
-    return [
-        summary_row(exp_dir, d, m, by_pair.get((d, m)), own_evaluation(evaluations, d, m))
-        for d, m in ordered_pairs(status, evaluations)
-    ]
+    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
+    return [summary_row(record, p) for p in record.plan.pairs]
 
 
 def headline(row: Mapping[str, Any], metric: str = "accuracy") -> float | None:
@@ -457,19 +387,10 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> Path:
-    """Write through a temporary file and rename, so a reader never sees half a table."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def write_summary(rows: Sequence[Mapping[str, Any]], exp_dir: Path) -> tuple[Path, Path]:
+def write_summary(rows: Sequence[Mapping[str, Any]], exp_dir: Path | Layout) -> tuple[Path, Path]:
     """Write ``summary.csv`` (full precision) and ``summary.md`` (formatted) in the experiment folder."""
-    exp_dir = Path(exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = _write_text(exp_dir / "summary.csv", summary_csv(rows))
+    layout = exp_dir if isinstance(exp_dir, Layout) else Layout(Path(exp_dir))
+    csv_path = atomic_write(layout.summary_csv, summary_csv(rows))
     notes = [
         "# Summary",
         "",
@@ -485,7 +406,15 @@ def write_summary(rows: Sequence[Mapping[str, Any]], exp_dir: Path) -> tuple[Pat
             f"- {r['dataset']} / {r['model']}: {_md_escape(str(r.get('error')))}" for r in failed
         ]
         notes.append("")
-    md_path = _write_text(exp_dir / "summary.md", "\n".join(notes))
+    reused = [r for r in rows if r.get("reused")]
+    if reused:
+        notes += ["", "## Reused runs", ""]
+        notes += [
+            f"- {r['dataset']} / {r['model']}: {_md_escape(str(r.get('produced_by')))}"
+            for r in reused
+        ]
+        notes.append("")
+    md_path = atomic_write(layout.summary_md, "\n".join(notes))
     return csv_path, md_path
 
 
@@ -518,21 +447,21 @@ def row_name(dataset: str, model: str) -> str:
 
 
 def collect_cross_dataset(
-    exp_dir: Path, metric: str = "accuracy", use_tta: bool = True
+    exp_dir: Path | Record, metric: str = "accuracy", use_tta: bool = True
 ) -> CrossDataset:
-    """The cross-dataset matrix of ``metric`` from every metrics.json (TTA where measured)."""
+    """The planned cross-dataset matrix of ``metric`` (TTA where measured): one row per planned
+    pair that completed, one column per planned test set; a cell is blank unless its planned
+    evaluation produced a result in this plan."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
-    evaluations = load_evaluations(Path(exp_dir))
-    pairs = ordered_pairs(load_status(Path(exp_dir)), evaluations)
-    evaluated = {(e.train_dataset, e.model) for e in evaluations}
-    pairs = [p for p in pairs if p in evaluated]
-    datasets = list(dict.fromkeys(d for d, _ in pairs))
+    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
     out = CrossDataset(metric=metric, use_tta=use_tta)
-    out.rows = pairs
-    out.train_names = [row_name(d, m) for d, m in pairs]
-    out.test_names = ordered_test_sets(evaluations, datasets)
-    for e in evaluations:
+    out.rows = [
+        (p.dataset, p.model) for p in record.plan.pairs if record.pair_status(p).ok and p.evals
+    ]
+    out.train_names = [row_name(d, m) for d, m in out.rows]
+    out.test_names = record.plan.test_sets
+    for e in record.evaluations:
         block = e.result(use_tta)
         if block is None or block.get(metric) is None:
             continue
@@ -541,10 +470,12 @@ def collect_cross_dataset(
     return out
 
 
-def collect_dropped_labels(exp_dir: Path) -> list[dict[str, Any]]:
-    """Pairs scored on a subset of classes: which labels were left out and how many images."""
+def collect_dropped_labels(exp_dir: Path | Record) -> list[dict[str, Any]]:
+    """Planned evaluations scored on a subset of classes: which labels were left out, how many
+    images."""
+    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
     out = []
-    for e in load_evaluations(Path(exp_dir)):
+    for e in record.evaluations:
         dropped = list(e.data.get("dropped_labels") or [])
         if dropped:
             out.append(
@@ -571,22 +502,21 @@ def cross_dataset_csv(cross: CrossDataset) -> str:
     return buf.getvalue()
 
 
-def write_cross_dataset(exp_dir: Path) -> list[Path]:
+def write_cross_dataset(exp_dir: Path | Record) -> list[Path]:
     """Write ``cross_dataset.csv`` (accuracy), ``cross_dataset_evaluation.png`` and the
     balanced-accuracy heatmap; returns the files written (none when nothing was evaluated)."""
     from ferlab.reporting.plots import plot_cross_dataset
 
-    exp_dir = Path(exp_dir)
+    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
+    layout = record.layout
     written: list[Path] = []
-    for metric, png in (
-        ("accuracy", "cross_dataset_evaluation.png"),
-        ("balanced_accuracy", "cross_dataset_evaluation_balanced_accuracy.png"),
-    ):
-        cross = collect_cross_dataset(exp_dir, metric=metric, use_tta=True)
+    for metric in ("accuracy", "balanced_accuracy"):
+        cross = collect_cross_dataset(record, metric=metric, use_tta=True)
         if not cross.values:
+            layout.cross_png(metric).unlink(missing_ok=True)  # never an earlier plan's picture
             continue
         if metric == "accuracy":
-            written.append(_write_text(exp_dir / "cross_dataset.csv", cross_dataset_csv(cross)))
+            written.append(atomic_write(layout.cross_csv, cross_dataset_csv(cross)))
         suffix = " (TTA where measured)" if cross.tta_used else ""
         title = f"Cross-dataset {METRIC_TITLES[metric]}{suffix}"
         written.append(
@@ -594,7 +524,7 @@ def write_cross_dataset(exp_dir: Path) -> list[Path]:
                 cross.values,
                 cross.train_names,
                 cross.test_names,
-                exp_dir / png,
+                layout.cross_png(metric),
                 title,
                 METRIC_TITLES[metric],
             )

@@ -1,13 +1,18 @@
 """``fit``: train one model on one dataset with Lightning, resumable, writing the run folder.
 
-Run folder (written by global rank 0 only)::
+Run folder (written by global rank 0 only; file names from ``ferlab.layout``)::
 
     checkpoints/last.ckpt   full state after every epoch (atomic: temp file + os.replace)
     checkpoints/best.ckpt   weights of the best epoch on the monitored validation metric
     history.csv             one row per finished epoch, rewritten atomically each epoch
+    logs/                   Lightning's CSV (and TensorBoard) logs (``ferlab.training.trainer``)
     weights.safetensors, meta.json   the best weights and their metadata (ferlab.models)
     fit.json                summary of the fit
     DONE                    written last; without it the run is resumed, never reused
+
+The recipe (``TrainConfig``) decides what is learned; where and how fast it runs (device,
+precision, processes, threads, progress bar) is the ``RuntimeConfig``, and the ``Trainer`` is
+built from it by ``ferlab.training.trainer.build_trainer``.
 
 A kill at any point leaves at worst a stale ``*.tmp`` file and no ``DONE``; the same call then
 resumes from ``last.ckpt`` (optimizer, scheduler, early-stopping and best-checkpoint state
@@ -16,15 +21,11 @@ included) and, on CPU, ends with exactly the weights of an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import logging
-import os
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,31 +33,27 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 from torch import nn
 
-from ferlab import __version__
-from ferlab.config import ModelConfig, TrainConfig
+from ferlab import __version__, layout
+from ferlab.config import ModelConfig, RuntimeConfig, TrainConfig
 from ferlab.data.base import ArraySplit, LoadedDataset
 from ferlab.labels import INDEX
+from ferlab.layout import BEST_CKPT, CHECKPOINTS, DONE, FIT_JSON, HISTORY, LAST_CKPT
+from ferlab.models import ModelMeta, create_model, default_norm, save_model
 from ferlab.training.data import EvalBatches, TrainBatches, class_weights, remap_targets
-from ferlab.training.device import cpu_threads, pick_accelerator, resolve_precision
 from ferlab.training.module import HISTORY_COLUMNS, FerModule
-from ferlab.training.runcache import DONE
+from ferlab.training.trainer import PROGRESS_REFRESH_STEPS, TrainerSetup, build_trainer
 
-CHECKPOINTS = "checkpoints"
-LAST = "last.ckpt"
-BEST = "best.ckpt"
-HISTORY = "history.csv"
-FIT_JSON = "fit.json"
-PROGRESS_REFRESH_STEPS = 10
+# ModelMeta.extra keys fit writes itself; ``extra_meta`` may not replace them.
+FIT_META_KEYS = ("train_dataset", "dataset_fingerprint", "best_epoch", "monitor", "seed")
 
 
 @dataclass
 class FitResult:
     model: nn.Module  # best weights, eval mode, on the CPU
-    meta: Any  # ferlab.models.ModelMeta
+    meta: ModelMeta
     history: list[dict[str, float]]
     best_epoch: int
     epochs_run: int
@@ -64,34 +61,6 @@ class FitResult:
     stopped_early: bool
     resumed: bool
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# -- atomic files ------------------------------------------------------------------------------
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, but atomic on local disks.
-
-    Lightning's own ``_atomic_save`` goes through an fsspec transaction whose temp file lives in
-    the system temp folder and is *moved* into place, a copy (not atomic) when /tmp is another
-    filesystem. Here the temp file sits beside the target and is renamed after an fsync.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
-    ) -> None:
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        write_atomic(Path(path), buf.getvalue())
 
 
 class LastCheckpoint(Checkpoint):
@@ -136,8 +105,6 @@ def best_epoch_of(history: list[dict[str, float]], monitor: str) -> int:
 # -- model and data ----------------------------------------------------------------------------
 def _norm_for(model: nn.Module, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The model's own input normalisation (ferlab.models.default_norm), per channel."""
-    from ferlab.models import default_norm
-
     mean, std = default_norm(channels, model)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
@@ -230,43 +197,6 @@ def _load_best_weights(module: FerModule, best: Path, last: Path) -> None:
     module.load_state_dict(ck["state_dict"])
 
 
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Lightning's info lines (GPU available..., tips) go to the console, not our log: hush them."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-    loggers = [logging.getLogger(n) for n in names]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            # Expected when resuming: the folder holds our own last/best checkpoints.
-            warnings.filterwarnings(
-                "ignore", message=r"Checkpoint directory .* exists and is not empty"
-            )
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            # Lightning 2.6 on torch >= 2.10: an internal deprecation, nothing for users to do.
-            warnings.filterwarnings(
-                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated"
-            )
-            yield
-    finally:
-        for lg, lvl in zip(loggers, old, strict=True):
-            lg.setLevel(lvl)
-
-
-@contextlib.contextmanager
-def deterministic(enabled: bool) -> Iterator[None]:
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
-
-
 def _silent(message: str) -> None:
     """The log of non-zero DDP ranks."""
 
@@ -281,28 +211,29 @@ def fit(
     seed: int,
     image_size: int,
     channels: int,
+    runtime: RuntimeConfig | None = None,
     log: Callable[[str], None] = print,
-    progress: bool = True,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model_cfg`` on ``dataset`` (early stopping on ``val``) into ``run_dir``.
 
     Resumes from ``run_dir/checkpoints/last.ckpt`` when a previous call was interrupted. The
-    model's output units are ``dataset.labels`` in canonical order.
+    model's output units are ``dataset.labels`` in canonical order. ``runtime`` says where it
+    runs (default ``RuntimeConfig()``: the best device, all cores, progress bars).
+    ``extra_meta`` (JSON-able: the dataset spec, split settings, code provenance...) is merged
+    into ``ModelMeta.extra`` in ``meta.json`` and written to ``fit.json`` under ``"extra"``.
     """
-    from ferlab.models import ModelMeta, create_model, save_model
-
+    runtime = runtime if runtime is not None else RuntimeConfig()
+    extra = _check_extra_meta(extra_meta)
     _check_dataset(dataset)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CHECKPOINTS
-    last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
+    last_path, best_path = ckpt_dir / LAST_CKPT, ckpt_dir / BEST_CKPT
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DONE).unlink(missing_ok=True)  # this folder is being (re)trained
 
     labels = list(dataset.labels)
     train, val = dataset.splits["train"], dataset.splits["val"]
-    accelerator = pick_accelerator(train_cfg.accelerator)
-    precision = resolve_precision(train_cfg.precision, accelerator)
-    on_cpu = accelerator == "cpu"
 
     pl.seed_everything(seed, workers=True, verbose=False)
     model = create_model(
@@ -320,7 +251,7 @@ def fit(
         weights = class_weights(remap_targets(train.labels, labels), len(labels))
 
     def write_history(history: list[dict[str, float]]) -> None:
-        write_atomic(run_dir / HISTORY, history_csv(history).encode())
+        layout.atomic_write(run_dir / HISTORY, history_csv(history))
         r = history[-1]
         log(
             f"epoch {int(r['epoch'])}/{train_cfg.epochs}: train_loss {r['train_loss']:.4f} "
@@ -339,7 +270,7 @@ def fit(
         seed=seed,
         class_weights=weights,
         on_epoch_end=write_history,
-        log_every=PROGRESS_REFRESH_STEPS if progress else 0,
+        log_every=PROGRESS_REFRESH_STEPS if runtime.progress else 0,
     )
     datamodule = FerDataModule(train, val, labels, train_cfg, seed, soft)
 
@@ -354,7 +285,7 @@ def fit(
     )
     best_cb = ModelCheckpoint(
         dirpath=str(ckpt_dir),
-        filename="best",
+        filename=Path(BEST_CKPT).stem,
         monitor=monitor,
         mode=mode,
         save_top_k=1,
@@ -362,36 +293,17 @@ def fit(
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [early, best_cb, LastCheckpoint(last_path)]
-    if progress:
-        # Refreshing the bar reads the loss back from the device: not at every step.
-        callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
-    with quiet_lightning():
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=train_cfg.devices,
-            num_nodes=train_cfg.num_nodes,
-            strategy=train_cfg.strategy,
-            precision=precision,  # type: ignore[arg-type]
-            max_epochs=train_cfg.epochs,
-            gradient_clip_val=train_cfg.grad_clip,
-            limit_train_batches=train_cfg.limit_train_batches,
-            limit_val_batches=train_cfg.limit_val_batches,
-            callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
-            logger=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
-            benchmark=accelerator == "cuda",
-            default_root_dir=str(run_dir),
-        )
-    threads = cpu_threads(train_cfg.threads, trainer.num_devices if on_cpu else 1)
-    torch.set_num_threads(threads)
-    if (
-        trainer.global_rank != 0
-    ):  # one log, from rank 0 (DDP ranks started by Lightning or torchrun)
+    setup = build_trainer(
+        runtime,
+        run_dir,
+        max_epochs=train_cfg.epochs,
+        callbacks=[early, best_cb, LastCheckpoint(last_path)],
+        gradient_clip_val=train_cfg.grad_clip,
+        limit_train_batches=train_cfg.limit_train_batches,
+        limit_val_batches=train_cfg.limit_val_batches,
+    )
+    trainer = setup.trainer
+    if trainer.global_rank != 0:  # one log, from rank 0 (DDP ranks started by Lightning/torchrun)
         log = _silent
     else:
         for stale in ckpt_dir.glob(".*.tmp"):  # left by a kill during a write; never read
@@ -413,9 +325,9 @@ def fit(
     n_params = sum(p.numel() for p in model.parameters())
     log(
         f"training {model_cfg.display} ({n_params / 1e6:.2f}M params) on {dataset.name}: "
-        f"{len(train)} train / {len(val)} val images, {len(labels)} classes, {accelerator} "
-        f"x{trainer.num_devices}, precision {precision}, {threads} threads, balance "
-        f"{train_cfg.balance}, monitor {monitor}"
+        f"{len(train)} train / {len(val)} val images, {len(labels)} classes, "
+        f"{setup.accelerator} x{trainer.num_devices}, precision {setup.precision}, "
+        f"{setup.threads} threads, balance {train_cfg.balance}, monitor {monitor}"
         + (f"; resuming after epoch {int(resume_state['epoch']) + 1}" if resume_state else "")
     )
 
@@ -425,13 +337,7 @@ def fit(
         module.history = list(resume_state["history"])
         log("the checkpoint already holds the finished training; writing its outputs")
     else:
-        with quiet_lightning(), deterministic(on_cpu):
-            trainer.fit(
-                module,
-                datamodule=datamodule,
-                ckpt_path=str(last_path) if resumed else None,
-                weights_only=True,
-            )
+        setup.fit(module, datamodule, ckpt_path=last_path if resumed else None)
         if trainer.interrupted:
             raise KeyboardInterrupt(
                 f"training of {model_cfg.display} interrupted; rerun to resume from {last_path}"
@@ -455,6 +361,7 @@ def fit(
         kwargs=dict(model_cfg.kwargs),
         ferlab_version=__version__,
         extra={
+            **extra,
             "train_dataset": dataset.name,
             "dataset_fingerprint": dataset.fingerprint,
             "best_epoch": best_ep,
@@ -474,9 +381,7 @@ def fit(
         extra={"wall_seconds_this_call": wall_seconds},
     )
     if trainer.is_global_zero:
-        _write_outputs(
-            run_dir, result, model_cfg, train_cfg, save_model, accelerator, precision, threads
-        )
+        _write_outputs(run_dir, result, model_cfg, train_cfg, setup, runtime, extra)
         log(
             f"done: best epoch {best_ep} of {len(history)} "
             f"({monitor} {history[best_ep - 1][monitor] if 1 <= best_ep <= len(history) else float('nan'):.4f}), "
@@ -485,19 +390,38 @@ def fit(
     return result
 
 
+def _check_extra_meta(extra_meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``extra_meta`` as plain JSON values, checked before any training is spent."""
+    if not extra_meta:
+        return {}
+    taken = sorted(set(extra_meta) & set(FIT_META_KEYS))
+    if taken:
+        raise ValueError(
+            f"fit(extra_meta=...) may not set {taken}: fit writes these keys of meta.json's "
+            "`extra` itself. Pass the value under another name."
+        )
+    extra = layout.jsonable(dict(extra_meta))
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"fit(extra_meta=...) must be JSON-able (it goes into meta.json and fit.json): {e}"
+        ) from e
+    return dict(extra)
+
+
 def _write_outputs(
     run_dir: Path,
     result: FitResult,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    save_model: Callable[..., Any],
-    accelerator: str,
-    precision: str,
-    threads: int,
+    setup: TrainerSetup,
+    runtime: RuntimeConfig,
+    extra: dict[str, Any],
 ) -> None:
     """Weights, metadata, history and summary; ``DONE`` last, so only a full set is reused."""
     save_model(result.model, result.meta, run_dir)
-    write_atomic(run_dir / HISTORY, history_csv(result.history).encode())
+    layout.atomic_write(run_dir / HISTORY, history_csv(result.history))
     n = len(result.history)
     best = result.history[result.best_epoch - 1] if 1 <= result.best_epoch <= n else {}
     summary = {
@@ -513,14 +437,17 @@ def _write_outputs(
         "train_seconds": round(result.train_seconds, 3),
         "monitor": f"val_{train_cfg.monitor}",
         "best": best,
-        "accelerator": accelerator,
-        "precision": precision,
-        "threads": threads,
+        "accelerator": setup.accelerator,
+        "precision": setup.precision,
+        "threads": setup.threads,
+        "world_size": setup.trainer.world_size,
         "ferlab_version": __version__,
         "model_config": model_cfg.model_dump(mode="json"),
         "train_config": train_cfg.model_dump(mode="json"),
+        "runtime": runtime.model_dump(mode="json"),
+        "extra": extra,
     }
-    write_atomic(run_dir / FIT_JSON, json.dumps(summary, indent=2).encode())
-    write_atomic(run_dir / DONE, f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+    layout.write_json(run_dir / FIT_JSON, summary)
+    layout.atomic_write(run_dir / DONE, f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
     # Only now: until DONE exists a resume may still need the best weights.
-    (run_dir / CHECKPOINTS / BEST).unlink(missing_ok=True)
+    (run_dir / CHECKPOINTS / BEST_CKPT).unlink(missing_ok=True)

@@ -239,6 +239,13 @@ class FerModule(pl.LightningModule):
             "epoch_seconds": time.perf_counter() - self._epoch_t0,
         }
         self.history.append(row)
+        # The standard training logs (CSV, TensorBoard; ferlab.training.trainer): one row per
+        # epoch with history.csv's numbers. Lightning adds its own 0-based ``epoch`` and
+        # ``step`` columns. Values are already reduced over ranks; loggers write on rank 0.
+        logged = {k: v for k, v in row.items() if k != "epoch"}
+        if not val:  # no validation ran this epoch: no NaN for a monitoring callback to see
+            logged = {k: v for k, v in logged.items() if not k.startswith("val_")}
+        self.log_dict(logged, on_step=False, on_epoch=True, logger=True)
         if self.on_epoch_end is not None and self.trainer.is_global_zero:
             self.on_epoch_end(self.history)
 

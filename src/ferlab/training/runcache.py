@@ -1,8 +1,9 @@
 """The run cache: a completed run is reused only when everything that shaped it is the same.
 
 The key hashes the dataset fingerprint, the model, the effective training config, the data
-geometry, the seed and ferlab's major version. Fields that cannot change the result (thread
-count, display labels) are left out. A run folder counts as complete only with its ``DONE``
+geometry, the seed, ferlab's full version and the digest of the training code
+(``ferlab.provenance``). Hardware settings live in the ``runtime`` section and are not part of
+it; display labels are left out. A run folder counts as complete only with its ``DONE``
 marker, which ``fit`` writes atomically after the weights and metadata; a run killed at any
 point has no ``DONE`` and is resumed or retrained, never reused.
 """
@@ -17,19 +18,12 @@ from typing import Any
 
 from ferlab import __version__
 from ferlab.config import ModelConfig, TrainConfig
+from ferlab.layout import DONE, META, WEIGHTS
+from ferlab.provenance import code_digest
 
-DONE = "DONE"
-WEIGHTS = "weights.safetensors"
-META = "meta.json"
-# Training fields that do not change what is learned.
-_TRAIN_IGNORED = frozenset({"threads"})
 # Model fields that only name the run or are already folded into the effective TrainConfig
 # and the data geometry.
 _MODEL_IGNORED = frozenset({"label", "train", "batch_size", "image_size", "channels"})
-
-
-def major_version(version: str = __version__) -> str:
-    return version.split(".", 1)[0]
 
 
 def _file_digest(path: Path) -> str:
@@ -58,21 +52,17 @@ def run_key(
     """The hex sha256 identifying a training run (the folder name uses its first 8 digits)."""
     model = {k: v for k, v in model_cfg.model_dump(mode="json").items() if k not in _MODEL_IGNORED}
     model["pretrained"] = _pretrained_id(model_cfg.pretrained)
-    train = {k: v for k, v in train_cfg.model_dump(mode="json").items() if k not in _TRAIN_IGNORED}
     blob = {
         "dataset": dataset_fingerprint,
         "model": model,
-        "train": train,
+        "train": train_cfg.model_dump(mode="json"),
         "data": data_cfg_subset,
         "seed": seed,
-        "ferlab_major": major_version(),
+        "ferlab": __version__,
+        "code": code_digest("train"),
     }
     text = json.dumps(blob, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def run_dir_name(model_cfg: ModelConfig, key: str) -> str:
-    return f"{model_cfg.display}-{key[:8]}"
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -91,12 +81,6 @@ def is_complete(run_dir: Path) -> bool:
     except Exception:  # any unreadable file means: not reusable, train again
         return False
     return True
-
-
-def find_completed_run(runs_dir: Path, model_cfg: ModelConfig, key: str) -> Path | None:
-    """The completed run folder for ``key`` under ``runs_dir``, or None."""
-    d = Path(runs_dir) / run_dir_name(model_cfg, key)
-    return d if is_complete(d) else None
 
 
 def clear_run(run_dir: Path) -> None:

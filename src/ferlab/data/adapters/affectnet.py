@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ferlab.data.adapters.folder import ZERO_BYTE, check_options, is_image_name, require_dir
+from ferlab.data.adapters.utils import ZERO_BYTE, check_options, is_image_name, require_dir
 from ferlab.data.base import BadFile, DatasetError, DatasetIndex, Record, register_dataset
 from ferlab.labels import AFFECTNET, CANONICAL, EMOTIONS, INDEX
 

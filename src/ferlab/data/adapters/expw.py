@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from ferlab.data.adapters.folder import (
+from ferlab.data.adapters.utils import (
     ZERO_BYTE,
     check_options,
     require_dir,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ferlab.data.adapters.folder import (
+from ferlab.data.adapters.utils import (
     SPLIT_FOLDERS,
     check_options,
     require_dir,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ferlab.data.adapters.folder import ZERO_BYTE, check_options, require_dir
+from ferlab.data.adapters.utils import ZERO_BYTE, check_options, require_dir
 from ferlab.data.base import BadFile, DatasetError, DatasetIndex, Record, register_dataset
 from ferlab.labels import CANONICAL, FERPLUS_COLUMNS, INDEX
 

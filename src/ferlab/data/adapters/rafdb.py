@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ferlab.data.adapters.folder import (
+from ferlab.data.adapters.utils import (
     ZERO_BYTE,
     check_options,
     require_dir,

@@ -1,0 +1,245 @@
+"""What ``import ferlab`` gives: run an experiment, train, evaluate, load data and models.
+
+The ``ferlab`` command is a thin layer over these functions; each has a runnable example
+(the test suite runs them as doctests on synthetic data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ferlab.config import ExperimentConfig, TTAConfig
+from ferlab.data.base import ArraySplit, DatasetError, LoadedDataset, parse_spec, relative_key
+from ferlab.layout import SPLITS, read_json
+from ferlab.pipeline import ExperimentResult
+
+DEFAULT_CACHE_DIR = "~/.cache/ferlab"
+
+
+def run(
+    experiment: str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    console: bool = True,
+) -> ExperimentResult:
+    """Run an experiment file (or a shipped one: ``default``, ``fer2013_cpu``, ``seed_gpu``).
+
+    Every (dataset, model) pair is trained (or reused from the run cache), evaluated with and
+    without TTA on its own test split and on the other datasets', then ensembles and the
+    report. ``overrides`` are ``--set`` items.
+
+    >>> import tempfile, ferlab
+    >>> tmp = tempfile.mkdtemp()
+    >>> small = "{n_train: 70, n_val: 35, n_test: 35}"
+    >>> result = ferlab.run("default", out=tmp, progress=False, console=False, overrides=[
+    ...     "train.epochs=1", "eval.bootstrap=0", f"data.cache_dir={tmp}/cache",
+    ...     f"datasets.0.options={small}", f"datasets.1.options={small}",
+    ...     "models=[{name: ferlab_vgg, kwargs: {width_mult: 0.25}}]"])
+    >>> [(p.dataset, p.model, p.status) for p in result.pairs]
+    [('synthetic-lab', 'ferlab_vgg', 'trained'), ('synthetic-wild', 'ferlab_vgg', 'trained')]
+    >>> result.report.name
+    'report.html'
+    """
+    from ferlab.config import load_config
+    from ferlab.pipeline import run_experiment
+
+    cfg = load_config(experiment, list(overrides))
+    return run_experiment(cfg, out=out, force=force, progress=progress, console=console)
+
+
+def train_config(
+    data: str,
+    model: str | None = None,
+    *,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> ExperimentConfig:
+    """The experiment behind ``train``: one dataset (``NAME:PATH``), one model, no cross-eval.
+
+    Settings other than the dataset and model come from ``config`` (an experiment file) or
+    the defaults; ``overrides`` apply last.
+    """
+    from ferlab.config import apply_overrides, load_config, validate_config
+    from ferlab.models import DEFAULT_CPU_MODEL
+
+    name, path = parse_spec(data)
+    base = load_config(config) if config else None
+    raw: dict[str, Any] = base.model_dump(mode="json") if base else {}
+    raw.update(
+        name=f"train_{name}" if name != "synthetic" else f"train_synthetic_{path}",
+        datasets=[{"name": name, "path": path}],
+        models=[{"name": model or DEFAULT_CPU_MODEL}],
+    )
+    raw.setdefault("eval", {})
+    raw["eval"]["cross_dataset"] = False
+    raw["eval"]["ensembles"] = False
+    raw.setdefault("mega", {})["enabled"] = False
+    return validate_config(apply_overrides(raw, list(overrides)))
+
+
+def train(
+    data: str,
+    model: str | None = None,
+    *,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    console: bool = True,
+) -> ExperimentResult:
+    """Train one model on one dataset (``NAME:PATH``) and evaluate it on its test split.
+
+    Early stopping and the best epoch are chosen on the validation split; the weights are
+    saved as safetensors + ``meta.json`` in ``result.weights``. The same call again returns at
+    once from the run cache; a changed setting (or changed training code) retrains.
+
+    >>> import tempfile, ferlab
+    >>> tmp = tempfile.mkdtemp()
+    >>> result = ferlab.train("synthetic:lab", "ferlab_vgg", out=tmp, progress=False,
+    ...     console=False, overrides=["train.epochs=1", "eval.bootstrap=0",
+    ...     f"data.cache_dir={tmp}/cache", "datasets.0.options={n_train: 70, n_val: 35, n_test: 35}"])
+    >>> result.pairs[0].status, (result.weights / "weights.safetensors").is_file()
+    ('trained', True)
+    """
+    from ferlab.pipeline import run_experiment
+
+    cfg = train_config(data, model, config=config, overrides=overrides)
+    return run_experiment(cfg, out=out, force=force, progress=progress, console=console)
+
+
+def _concat_splits(data: LoadedDataset) -> ArraySplit:
+    """All of a dataset's splits as one (``--split all``)."""
+    import numpy as np
+
+    parts = list(data.splits.values())
+    soft = None
+    if all(p.soft is not None for p in parts):
+        soft = np.concatenate([np.asarray(p.soft) for p in parts])
+    return ArraySplit(
+        images=np.concatenate([np.asarray(p.images) for p in parts]),
+        labels=np.concatenate([np.asarray(p.labels) for p in parts]),
+        keys=[k for p in parts for k in p.keys],
+        soft=soft,
+    )
+
+
+def _trained_keys(run_dir: Path) -> set[str]:
+    """Keys of the images a run trained and validated on (its ``splits.json``), or none."""
+    path = run_dir / SPLITS
+    if not path.is_file():
+        return set()
+    keys = read_json(path)
+    return {k for s in ("train", "val") for k in keys.get(s, [])}
+
+
+def evaluate(
+    weights: str | Path,
+    data: str,
+    *,
+    split: str = "test",
+    tta: bool = False,
+    tta_crops: int = 0,
+    options: dict[str, Any] | None = None,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    batch_size: int = 256,
+    bootstrap: int = 1000,
+    allow_overlap: bool = False,
+) -> dict[str, Any]:
+    """Score saved weights (a run folder, or a ``weights.safetensors`` with its ``meta.json``)
+    on a dataset's split (``"all"``: every image).
+
+    When ``data`` names the dataset adapter the run was trained with, the run's split settings
+    and adapter options (recorded in its metadata) are used, so ``"test"`` is the run's own
+    held-out split. Scoring images the run trained or validated on is refused unless
+    ``allow_overlap`` (the result then records how many). Classes the model and dataset do not
+    share are left out and listed. Returns accuracy, balanced_accuracy, macro_f1, n,
+    per_class, confusion_matrix, labels, dropped_labels, ci, plus ``split``,
+    ``split_settings`` and ``overlap``.
+
+    >>> import tempfile, ferlab
+    >>> tmp = tempfile.mkdtemp()
+    >>> result = ferlab.train("synthetic:lab", out=tmp, progress=False, console=False,
+    ...     overrides=["train.epochs=1", "eval.bootstrap=0", f"data.cache_dir={tmp}/cache",
+    ...     "datasets.0.options={n_train: 70, n_val: 35, n_test: 35}"])
+    >>> m = ferlab.evaluate(result.weights, "synthetic:wild", tta=True, cache_dir=f"{tmp}/cache",
+    ...     bootstrap=0)
+    >>> m["n"], m["split_settings"]["from_run"], 0.0 <= m["accuracy"] <= 1.0  # run's n_test
+    (35, True, True)
+    """
+    from ferlab.data.loading import load_dataset
+    from ferlab.evaluation import evaluate as evaluate_model
+    from ferlab.evaluation import flat_metrics
+    from ferlab.models import load_model
+
+    weights = Path(weights).expanduser()
+    model, meta = load_model(weights)
+    run_dir = weights if weights.is_dir() else weights.parent
+    name, path = parse_spec(data)
+    recorded = dict((meta.extra or {}).get("data") or {})
+    same = recorded.get("adapter") == name
+    settings: dict[str, Any] = {
+        "split_seed": recorded.get("split_seed", 0) if same else 0,
+        "val_fraction": recorded.get("val_fraction", 0.1) if same else 0.1,
+        "test_fraction": recorded.get("test_fraction", 0.1) if same else 0.1,
+        "options": {**((recorded.get("options") or {}) if same else {}), **(options or {})},
+        "use": recorded.get("use", "train") if same else "train",
+        "from_run": same,
+    }
+    loaded = load_dataset(
+        name,
+        path,
+        size=meta.image_size,
+        channels=meta.channels,
+        cache_dir=cache_dir,
+        split_seed=settings["split_seed"],
+        val_fraction=settings["val_fraction"],
+        test_fraction=settings["test_fraction"],
+        options=settings["options"],
+        use=settings["use"],
+    )
+    if split == "all":
+        scored = _concat_splits(loaded)
+    elif split in loaded.splits:
+        scored = loaded.splits[split]
+    else:
+        raise DatasetError(
+            f"{data} has no {split!r} split; it has {list(loaded.splits)} (or use --split all)."
+        )
+    trained = _trained_keys(run_dir)
+    overlap = 0
+    example = None
+    if trained:
+        for k in scored.keys:
+            rel = relative_key(k, loaded.root)
+            if rel in trained or f"{loaded.name}/{rel}" in trained:
+                overlap += 1
+                example = example or rel
+    if overlap and not allow_overlap:
+        raise DatasetError(
+            f"{overlap} of the {len(scored)} images of {data} ({split}) are images the run in "
+            f"{run_dir} trained or validated on (e.g. {example}), so their score would not be "
+            "a test score. Score the run's held-out split (--split test with the same dataset), "
+            "or pass --allow-overlap (allow_overlap=True) to score them anyway; the output "
+            "then records the overlap."
+        )
+    result = evaluate_model(
+        model,
+        meta,
+        scored,
+        loaded.labels,
+        tta=TTAConfig(hflip=True, crops=tta_crops) if tta else None,
+        batch_size=batch_size,
+        bootstrap=bootstrap,
+        seed=0,
+    )
+    flat = flat_metrics(result, use_tta=tta)
+    flat["split"] = split
+    flat["split_settings"] = settings
+    flat["overlap"] = {"n": overlap, "allowed": bool(allow_overlap and overlap)}
+    return flat

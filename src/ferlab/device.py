@@ -1,0 +1,104 @@
+"""Which device runs a model, at which precision, with how many CPU threads: one choice each.
+
+Training (``ferlab.training.trainer``), loading (``ferlab.models.load_model``) and prediction
+(``ferlab.evaluation``) all call ``pick_device``: CUDA first, then Apple's MPS, else the CPU.
+Mixed precision only on a GPU: on a CPU it is slower and changes results, and determinism on
+CPU is what resume relies on. ``cpu_threads`` is the one rule for torch's thread count.
+
+This module sits at the package top (not in ``ferlab.training``) so that models and evaluation
+can use it without importing Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+DEVICE_TYPES = ("auto", "cpu", "cuda", "gpu", "mps")
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def pick_device(
+    requested: str | torch.device = "auto", *, setting: str = "runtime.accelerator"
+) -> torch.device:
+    """Resolve ``auto``/``gpu`` to CUDA, MPS or the CPU; refuse a device that is absent.
+
+    ``requested`` is one of ``DEVICE_TYPES``, a device with an index (``cuda:1``) or a
+    ``torch.device``. ``setting`` names where the value came from, for the error message.
+    The Lightning accelerator is ``pick_device(...).type``.
+    """
+    text = str(requested).strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    if text == "gpu":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        raise ValueError(f"{setting} is 'gpu' but no CUDA or MPS device is visible; use 'auto'.")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(
+            f"Unknown device {requested!r} for {setting}; expected one of "
+            f"{', '.join(DEVICE_TYPES)} (or cuda:<index>)."
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{setting} is {text!r} but torch sees no CUDA device; use 'auto' or 'cpu'."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{setting} is {text!r} but torch sees only {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})."
+            )
+    if device.type == "mps" and not mps_available():
+        raise ValueError(f"{setting} is {text!r} but MPS is not available; use 'auto' or 'cpu'.")
+    return device
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed on CUDA GPUs that support it, else 16-mixed; full 32-bit on CPU/MPS."""
+    if precision != "auto":
+        if accelerator == "cpu" and precision == "16-mixed":
+            raise ValueError(
+                "runtime.precision '16-mixed' needs a GPU; on CPU use '32' (or 'auto') "
+                "or 'bf16-mixed' if you accept slower, non-reproducible CPU training."
+            )
+        return precision
+    if accelerator == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32"
+
+
+def cpu_threads(requested: int | None, processes: int = 1) -> int:
+    """Threads per process: the request, else all cores shared among the local processes."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"runtime.threads must be >= 1 or null (all cores); got {requested}.")
+        return requested
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, processes))
+
+
+def describe_device() -> str:
+    """A one-line description of what ``auto`` would use (for environment.json and logs)."""
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        name = torch.cuda.get_device_name(0)
+        return f"cuda: {n} x {name}"
+    if mps_available():
+        return f"mps: {platform.machine()}"
+    proc = platform.processor() or platform.machine()
+    return f"cpu: {os.cpu_count()} cores ({proc}), torch threads {torch.get_num_threads()}"

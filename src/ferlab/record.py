@@ -1,0 +1,188 @@
+"""The experiment record: what this run planned (``plan.json``) and what became of it
+(``status.json``).
+
+The plan lists every (train dataset, model) pair with its run key and run folder, every
+(pair, test set) evaluation with its evaluation key and folder, and the ensembles with their
+members. Summary, cross-dataset matrix, ensembles and the report read exactly these entries;
+an evaluation's numbers count only when its ``metrics.json`` carries the planned key, so a
+file left by an earlier plan (or by a failed pair) never shows as current. Folders on disk that
+the plan does not name are listed apart (``unplanned_folders``), never read for numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ferlab.layout import METRICS, Layout, ReportInputError, read_json, write_json
+
+PLAN_FORMAT = 1
+
+
+@dataclass
+class PlannedEval:
+    """One evaluation: a pair scored on a test set's test split."""
+
+    test: str  # display name of the test dataset
+    key: str  # the evaluation key its metrics.json must carry
+    dir: str  # folder, relative to the experiment
+
+
+@dataclass
+class PlannedPair:
+    """A model trained on a dataset (``kind="model"``) or an ensemble of a dataset's models."""
+
+    dataset: str
+    model: str
+    kind: str = "model"  # model | ensemble
+    run_key: str | None = None
+    run_dir: str | None = None  # relative to the experiment; None for ensembles
+    members: list[str] = field(default_factory=list)  # ensemble members (model names)
+    evals: list[PlannedEval] = field(default_factory=list)
+
+    def eval_on(self, test: str) -> PlannedEval | None:
+        return next((e for e in self.evals if e.test == test), None)
+
+
+@dataclass
+class PlannedDataset:
+    name: str  # display name
+    adapter: str
+    path: str
+    use: str  # train | test (evaluation-only)
+    fingerprint: str
+    splits: dict[str, int]  # split -> images
+
+
+@dataclass
+class Plan:
+    name: str
+    datasets: list[PlannedDataset]
+    pairs: list[PlannedPair]
+    provenance: dict[str, Any]  # ferlab version and code digests of this run
+    format: int = PLAN_FORMAT
+
+    def pair(self, dataset: str, model: str) -> PlannedPair | None:
+        return next((p for p in self.pairs if (p.dataset, p.model) == (dataset, model)), None)
+
+    @property
+    def train_datasets(self) -> list[str]:
+        return list(dict.fromkeys(p.dataset for p in self.pairs))
+
+    @property
+    def test_sets(self) -> list[str]:
+        """Every test set of the plan, in dataset order (training datasets' own first)."""
+        used = {e.test for p in self.pairs for e in p.evals}
+        order = [d.name for d in self.datasets] + self.train_datasets
+        return [n for n in dict.fromkeys(order) if n in used]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        pairs = [
+            PlannedPair(
+                **{k: v for k, v in p.items() if k != "evals"},
+                evals=[PlannedEval(**e) for e in p.get("evals", [])],
+            )
+            for p in data["pairs"]
+        ]
+        return cls(
+            name=str(data["name"]),
+            datasets=[PlannedDataset(**d) for d in data["datasets"]],
+            pairs=pairs,
+            provenance=dict(data.get("provenance") or {}),
+            format=int(data.get("format", PLAN_FORMAT)),
+        )
+
+
+def write_plan(layout: Layout, plan: Plan) -> None:
+    write_json(layout.plan, plan.to_dict())
+
+
+def read_plan(layout: Layout) -> Plan:
+    """The recorded plan; an experiment folder without one cannot be reported on."""
+    if not layout.plan.is_file():
+        raise ReportInputError(
+            f"{layout.plan} does not exist: this folder was not written by this version of "
+            "`ferlab run` (or the run stopped before planning). Rerun `ferlab run` with the "
+            f"experiment's config ({layout.config}) to record a plan and its results."
+        )
+    data = read_json(layout.plan)
+    try:
+        return Plan.from_dict(data)
+    except (KeyError, TypeError) as e:
+        raise ReportInputError(
+            f"{layout.plan} has the wrong shape ({e}); rerun `ferlab run` to rewrite it."
+        ) from e
+
+
+# -- status ------------------------------------------------------------------------------------
+@dataclass
+class EvalStatus:
+    test: str
+    status: str  # computed | reused | failed
+    error: str | None = None
+    produced_by: dict[str, Any] = field(default_factory=dict)  # version, code, created
+
+
+@dataclass
+class PairStatus:
+    dataset: str
+    model: str
+    # trained | reused | computed (ensembles) | failed | skipped (an ensemble whose member
+    # failed) | pending
+    status: str = "pending"
+    error: str | None = None
+    run_dir: str | None = None  # relative to the experiment
+    produced_by: dict[str, Any] = field(default_factory=dict)  # of the weights
+    evals: list[EvalStatus] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("trained", "reused", "computed")
+
+
+def write_status(layout: Layout, pairs: list[PairStatus]) -> None:
+    write_json(layout.status, {"pairs": [asdict(p) for p in pairs]})
+
+
+def read_status(layout: Layout) -> dict[tuple[str, str], PairStatus]:
+    """(dataset, model) -> status; empty when the run has not written one yet."""
+    if not layout.status.is_file():
+        return {}
+    data = read_json(layout.status)
+    pairs = data.get("pairs") if isinstance(data, dict) else None
+    if not isinstance(pairs, list):
+        raise ReportInputError(f"{layout.status} has no 'pairs' list; expected {{'pairs': [...]}}")
+    out: dict[tuple[str, str], PairStatus] = {}
+    for p in pairs:
+        try:
+            evals = [EvalStatus(**e) for e in p.get("evals", [])]
+            st = PairStatus(**{k: v for k, v in p.items() if k != "evals"}, evals=evals)
+        except TypeError as e:
+            raise ReportInputError(f"{layout.status}: an entry has the wrong shape ({e})") from e
+        out[(st.dataset, st.model)] = st
+    return out
+
+
+# -- reading results of the plan ---------------------------------------------------------------
+def planned_metrics(layout: Layout, evaluation: PlannedEval) -> dict[str, Any] | None:
+    """The metrics of a planned evaluation, or None when its folder holds no result with the
+    planned key (not run, failed, or left by another plan)."""
+    path = layout.resolve(evaluation.dir) / METRICS
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("eval_key") != evaluation.key:
+        return None
+    return data
+
+
+def unplanned_folders(layout: Layout, plan: Plan) -> list[str]:
+    """Run and evaluation folders on disk that this plan does not name (relative paths)."""
+    planned = {p.run_dir for p in plan.pairs if p.run_dir}
+    planned |= {e.dir for p in plan.pairs for e in p.evals}
+    found = [layout.relative(d) for d in layout.run_dirs_on_disk() + layout.eval_dirs_on_disk()]
+    return [d for d in found if d not in planned]
