@@ -89,12 +89,12 @@ def subset(split: Any, n: int | None, seed: int) -> Any:
 def load_data(cfg: Any, args: argparse.Namespace) -> Any:
     from ferlab.data.loading import load_dataset
 
-    d = cfg.data
+    d, m = cfg.data, cfg.models[0]
     ds = load_dataset(
         "fer2013",
         str(C.fer2013_path(args.data)),
-        size=d.image_size,
-        channels=d.channels,
+        size=m.image_size,
+        channels=m.channels,
         cache_dir=args.cache_dir or d.cache_dir,
         on_bad_file=d.on_bad_file,
         log=C.log,
@@ -131,7 +131,7 @@ def plan_epochs(
     cfg: Any, mcfg: Any, train_cfg: Any, runtime: Any, ds: Any, args: argparse.Namespace
 ) -> tuple[int, dict[str, Any]]:
     """Epochs that fit the budget, from ferlab's measured training and inference rates."""
-    size, ch = mcfg.image_size or cfg.data.image_size, mcfg.channels or cfg.data.channels
+    size, ch = mcfg.image_size, mcfg.channels
     small = len(ds.splits["train"]) < 5000
     C.log("probing this machine's training rate on ferlab's path ...")
     probe = C.ferlab_train_rate(
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     runtime = cfg.runtime.model_copy(update={"threads": threads, "progress": False})
     train_cfg = cfg.train_for(mcfg)
-    size, ch = mcfg.image_size or cfg.data.image_size, mcfg.channels or cfg.data.channels
+    size, ch = mcfg.image_size, mcfg.channels
 
     t0 = elapsed_s()
     ds = load_data(cfg, args)

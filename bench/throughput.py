@@ -477,8 +477,8 @@ def first_step(ctx: SimpleNamespace, cache_dir: Path) -> dict[str, Any]:
             sys.executable, "-c", FIRST_STEP_HOOK, "train",
             "--data", f"fer2013:{ctx.data}", "--model", ctx.model, "--config", ctx.config,
             "--out", str(Path(tmp) / "exp"), "--no-progress",
-            "--set", f"data.cache_dir={cache_dir}", "--set", f"data.image_size={ctx.size}",
-            "--set", f"data.channels={ctx.channels}", "--set", f"train.batch_size={ctx.batch}",
+            "--set", f"data.cache_dir={cache_dir}", "--set", f"models.0.image_size={ctx.size}",
+            "--set", f"models.0.channels={ctx.channels}", "--set", f"train.batch_size={ctx.batch}",
             "--set", f"runtime.threads={ctx.threads}",
         ]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS=str(ctx.threads))

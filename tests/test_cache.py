@@ -421,9 +421,9 @@ def test_load_dataset_bad_files_from_index_and_decode(tmp_path: Path, cache_dir:
 def test_load_from_config(tmp_path: Path, cache_dir: Path) -> None:
     root = folder_dataset(tmp_path / "ds", with_test=True)
     ds_cfg = DatasetConfig(name="_test_folder", path=str(root), label="faces")
-    data = DataConfig(image_size=16, channels=1, cache_dir=str(cache_dir), split_seed=1)
-    ds = load_from_config(ds_cfg, data)
-    assert ds.name == "faces"
+    data = DataConfig(cache_dir=str(cache_dir), split_seed=1)
+    ds = load_from_config(ds_cfg, data, size=16, channels=1)
+    assert ds.name == "faces" and ds.spec["split_seed"] == 1
     assert ds.splits["train"].images.shape[1:] == (16, 16, 1)
     ds3 = load_from_config(ds_cfg, data, size=12, channels=3)
     assert ds3.splits["train"].images.shape[1:] == (12, 12, 3)

@@ -32,9 +32,9 @@ def test_default_is_the_demo() -> None:
 
 def test_seed_gpu_matches_the_seed() -> None:
     cfg = load_config("seed_gpu")
-    batch = {m.name: m.batch_size for m in cfg.models}
+    batch = {m.name: cfg.train_for(m).batch_size for m in cfg.models}
     assert batch == {"densenet121": 96, "resnet50": 144, "efficientnet_b0": 144}
-    assert cfg.data.image_size == 224
+    assert {(m.image_size, m.channels) for m in cfg.models} == {(224, 3)}
     assert {d.name for d in cfg.datasets} == {"fer2013", "rafdb", "expw"}
 
 
@@ -71,11 +71,11 @@ def test_wrong_type_names_key_and_line(tmp_path: Path) -> None:
 
 def test_overrides_apply_and_validate(tmp_path: Path) -> None:
     cfg = load_config(
-        "default", ["train.epochs=2", "models.0.batch_size=16", "eval.tta.crops=5", "seed=7"]
+        "default", ["train.epochs=2", "models.0.train.batch_size=16", "eval.tta.crops=5", "seed=7"]
     )
     assert cfg.train.epochs == 2
-    assert cfg.models[0].batch_size == 16
     assert cfg.train_for(cfg.models[0]).batch_size == 16
+    assert cfg.train_for(cfg.models[1]).batch_size == cfg.train.batch_size
     assert cfg.eval.tta.crops == 5
     assert cfg.seed == 7
     with pytest.raises(ConfigError, match=r"train\.epochs"):
@@ -179,3 +179,12 @@ def test_hardware_settings_live_in_runtime_and_not_in_train() -> None:
     with pytest.raises(ConfigError, match=r"train\.threads.*unknown key"):
         load_config("default", ["train.threads=1"])
     assert load_config("seed_gpu").runtime.precision == "auto"
+
+
+def test_batch_size_and_geometry_have_one_home_each(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"models\.0 .*train: \{batch_size: 32\}"):
+        load_config("default", ["models.0.batch_size=32"])
+    with pytest.raises(ConfigError, match=r"data .*image_size belong to each model entry"):
+        load_config("default", ["data.image_size=96"])
+    cfg = load_config("default", ["models.1.image_size=64", "models.1.channels=3"])
+    assert [(m.image_size, m.channels) for m in cfg.models] == [(48, 1), (64, 3)]

@@ -31,7 +31,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.epochs=5 --set models.0.batch_size=32 "
+        help="override a config field, e.g. --set train.epochs=5 --set models.0.train.batch_size=32 "
         "(values are parsed as YAML; repeatable)",
     )
 

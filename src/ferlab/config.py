@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -104,16 +104,30 @@ class RuntimeConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """One model; ``train`` overrides fields of the experiment's ``train`` for this model."""
+    """One model and its input geometry; ``train`` overrides fields of the experiment's
+    ``train`` for this model (``train: {batch_size: 96, lr: 0.001}``).
+
+    The input geometry lives here and only here: the data are decoded at each model's
+    ``image_size`` x ``channels``. The batch size lives in ``train`` (per model: ``train:``).
+    """
 
     name: str
     pretrained: bool | str = False
-    batch_size: int | None = Field(None, ge=1)
-    image_size: int | None = Field(None, ge=8)
-    channels: Literal[1, 3] | None = None
+    image_size: int = Field(48, ge=8)
+    channels: Literal[1, 3] = 1
     label: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to the architecture
     train: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_home(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch_size" in data:
+            raise ValueError(
+                "batch_size belongs in the model's train section (one home for the batch "
+                f"size): write `train: {{batch_size: {data['batch_size']}}}`"
+            )
+        return data
 
     @property
     def display(self) -> str:
@@ -146,13 +160,25 @@ class MegaConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    image_size: int = Field(48, ge=8)
-    channels: Literal[1, 3] = 1
+    """How datasets are read and split (the input geometry is each model's)."""
+
     cache_dir: str = "~/.cache/ferlab"
     on_bad_file: Literal["error", "skip"] = "skip"
     split_seed: int = 0
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_home(cls, data: Any) -> Any:
+        moved = [k for k in ("image_size", "channels") if isinstance(data, dict) and k in data]
+        if moved:
+            raise ValueError(
+                f"{' and '.join(moved)} belong to each model entry (one home for the input "
+                f"geometry): write them under models, e.g. `- {{name: resnet50, "
+                f"{', '.join(f'{k}: {data[k]}' for k in moved)}}}`"
+            )
+        return data
 
 
 class ExperimentConfig(_Strict):
@@ -177,8 +203,6 @@ class ExperimentConfig(_Strict):
     def train_for(self, model: ModelConfig) -> TrainConfig:
         """The experiment's training settings with the model's overrides applied."""
         merged = _deep_merge(self.train.model_dump(), model.train)
-        if model.batch_size is not None:
-            merged["batch_size"] = model.batch_size
         try:
             return TrainConfig.model_validate(merged)
         except ValidationError as e:
@@ -343,7 +367,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` items; list items are addressed by index (``models.0.batch_size=32``)."""
+    """Apply ``--set`` items; list items are addressed by index (``models.0.train.batch_size=32``)."""
     for item in overrides:
         path, value = parse_override(item)
         node: Any = raw

@@ -149,12 +149,6 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def _resolve_path(ds: DatasetConfig) -> str:
-    if ds.name == "synthetic":
-        return ds.path
-    return str(Path(ds.path).expanduser())
-
-
 class DataStore:
     """Datasets loaded once per (dataset, size, channels) for the whole experiment."""
 
@@ -163,27 +157,12 @@ class DataStore:
         self._cache: dict[tuple[str, int, int], LoadedDataset] = {}
 
     def get(self, ds: DatasetConfig, size: int, channels: int) -> LoadedDataset:
-        from ferlab.data.loading import load_dataset
+        from ferlab.data.loading import load_from_config
 
         key = (ds.display, size, channels)  # display names are unique (config.check_names)
         if key not in self._cache:
-            d = self.cfg.data
             t0 = time.perf_counter()
-            loaded = load_dataset(
-                ds.name,
-                _resolve_path(ds),
-                size=size,
-                channels=channels,
-                cache_dir=d.cache_dir,
-                on_bad_file=d.on_bad_file,
-                split_seed=d.split_seed,
-                val_fraction=d.val_fraction,
-                test_fraction=d.test_fraction,
-                options=dict(ds.options),
-                use=ds.use,
-                log=log.info,
-                display=ds.display,
-            )
+            loaded = load_from_config(ds, self.cfg.data, size=size, channels=channels, log=log.info)
             sizes = ", ".join(f"{k} {len(v)}" for k, v in loaded.splits.items())
             log.info(
                 "Loaded %s at %dx%dx%d in %.1f s: %s",
@@ -224,7 +203,8 @@ class DataStore:
 
 
 def model_geometry(cfg: ExperimentConfig, m: ModelConfig) -> tuple[int, int]:
-    return m.image_size or cfg.data.image_size, m.channels or cfg.data.channels
+    """The (size, channels) a model's data are decoded at: the model entry's, its one home."""
+    return m.image_size, m.channels
 
 
 # -- the plan ----------------------------------------------------------------------------------

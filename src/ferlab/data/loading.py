@@ -139,18 +139,19 @@ def load_dataset(
 def load_from_config(
     ds: DatasetConfig,
     data: DataConfig,
-    log: Log | None = None,
     *,
-    size: int | None = None,
-    channels: int | None = None,
+    size: int = 48,
+    channels: int = 1,
+    log: Log | None = None,
 ) -> LoadedDataset:
-    """``load_dataset`` from the experiment file's sections; ``size``/``channels`` override
-    ``data.image_size``/``data.channels`` (the pipeline passes the model's input format)."""
+    """``load_dataset`` from the experiment file's sections, decoded at a model's input
+    geometry (``size`` x ``channels``, from its ``models:`` entry)."""
+    path = ds.path if ds.name == "synthetic" else str(Path(ds.path).expanduser())
     return load_dataset(
         ds.name,
-        ds.path,
-        size=size or data.image_size,
-        channels=channels or data.channels,
+        path,
+        size=size,
+        channels=channels,
         cache_dir=data.cache_dir,
         on_bad_file=data.on_bad_file,
         split_seed=data.split_seed,

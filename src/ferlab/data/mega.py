@@ -19,7 +19,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ferlab.data.base import SPLITS, ArraySplit, BadFile, DatasetError, LoadedDataset
+from ferlab.data.base import (
+    SPLITS,
+    ArraySplit,
+    BadFile,
+    DatasetError,
+    LoadedDataset,
+    relative_key,
+)
 from ferlab.labels import CANONICAL
 from ferlab.layout import MEGA as MEGA_NAME
 
@@ -47,7 +54,9 @@ def build_mega(
     labels = [n for n in CANONICAL if any(n in d.labels for d in datasets)]
     splits = {
         split: _concat(
-            [(d.name, d.splits[split]) for d in datasets if split in d.splits], hw, channels
+            [(d.name, d.root, d.splits[split]) for d in datasets if split in d.splits],
+            hw,
+            channels,
         )
         for split in SPLITS
     }
@@ -132,7 +141,7 @@ def _image_size(datasets: Sequence[LoadedDataset]) -> tuple[int, int]:
         listed = ", ".join(f"{n} {h}x{w}" for n, (h, w) in sizes.items())
         raise DatasetError(
             f"The mega dataset needs one image size for all sources; got {listed}. Decode them "
-            "at the same data.image_size (or the model's image_size)."
+            "at the same size (the model's image_size)."
         )
     if not found:
         raise DatasetError("The mega dataset's sources hold no images.")
@@ -147,8 +156,13 @@ def _channels(d: LoadedDataset) -> int:
     raise DatasetError(f"{d.name}: no decoded images to take the channel count from.")
 
 
-def _concat(parts: list[tuple[str, ArraySplit]], hw: tuple[int, int], channels: int) -> ArraySplit:
-    """One split from each source's split, converted to ``channels`` and tagged by source."""
+def _concat(
+    parts: list[tuple[str, str, ArraySplit]], hw: tuple[int, int], channels: int
+) -> ArraySplit:
+    """One split from each source's split, converted to ``channels`` and tagged by source.
+
+    Keys are ``<source>/<key relative to the source's root>``, so ``ferlab evaluate`` can tell
+    which of a source's images a mega run trained on."""
     if not parts:
         return ArraySplit(
             images=np.zeros((0, *hw, channels), dtype=np.uint8),
@@ -156,13 +170,13 @@ def _concat(parts: list[tuple[str, ArraySplit]], hw: tuple[int, int], channels: 
             keys=[],
             sources=[],
         )
-    images = np.concatenate([convert_channels(s.images, channels) for _, s in parts], axis=0)
-    labels = np.concatenate([np.asarray(s.labels, dtype=np.int64) for _, s in parts])
-    keys = [f"{name}/{k}" for name, s in parts for k in s.keys]
-    sources = [name for name, s in parts for _ in range(len(s))]
+    images = np.concatenate([convert_channels(s.images, channels) for _, _, s in parts], axis=0)
+    labels = np.concatenate([np.asarray(s.labels, dtype=np.int64) for _, _, s in parts])
+    keys = [f"{name}/{relative_key(k, root)}" for name, root, s in parts for k in s.keys]
+    sources = [name for name, _, s in parts for _ in range(len(s))]
     soft = None
-    if any(s.soft is not None for _, s in parts):
-        soft = np.concatenate([_soft_or_onehot(s) for _, s in parts], axis=0)
+    if any(s.soft is not None for _, _, s in parts):
+        soft = np.concatenate([_soft_or_onehot(s) for _, _, s in parts], axis=0)
     return ArraySplit(images=images, labels=labels, keys=keys, soft=soft, sources=sources)
 
 

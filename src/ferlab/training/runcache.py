@@ -23,7 +23,7 @@ from ferlab.provenance import code_digest
 
 # Model fields that only name the run or are already folded into the effective TrainConfig
 # and the data geometry.
-_MODEL_IGNORED = frozenset({"label", "train", "batch_size", "image_size", "channels"})
+_MODEL_IGNORED = frozenset({"label", "train", "image_size", "channels"})
 
 
 def _file_digest(path: Path) -> str:
