@@ -119,7 +119,9 @@ def test_changed_code_digest_retrains_and_reevaluates(
     assert [p.status for p in again.pairs] == ["reused", "reused", "reused"]
     assert all(e.status == "reused" for p in again.pairs for e in p.evals)
     log = sorted((first.exp_dir / "logs").glob("*.txt"))[-1].read_text()
-    assert "reusing the completed run" in log and f"ferlab {ferlab.__version__}" in log
+    assert "reusing the completed run in runs/synthetic-lab/ferlab_vgg-" in log
+    assert f"(trained by ferlab {ferlab.__version__} (code " in log
+    assert f"(reused: evaluated by ferlab {ferlab.__version__} (code " in log
     row = _summary(first.exp_dir)[("synthetic-lab", "ferlab_vgg")]
     assert row["reused"] == "True" and f"ferlab {ferlab.__version__}" in row["produced_by"]
 

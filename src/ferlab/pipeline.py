@@ -47,6 +47,7 @@ from ferlab.record import (
     PlannedEval,
     PlannedPair,
     planned_metrics,
+    produced_by_text,
     write_plan,
     write_status,
 )
@@ -471,12 +472,11 @@ def _fit_or_reuse(
         model, meta = load_model(run_dir)
         produced = dict((meta.extra or {}).get("provenance") or {})
         log.info(
-            "[%s / %s] reusing the completed run in %s (trained by ferlab %s on %s)",
+            "[%s / %s] reusing the completed run in %s (trained by %s)",
             pair.dataset,
             pair.model,
             pair.run_dir,
-            produced.get("ferlab_version", "?"),
-            produced.get("created", "?"),
+            produced_by_text(produced) or "an unrecorded version",
         )
         return model, meta, True, produced
     log.info("[%s / %s] training into %s", pair.dataset, pair.model, pair.run_dir)
@@ -641,7 +641,9 @@ def _run_pair(
             100 * best["accuracy"],
             100 * best["balanced_accuracy"],
             100 * best["macro_f1"],
-            " (reused)" if again else "",
+            f" (reused: evaluated by {produced_by_text(metrics.get('produced_by'))})"
+            if again
+            else "",
         )
 
 

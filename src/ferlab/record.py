@@ -144,6 +144,18 @@ class PairStatus:
         return self.status in ("trained", "reused", "computed")
 
 
+def produced_by_text(produced: dict[str, Any] | None) -> str | None:
+    """``ferlab 0.1.0 (code 1a2b3c4d), 2026-12-01T10:00:00`` for a recorded stamp."""
+    if not produced:
+        return None
+    version = f"ferlab {produced.get('ferlab_version', '?')}"
+    code = produced.get("code_digest")
+    if code:
+        version += f" (code {str(code)[:8]})"
+    created = produced.get("created")
+    return f"{version}, {created}" if created else version
+
+
 def write_status(layout: Layout, pairs: list[PairStatus]) -> None:
     write_json(layout.status, {"pairs": [asdict(p) for p in pairs]})
 

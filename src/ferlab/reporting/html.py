@@ -20,7 +20,7 @@ import jinja2
 import yaml
 
 from ferlab.layout import HISTORY, Layout, ReportInputError, atomic_write, read_json
-from ferlab.record import unplanned_folders
+from ferlab.record import produced_by_text, unplanned_folders
 from ferlab.reporting.plots import plot_confusion_matrix, plot_learning_curves
 from ferlab.reporting.tables import (
     METRICS,
@@ -35,7 +35,6 @@ from ferlab.reporting.tables import (
     fmt_seconds,
     headline,
     load_record,
-    produced_by_text,
     read_csv_rows,
     write_cross_dataset,
     write_summary,

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.layout import FIT_JSON, META, Layout, atomic_write, read_json
-from ferlab.record import PairStatus, Plan, PlannedPair, planned_metrics, read_plan, read_status
+from ferlab.record import (
+    PairStatus,
+    Plan,
+    PlannedPair,
+    planned_metrics,
+    produced_by_text,
+    read_plan,
+    read_status,
+)
 
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
 METRIC_TITLES: dict[str, str] = {
@@ -163,18 +171,6 @@ def _metric_fields(block: Mapping[str, Any] | None, prefix: str) -> dict[str, An
         row[f"{prefix}{metric}_ci_low"], row[f"{prefix}{metric}_ci_high"] = bounds[0], bounds[1]
     row[f"{prefix}log_loss"] = (block or {}).get("log_loss")
     return row
-
-
-def produced_by_text(produced: Mapping[str, Any] | None) -> str | None:
-    """``ferlab 0.1.0 (code 1a2b3c4d), 2026-12-01T10:00:00`` for a recorded stamp."""
-    if not produced:
-        return None
-    code = produced.get("code_digest")
-    version = f"ferlab {produced.get('ferlab_version', '?')}"
-    if code:
-        version += f" (code {str(code)[:8]})"
-    created = produced.get("created")
-    return f"{version}, {created}" if created else version
 
 
 def summary_row(record: Record, pair: PlannedPair) -> dict[str, Any]:
