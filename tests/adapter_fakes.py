@@ -12,6 +12,8 @@ also serve the adapter-specific tests.
 from __future__ import annotations
 
 import csv
+import struct
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,4 +333,60 @@ def fake_synthetic(tmp: Path) -> FakeData:
         color=False,
         corrupt=None,
         options={"n_train": 14, "n_val": 7, "n_test": 7},
+    )
+
+
+# ---------------------------------------------------------------------------- litter
+# What file managers, NAS boxes, notebooks and people leave beside a dataset, and the kind
+# ``DatasetIndex.ignored`` counts it under. Folders hold an image, to show they are not entered.
+LITTER_FILES: dict[str, str] = {
+    "._IMG_0001.jpg": "._* (macOS metadata)",
+    ".DS_Store": ".DS_Store",
+    "Thumbs.db": "Thumbs.db",
+    "desktop.ini": "desktop.ini",
+    ".hidden.png": "hidden file",
+    "notes.txt": "note (.txt)",
+    "README.md": "note (.md)",
+    "meta.json": "note (.json)",
+    "export.csv": "note (.csv)",
+}
+LITTER_FOLDERS: dict[str, str] = {
+    "__MACOSX": "__MACOSX/",
+    "@eaDir": "@eaDir/",
+    ".ipynb_checkpoints": ".ipynb_checkpoints/",
+    ".cache": "hidden folder",
+}
+
+
+def write_litter(folder: Path) -> dict[str, int]:
+    """Every kind of litter in ``folder``; returns the counts by kind it must be ignored as."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in LITTER_FILES:
+        target = folder / name
+        if name.endswith((".jpg", ".png")):
+            write_image(target)  # looks like an image, but is litter
+        else:
+            target.write_text("litter\n")
+    for name in LITTER_FOLDERS:
+        write_image(folder / name / "inside.jpg")
+        (folder / name / "._inside.jpg").write_bytes(b"\0\x05\x16\x07")
+    kinds = [*LITTER_FILES.values(), *LITTER_FOLDERS.values()]
+    return {kind: kinds.count(kind) for kind in kinds}
+
+
+# ---------------------------------------------------------------------------- hostile files
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` and holds one tiny (bogus) data chunk: a
+    decompression bomb's header in about 100 bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
     )

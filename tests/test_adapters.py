@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from adapter_fakes import (
     write_fer_folders,
     write_ferplus,
     write_image,
+    write_litter,
     write_origin,
     write_rafdb_folders,
 )
@@ -36,6 +38,7 @@ from ferlab.data.adapters.fer2013 import fer2013, pixel_problem
 from ferlab.data.adapters.ferplus import ferplus, majority
 from ferlab.data.adapters.folder import folder
 from ferlab.data.adapters.rafdb import rafdb
+from ferlab.data.adapters.utils import seeded_split
 from ferlab.data.base import (
     DatasetError,
     DatasetIndex,
@@ -43,6 +46,7 @@ from ferlab.data.base import (
     get_adapter,
     index_dataset,
     list_datasets,
+    relative_key,
 )
 from ferlab.data.loading import load_dataset
 from ferlab.labels import CANONICAL, EMOTIONS, INDEX
@@ -197,8 +201,134 @@ def test_damaged_image_is_a_bad_file_named_by_its_path(
 @pytest.mark.parametrize("name", list_datasets())
 def test_unknown_option_is_an_error_naming_it(name: str, tmp_path: Path) -> None:
     fake = write_fake(name, tmp_path)
-    with pytest.raises(DatasetError, match=r"Unknown option.*colour_mode"):
+    with pytest.raises(DatasetError, match=r"Unknown option.*colour_mode.*Accepted options: "):
         index_dataset(name, fake.root, **fake.options, colour_mode=True)
+
+
+# Each adapter's options: exactly those it uses (the split settings only where it splits).
+ACCEPTED = {
+    "affectnet": "classes",
+    "expw": "class_map, margin, split_seed, test_fraction, val_fraction",
+    "fer2013": "class_map, layout, split_by_prefix",
+    "ferplus": "none",
+    "folder": "class_map, split_seed, test_fraction, val_fraction",
+    "rafdb": "class_map, images",
+    "synthetic": "classes, n_test, n_train, n_val, seed",
+}
+FORMERLY_COMMON = ("class_map", "split_seed", "val_fraction", "test_fraction", "on_bad_file")
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_an_option_the_adapter_does_not_use_is_an_error_listing_its_options(
+    name: str, tmp_path: Path
+) -> None:
+    fake = write_fake(name, tmp_path)
+    assert name in ACCEPTED, f"add {name!r}'s accepted options to ACCEPTED"
+    unused = [o for o in FORMERLY_COMMON if o not in ACCEPTED[name].split(", ")]
+    assert unused  # on_bad_file is no adapter's option
+    for option in unused:
+        with pytest.raises(DatasetError) as e:
+            index_dataset(name, fake.root, **fake.options, **{option: 1})
+        assert f"Unknown option(s) {option!r} for dataset {name!r}" in str(e.value)
+        assert f"Accepted options: {ACCEPTED[name]}." in str(e.value)
+
+
+@pytest.mark.parametrize("option", ["split_seed", "val_fraction", "test_fraction"])
+@pytest.mark.parametrize("name", list_datasets())
+def test_split_settings_among_a_datasets_options_are_refused(
+    name: str, option: str, tmp_path: Path, cache_dir: Path
+) -> None:
+    fake = write_fake(name, tmp_path)
+    with pytest.raises(DatasetError) as e:
+        load_dataset(name, fake.root, cache_dir=cache_dir, options={**fake.options, option: 0.2})
+    msg = str(e.value)
+    assert f"{option!r} of dataset {name!r} are not accepted" in msg
+    assert "data.split_seed, data.val_fraction, data.test_fraction" in msg
+    assert not list(cache_dir.iterdir())  # refused before anything was decoded
+
+
+@pytest.mark.parametrize("name", ["folder", "expw"])
+def test_adapters_that_split_use_the_loaders_split_settings(
+    name: str, tmp_path: Path, cache_dir: Path
+) -> None:
+    fake = write_fake(name, tmp_path)
+    settings = {"split_seed": 5, "val_fraction": 0.2, "test_fraction": 0.3}
+    loaded = load_dataset(name, fake.root, size=8, cache_dir=cache_dir, **settings)
+    direct = index_dataset(name, fake.root, **settings)
+    assert {s: a.keys for s, a in loaded.splits.items()} == {
+        s: [r.key for r in recs] for s, recs in direct.splits.items()
+    }
+    assert assignment(index_dataset(name, fake.root)) != assignment(direct)  # settings matter
+    assert "seed 5" in loaded.protocol and "30% test" in loaded.protocol
+    assert loaded.spec["split_seed"] == 5 and loaded.spec["options"] == {}
+    other = load_dataset(
+        name, fake.root, size=8, cache_dir=cache_dir, **{**settings, "split_seed": 6}
+    )
+    assert other.fingerprint != loaded.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "layout"),
+    [
+        ("fer2013", {"class_map": {"x": "angry"}}, "the CSV release"),
+        ("fer2013", {"split_by_prefix": False}, "the CSV release"),
+        ("rafdb", {"class_map": {"x": "angry"}}, "the basic release"),
+        ("rafdb", {"images": "original"}, "the DATASET/train/, DATASET/test/ layout"),
+        ("expw", {"class_map": {"x": "angry"}}, "label.lst"),
+        ("expw", {"margin": 0.2}, "the cropped faces of Expw-F/"),
+    ],
+)
+def test_an_option_for_another_layout_is_an_error(
+    name: str, options: dict, layout: str, tmp_path: Path
+) -> None:
+    root = tmp_path / name
+    if name == "fer2013":
+        write_fer_csv(root / "fer2013.csv", fer_faces(), icml=False)
+    elif name == "rafdb" and "class_map" in options:
+        write_image(root / "Image" / "aligned" / "train_00001_aligned.jpg", mode="RGB")
+        write_image(root / "Image" / "aligned" / "test_00001_aligned.jpg", mode="RGB")
+        (root / "EmoLabel").mkdir()
+        (root / "EmoLabel" / "list_patition_label.txt").write_text(
+            "train_00001.jpg 1\ntest_00001.jpg 2\n"
+        )
+    elif name == "rafdb":
+        write_rafdb_folders(root, {"train": 1, "test": 1})
+    elif "class_map" in options:
+        write_origin(root, ["a.jpg 0 0 0 20 20 1.0 5"], {"a.jpg": (40, 40)})
+    else:
+        write_image(root / "Expw-F" / "happy" / "a.jpg", mode="RGB")
+    (option,) = options
+    with pytest.raises(
+        DatasetError,
+        match=rf"Option\(s\) '{option}' of dataset '{name}' do nothing for {re.escape(layout)}",
+    ):
+        index_dataset(name, str(root), **options)
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_litter_is_ignored_and_counted_by_every_adapter(
+    name: str, tmp_path: Path, cache_dir: Path
+) -> None:
+    clean = write_fake(name, tmp_path / "clean")
+    skip_without_files(clean, name)
+    dirty = write_fake(name, tmp_path / "dirty")
+    assert dirty.corrupt is not None
+    expected: Counter[str] = Counter()
+    for where in (Path(dirty.root), dirty.corrupt.parent):  # the root and an image folder
+        expected.update(write_litter(where))
+    index = index_dataset(name, dirty.root, **dirty.options)
+    assert index.ignored == dict(expected)
+    assert not index.bad_files
+    assert not index_dataset(name, clean.root, **clean.options).ignored
+
+    def relative(ix: DatasetIndex, root: str) -> dict[str, str]:
+        return {relative_key(k, root): s for k, s in assignment(ix).items()}
+
+    before = index_dataset(name, clean.root, **clean.options)
+    assert relative(index, dirty.root) == relative(before, clean.root)  # nothing more, nothing less
+    loaded = load_dataset(name, dirty.root, size=8, cache_dir=cache_dir, options=dirty.options)
+    assert loaded.ignored == index.ignored and not loaded.bad_files
+    assert sum(len(s) for s in loaded.splits.values()) == dirty.total
 
 
 # ---------------------------------------------------------------------------- fer2013
@@ -227,6 +357,29 @@ def test_fer2013_folders_without_prefixes_leave_val_to_the_loader(tmp_path: Path
     index = fer2013(tmp_path)
     assert sizes(index) == {"train": 5, "test": 6}
     assert "val" not in index.splits and "without" in index.protocol
+
+
+def test_fer2013_one_unprefixed_test_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces())
+    write_image(tmp_path / "test" / "happy" / "IMG_0042.png")
+    with pytest.raises(DatasetError) as e:
+        fer2013(tmp_path)
+    msg = str(e.value)
+    assert "1 file(s) have neither prefix: 'happy/IMG_0042.png'." in msg
+    assert "Rename them" in msg and "split_by_prefix: false" in msg
+    whole = fer2013(tmp_path, split_by_prefix=False)  # the named way out
+    assert sizes(whole) == {"train": 5, "test": 7}
+
+
+def test_fer2013_unprefixed_files_are_named_up_to_five(tmp_path: Path) -> None:
+    write_fer_folders(tmp_path, fer_faces())
+    for i in range(7):
+        write_image(tmp_path / "test" / "angry" / f"x{i}.png")
+    with pytest.raises(DatasetError) as e:
+        fer2013(tmp_path)
+    msg = str(e.value)
+    assert "7 file(s) have neither prefix: " in msg and "and 2 more" in msg
+    assert [f"'angry/x{i}.png'" in msg for i in range(7)] == [True] * 5 + [False] * 2
 
 
 def test_fer2013_listing_is_sorted_and_deterministic(tmp_path: Path) -> None:
@@ -426,6 +579,35 @@ def test_folder_class_map_case_insensitive(tmp_path: Path) -> None:
     assert index.labels == ["angry"] and sum(sizes(index).values()) == 10
 
 
+def test_broken_links_are_bad_files_and_stray_entries_are_counted(tmp_path: Path) -> None:
+    for i in range(10):
+        write_image(tmp_path / "happy" / f"{i}.png")
+    happy = tmp_path / "happy"
+    (happy / "gone.jpg").symlink_to(happy / "nowhere.jpg")  # dangling
+    (happy / "loop.png").symlink_to(happy / "loop.png")  # a loop
+    (happy / "gone.txt").symlink_to(happy / "nowhere.txt")  # not an image name: counted
+    (happy / "linked.png").symlink_to(happy / "0.png")  # a good link is an image
+    (happy / "more").mkdir()  # a sub-folder of a class folder is not read
+    write_image(happy / "more" / "x.png")
+    write_image(tmp_path / "stray.png")  # an image beside the class folders
+    (tmp_path / "classes.xlsx").write_bytes(b"PK")
+    index = folder(tmp_path)
+    reasons = {Path(b.path).name: b.reason for b in index.bad_files}
+    assert set(reasons) == {"gone.jpg", "loop.png"}
+    assert (
+        reasons["gone.jpg"].startswith("dangling symbolic link")
+        and "nowhere.jpg" in reasons["gone.jpg"]
+    )
+    assert reasons["loop.png"].startswith("symbolic link loop")
+    assert per_class(index) == {"happy": 11}
+    assert index.ignored == {
+        "broken symbolic link": 1,
+        "image outside the layout's image folders": 1,
+        "note (.xlsx)": 1,
+        "sub-folder of an image folder (not read)": 1,
+    }
+
+
 # ---------------------------------------------------------------------------- rafdb
 def test_rafdb_dataset_folders(tmp_path: Path) -> None:
     write_rafdb_folders(tmp_path, {"train": 2, "test": 1})
@@ -472,8 +654,10 @@ def test_rafdb_basic_release(tmp_path: Path) -> None:
     ]
     (base / "EmoLabel").mkdir()
     (base / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    write_image(aligned / "train_00042_aligned.jpg", mode="RGB")  # in no row: counted
     for root in (base, tmp_path):
         index = rafdb(root)
+        assert index.ignored == {"image not in list_patition_label.txt": 1}
         assert sizes(index) == {"train": 3, "test": 2}
         assert [CANONICAL[r.label] for r in index.splits["train"]] == [
             "surprise",
@@ -569,6 +753,43 @@ def test_expw_other_label_list_places(tmp_path: Path) -> None:
         expw(tmp_path)
 
 
+def test_expw_faces_of_one_photo_share_a_split(tmp_path: Path) -> None:
+    photos: dict[str, tuple[int, int]] = {}
+    rows = []
+    for i in range(60):  # 60 photos with 1 to 4 faces each
+        name = f"photo_{i:02d}.jpg"
+        photos[name] = (100, 60)
+        for face in range(1 + i % 4):
+            left = 5 + 20 * face
+            rows.append(f"{name} {face} 10 {left} {left + 15} 40 9.5 {(i + face) % 7}")
+    write_origin(tmp_path, rows, photos)
+    index = expw(tmp_path)
+    split_of: dict[str, set[str]] = {}
+    for split, records in index.splits.items():
+        for r in records:
+            assert r.group == r.path
+            split_of.setdefault(r.path, set()).add(split)
+    assert len(split_of) == 60 and sum(len(r) for r in index.splits.values()) == 150
+    assert all(len(splits) == 1 for splits in split_of.values()), split_of
+    assert {s for splits in split_of.values() for s in splits} == {"train", "val", "test"}
+    assert "one photo in one split" in index.protocol
+    # Split by face instead, some photo would straddle two splits: the grouping is what holds.
+    faces = [replace(r, group=None) for r in all_records(index)]
+    by_face: dict[str, set[str]] = {}
+    for split, records in seeded_split(faces, 0, 0.1, 0.1).items():
+        for r in records:
+            by_face.setdefault(r.path, set()).add(split)
+    assert any(len(splits) > 1 for splits in by_face.values())
+
+
+def test_expw_photos_not_in_the_label_list_are_counted(tmp_path: Path) -> None:
+    write_origin(tmp_path, ["a.jpg 0 0 0 20 20 1.0 5"], {"a.jpg": (40, 40), "b.jpg": (40, 40)})
+    write_image(tmp_path / "origin" / "c.png", mode="RGB")
+    index = expw(tmp_path, val_fraction=0.0, test_fraction=0.0)
+    assert len(index.splits["train"]) == 1
+    assert index.ignored == {"image not in label.lst": 2}
+
+
 def test_box_helpers() -> None:
     assert enlarge_box((10, 10, 30, 50), 0.5) == (0, -10, 40, 70)
     assert clip_box((-3, -4, 120, 90), (100, 80)) == (0, 0, 100, 80)
@@ -618,11 +839,13 @@ def test_ferplus_splits_header_and_bad_rows(tmp_path: Path) -> None:
         ],
     )
     (tmp_path / "FER2013Test" / "z.png").write_bytes(b"")
+    write_image(tmp_path / "FER2013Test" / "unlisted.png")
     with open(tmp_path / "FER2013Test" / "label.csv", "a", newline="") as f:
         csv.writer(f).writerow(["z.png", "(0, 0, 48, 48)", 8, 0, 0, 0, 0, 0, 0, 0, 0, 0])
     index = ferplus(tmp_path)
     assert sizes(index) == {"train": 2, "test": 2}
     assert "val is carved from train by the loader" in index.protocol
+    assert index.ignored == {"image not in label.csv": 1}
     reasons = [b.reason for b in index.bad_files]
     assert [r.split(":")[0] for r in reasons] == [f"line {n}" for n in (3, 4, 5, 6, 7)]
     assert "not all integers" in reasons[0] and "4 fields" in reasons[1]

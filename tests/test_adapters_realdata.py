@@ -125,3 +125,19 @@ def test_ferplus_majority_counts() -> None:
     }
     assert sum(index.excluded.values()) == (3579 - 3191) + (3573 - 3137)
     assert not index.bad_files and "train" not in index.splits
+
+
+def test_expw_label_list_faces_of_one_photo_share_a_split() -> None:
+    index = expw(shared_dataset("expw-origin"))
+    split_of: dict[str, set[str]] = {}
+    faces = Counter[str]()
+    for split, records in index.splits.items():
+        for r in records:
+            split_of.setdefault(r.path, set()).add(split)
+            faces[r.path] += 1
+    assert len(split_of) == 297 and sum(faces.values()) == 315
+    assert max(faces.values()) > 1  # some photos hold several faces
+    straddling = {p: s for p, s in split_of.items() if len(s) > 1}
+    assert not straddling, straddling
+    assert {s for splits in split_of.values() for s in splits} == {"train", "val", "test"}
+    assert not index.bad_files and not index.ignored

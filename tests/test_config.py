@@ -188,3 +188,18 @@ def test_batch_size_and_geometry_have_one_home_each(tmp_path: Path) -> None:
         load_config("default", ["data.image_size=96"])
     cfg = load_config("default", ["models.1.image_size=64", "models.1.channels=3"])
     assert [(m.image_size, m.channels) for m in cfg.models] == [(48, 1), (64, 3)]
+
+
+def test_mega_balance_sources_contradicting_a_models_balance_is_an_error() -> None:
+    base = ["mega.enabled=true", "mega.balance_sources=true"]
+    with pytest.raises(ConfigError) as e:
+        load_config("default", [*base, "models.1.train={balance: weighted}"])
+    msg = str(e.value)
+    assert (
+        "mega.balance_sources" in msg
+        and "models[1] (ferlab_mini_xception) has balance: weighted" in msg
+    )
+    assert "models[0]" not in msg
+    with pytest.raises(ConfigError, match="balance: none"):
+        load_config("default", [*base, "train.balance=none"])
+    assert load_config("default", base).mega.balance_sources  # oversample everywhere: fine

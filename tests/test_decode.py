@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import struct
+import os
 import sys
 import types
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from adapter_fakes import png_header
 from ferlab.data import decode
 from ferlab.data.base import Record
 from ferlab.data.decode import BadImageError, decode_many, decode_record
@@ -229,26 +229,9 @@ def test_missing_file(tmp_path: Path) -> None:
         decode_record(rec(tmp_path / "gone.png"), 48, 1)
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` and holds one tiny (bogus) data chunk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_decompression_bomb_header(tmp_path: Path) -> None:
     p = tmp_path / "bomb.png"
-    p.write_bytes(_png_header(60_000, 60_000))  # 3.6 G pixels claimed by 100 bytes
+    p.write_bytes(png_header(60_000, 60_000))  # 3.6 G pixels claimed by 100 bytes
     with pytest.raises(BadImageError, match="pixel") as e:
         decode_record(rec(p), 48, 1)
     assert e.value.path == str(p)
@@ -258,8 +241,10 @@ def test_pixel_limit_is_ours_and_configurable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p = tmp_path / "big.png"
-    p.write_bytes(_png_header(9000, 9000))  # 81 MP: under PIL's own limit, over ours
-    with pytest.raises(BadImageError, match=r"9000 x 9000 = 81,000,000 pixels, over the limit"):
+    p.write_bytes(png_header(9000, 9000))  # 81 MP: under PIL's own limit, over ours
+    with pytest.raises(
+        BadImageError, match=r"9000 x 9000 = 81,000,000 pixels, over the pixel limit of 50,000,000"
+    ):
         decode_record(rec(p), 48, 1)
     small = save(Image.new("L", (20, 20)), tmp_path / "small.png")
     monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 100)
@@ -318,3 +303,87 @@ def test_bad_image_error_pickles() -> None:
 
     e = pickle.loads(pickle.dumps(BadImageError("a.jpg", "broken")))
     assert (e.path, e.reason) == ("a.jpg", "broken")
+
+
+# --- open_image: the one guarded way to open an image ----------------------------------------
+
+
+def test_every_dataset_image_is_opened_through_open_image() -> None:
+    """``Image.open`` appears once in ``ferlab.data``: inside ``decode.open_image``; everything
+    that reads a dataset's images (decoding, the colour guess, ExpW's photo sizes) calls it."""
+    data = Path(decode.__file__).resolve().parent
+    calls = {
+        str(p.relative_to(data)): p.read_text().count("Image.open(")
+        for p in data.rglob("*.py")
+        if "Image.open(" in p.read_text()
+    }
+    assert calls == {"decode.py": 1}, f"use ferlab.data.decode.open_image instead: {calls}"
+
+
+@pytest.mark.parametrize(("side", "via"), [(30_000, "PIL's bomb error"), (9_000, "our limit")])
+def test_open_image_refuses_a_bomb_naming_the_pixel_limit(
+    tmp_path: Path, side: int, via: str
+) -> None:
+    p = tmp_path / "bomb.png"
+    p.write_bytes(png_header(side, side))
+    with pytest.raises(BadImageError) as e:
+        decode.open_image(p)
+    assert e.value.path == str(p)
+    assert f"over the pixel limit of {decode.MAX_IMAGE_PIXELS:,}" in e.value.reason, via
+    with pytest.raises(BadImageError, match="over the pixel limit"):
+        decode_record(rec(p), 48, 1)
+
+
+def test_open_image_links_folders_and_pipes(tmp_path: Path) -> None:
+    good = save(Image.new("L", (4, 4)), tmp_path / "good.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "link.png").symlink_to(good)
+    (tmp_path / "dir.png").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    expected = {
+        "loop.png": "symbolic link loop",
+        "gone.png": "dangling symbolic link",
+        "dir.png": "is a folder",
+        "pipe.png": "not a regular file",
+        "missing.png": "file not found",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(BadImageError) as e:
+            decode_record(rec(tmp_path / name), 8, 1)  # never blocks on the pipe
+        assert e.value.path == str(tmp_path / name) and e.value.reason.startswith(reason)
+    assert decode_record(rec(tmp_path / "link.png"), 4, 1).shape == (4, 4, 1)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway")
+def test_open_image_unreadable_file(tmp_path: Path) -> None:
+    p = save(Image.new("L", (4, 4)), tmp_path / "locked.png")
+    p.chmod(0)
+    try:
+        with pytest.raises(BadImageError, match="permission denied"):
+            decode_record(rec(p), 8, 1)
+    finally:
+        p.chmod(0o644)
+
+
+def test_float_tiff_animated_gif_and_extreme_shapes(tmp_path: Path) -> None:
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    f = save(Image.fromarray(ramp, mode="F"), tmp_path / "f.tif")
+    assert Image.open(f).mode == "F"
+    out = decode_record(rec(f), 8, 1)[..., 0].astype(int)
+    assert out[0, 0] == 0 and out[-1, -1] == 255  # 0..1 floats are scaled to 0..255
+    frames = [Image.new("L", (8, 8), v) for v in (200, 10)]
+    g = tmp_path / "anim.gif"
+    frames[0].save(g, save_all=True, append_images=frames[1:])
+    assert getattr(Image.open(g), "n_frames", 1) == 2
+    assert abs(int(decode_record(rec(g), 8, 1)[4, 4, 0]) - 200) <= 2  # the first frame
+    one = save(Image.new("L", (1, 1), 77), tmp_path / "one.png")
+    assert np.all(decode_record(rec(one), 16, 1) == 77)
+    tall = save(Image.new("RGB", (10, 2000), (0, 0, 255)), tmp_path / "tall.png")
+    assert tuple(decode_record(rec(tall), 16, 3)[8, 8]) == (0, 0, 255)
+
+
+def test_png_named_jpg_decodes(tmp_path: Path) -> None:
+    p = tmp_path / "really_a_png.jpg"
+    Image.new("L", (6, 6), 123).save(p, format="PNG")
+    assert np.all(decode_record(rec(p), 6, 1) == 123)

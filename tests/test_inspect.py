@@ -270,3 +270,37 @@ def test_copied_tree_is_inspected_the_same(fer_like: Path, tmp_path: Path) -> No
     assert {k: v for k, v in a["duplicates"].items() if k != "examples"} == {
         k: v for k, v in b["duplicates"].items() if k != "examples"
     }
+
+
+def test_litter_is_reported_as_ignored(fer_like: Path, cache_dir: Path) -> None:
+    from adapter_fakes import write_litter
+
+    clean = inspect_dataset("fer2013", str(fer_like), with_cache=False)
+    assert clean["ignored"] == {}
+    assert "Ignored (not part of the dataset): 0" in format_inspection(clean)
+    expected = write_litter(fer_like)
+    for kind, n in write_litter(fer_like / "train" / "happy").items():
+        expected[kind] = expected.get(kind, 0) + n
+    report = inspect_dataset("fer2013", str(fer_like), cache_dir=cache_dir)
+    assert report["ignored"] == expected
+    for key in ("splits", "folders", "duplicates"):  # litter changes nothing else
+        assert report[key] == clean[key]
+    bad = {(b["path"], b["reason"]) for b in report["bad_files"]}
+    assert bad == {(b["path"], b["reason"]) for b in clean["bad_files"]} and len(bad) == 2
+    text = format_inspection(report)
+    line = next(x for x in text.splitlines() if x.startswith("Ignored"))
+    assert line.startswith(f"Ignored (not part of the dataset): {sum(expected.values())} (")
+    assert ".DS_Store 2" in line and "__MACOSX/ 2" in line and "note (.txt) 2" in line
+    assert json.loads(json.dumps(report))["ignored"] == expected
+
+
+def test_on_bad_file_error_lists_every_bad_file(fer_like: Path, cache_dir: Path) -> None:
+    from ferlab.data.base import DatasetError
+
+    with pytest.raises(DatasetError) as e:
+        inspect_dataset("fer2013", str(fer_like), cache_dir=cache_dir, on_bad_file="error")
+    msg = str(e.value)
+    assert msg.startswith("fer2013: 2 bad file(s)")  # the adapter's and the decoder's
+    assert "Training_zero.png: zero-byte" in msg and "Training_trunc.png: cannot decode" in msg
+    with pytest.raises(DatasetError, match="on_bad_file"):
+        inspect_dataset("fer2013", str(fer_like), decode=False, on_bad_file="ignore")

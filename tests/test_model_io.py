@@ -13,9 +13,11 @@ from safetensors.torch import save_file
 
 from ferlab.layout import META, WEIGHTS
 from ferlab.models import (
+    CorruptWeightsError,
     ModelMeta,
     UnsafeWeightsError,
     WeightsMismatchError,
+    WeightsNotFoundError,
     create_model,
     load_model,
     read_meta,
@@ -75,6 +77,27 @@ def test_meta_validates() -> None:
     assert m == _meta()
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("architecture", 3, "architecture must be a model name"),
+        ("labels", "happy", "list of emotion names"),
+        ("labels", ["happy", "happy"], "twice"),
+        ("image_size", 48.0, "integers"),
+        ("channels", True, "integers"),
+        ("std", [float("nan")], "> 0"),
+        ("mean", "0.5", "mean and std must be lists"),
+        ("kwargs", None, "mappings"),
+        ("kwargs", {"pretrained": "/elsewhere/evil.pt"}, "may not set"),
+        ("architecture", "ferlab_vgg\nferlab: error: fake", "model name"),
+        ("extra", {"data": ["lab"]}, "extra.data"),
+    ],
+)
+def test_meta_from_a_file_checks_every_field(field: str, value: object, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        ModelMeta.from_dict({**_meta().to_dict(), field: value})
+
+
 # ---------------------------------------------------------------- save / load
 
 
@@ -130,7 +153,7 @@ def test_load_model_picks_the_device_like_everyone_else(tmp_path: Path) -> None:
 
 
 def test_load_model_errors_name_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"weights\.safetensors"):
+    with pytest.raises(WeightsNotFoundError, match=r"weights\.safetensors"):
         load_model(tmp_path)
     model = create_model("ferlab_vgg", 7)
     save_model(model, _meta(), tmp_path)
@@ -138,8 +161,9 @@ def test_load_model_errors_name_the_problem(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / META).read_text())
     meta["kwargs"] = {"width_mult": 2.0}
     (tmp_path / META).write_text(json.dumps(meta))
-    with pytest.raises(WeightsMismatchError, match="does not fit ferlab_vgg"):
+    with pytest.raises(WeightsMismatchError, match="does not fit ferlab_vgg") as err:
         load_model(tmp_path)
+    assert "other shapes" in str(err.value) and str(tmp_path / META) in str(err.value)
 
 
 def test_shared_tensors_are_saved(tmp_path: Path) -> None:
@@ -262,16 +286,20 @@ def test_pretrained_path_reports_unexpected_keys(tmp_path: Path) -> None:
 def test_weights_files_that_hold_no_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "meta.pt"
     torch.save({"epoch": 3, "note": "no tensors"}, path)
-    with pytest.raises(ValueError, match="not a state dict"):
+    with pytest.raises(CorruptWeightsError, match="not a state dict"):
         read_state_file(path)
     odd = tmp_path / "weights.h5"
     odd.write_bytes(b"x")
-    with pytest.raises(ValueError, match="unknown weights format"):
+    with pytest.raises(CorruptWeightsError, match="unknown weights format"):
         read_state_file(odd)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match="not a readable safetensors"):
+    with pytest.raises(CorruptWeightsError, match="not a readable safetensors"):
         read_state_file(broken)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptWeightsError, match=r"empty\.pt is not a readable PyTorch"):
+        read_state_file(empty)
 
 
 # ---------------------------------------------------------------- malicious pickles

@@ -277,5 +277,6 @@ def test_pretrained_option_parsing(tmp_path) -> None:
     assert pre.parse_pretrained(False) == (False, None)
     assert pre.parse_pretrained("false") == (False, None)
     assert pre.parse_pretrained("true") == (True, None)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(pre.WeightsNotFoundError, match="does not exist") as err:
         pre.parse_pretrained(str(tmp_path / "missing.safetensors"))
+    assert isinstance(err.value, FileNotFoundError)  # callers that catch that still do

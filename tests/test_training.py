@@ -489,3 +489,30 @@ def test_bad_extra_meta_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must be JSON-able"):
         quiet_fit(toy_dataset(), tcfg(epochs=1), run, extra_meta={"f": object()})
     assert not (run / "checkpoints").exists()
+
+
+def test_val_subset_under_limit_val_batches_covers_every_class() -> None:
+    labels = np.repeat(np.arange(4), 50)  # a class-sorted split
+    split = ArraySplit(
+        images=np.zeros((200, 4, 4, 1), dtype=np.uint8),
+        labels=labels,
+        keys=[str(i) for i in range(200)],
+    )
+    first = next(iter(EvalBatches(split, labels, batch_size=32)))[1]
+    assert set(first.tolist()) == {0}  # in order, the first batch is one class
+    batches = [b[1] for b in EvalBatches(split, labels, batch_size=32, subset_seed=0)]
+    assert len(set(batches[0].tolist())) == 4  # a seeded subset: every class
+    again = [b[1] for b in EvalBatches(split, labels, batch_size=32, subset_seed=0)]
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # each epoch
+    assert sorted(torch.cat(batches).tolist()) == sorted(labels.tolist())  # all, once
+
+
+def test_balanced_counts_follow_the_samplers_cells() -> None:
+    labels = np.array([0] * 6 + [1] * 2 + [0] * 2 + [1] * 2)
+    groups = np.array([0] * 8 + [1] * 4) * 8 + labels  # two sources
+    by_class = class_counts_after_balancing(labels, "oversample", 0)
+    by_cell = class_counts_after_balancing(labels, "oversample", 0, groups=groups)
+    assert by_class == {"angry": 8, "disgust": 8}
+    assert by_cell == {"angry": 12, "disgust": 12}  # four cells of six
+    idx = epoch_indices(labels, "oversample", 0, 0, groups=groups)
+    assert by_cell == {n: int((labels[idx] == i).sum()) for i, n in enumerate(["angry", "disgust"])}

@@ -24,7 +24,7 @@ def run(
     overrides: Sequence[str] = (),
     out: str | Path | None = None,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     console: bool = True,
 ) -> ExperimentResult:
     """Run an experiment file (or a shipped one: ``default``, ``fer2013_cpu``, ``seed_gpu``).
@@ -90,7 +90,7 @@ def train(
     overrides: Sequence[str] = (),
     out: str | Path | None = None,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     console: bool = True,
 ) -> ExperimentResult:
     """Train one model on one dataset (``NAME:PATH``) and evaluate it on its test split.

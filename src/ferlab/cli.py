@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (the default when the output is not a terminal)",
+    )
 
     p = sub.add_parser(
         "train",
@@ -76,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--out", help="experiment folder (default: runs/train_<dataset>)")
     p.add_argument("--force", action="store_true", help="retrain even if a matching run exists")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (the default when the output is not a terminal)",
+    )
 
     p = sub.add_parser(
         "evaluate",
@@ -128,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", default="~/.cache/ferlab")
     q.add_argument("--no-decode", action="store_true", help="skip decoding (no image checks)")
     q.add_argument(
+        "--on-bad-file",
+        choices=["skip", "error"],
+        default="skip",
+        help="skip: list bad files in the report (default); error: stop with the list",
+    )
+    q.add_argument(
         "--option",
         action="append",
         default=[],
@@ -168,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         out=args.out,
         force=args.force,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,
     )
     return EXIT_FAILED_PAIRS if result.failed else 0
 
@@ -183,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         out=args.out,
         force=args.force,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,
     )
     for p in result.pairs:
         where = result.run_dir(p.dataset, p.model)
@@ -244,6 +258,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         options=_parse_options(args.option),
         cache_dir=args.cache_dir,
         with_cache=not args.no_decode,
+        on_bad_file=args.on_bad_file,
     )
     written = write_inspection_outputs(report, Path(args.out)) if args.out else []
     if args.json:
@@ -300,15 +315,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": cmd_models,
         "datasets": cmd_datasets,
     }
+    try:
+        return handlers[args.command](args)
+    except _user_errors() as e:  # evaluated only when something was raised: no import cost
+        print(f"ferlab: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Bad input and refused situations: one ``ferlab: error:`` line, exit code 2."""
     from ferlab.data.base import DatasetError
     from ferlab.labels import UnknownLabelError
     from ferlab.layout import ReportInputError
+    from ferlab.models.errors import WeightsError
+    from ferlab.record import ExperimentLockedError, NotWritableError
 
-    try:
-        return handlers[args.command](args)
-    except (ConfigError, DatasetError, UnknownLabelError, ReportInputError, FileNotFoundError) as e:
-        print(f"ferlab: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return (
+        ConfigError,
+        DatasetError,
+        UnknownLabelError,
+        ReportInputError,
+        WeightsError,
+        ExperimentLockedError,
+        NotWritableError,
+        FileNotFoundError,
+    )
 
 
 if __name__ == "__main__":

@@ -100,7 +100,17 @@ class RuntimeConfig(_Strict):
     strategy: str = "auto"
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads on CPU; None = all cores
-    progress: bool = True  # progress bars
+    # Progress bars: auto = only when the console is a terminal; in a file (nohup, CI, SLURM
+    # logs) plain per-epoch lines instead of hundreds of redrawn bar frames.
+    progress: bool | Literal["auto"] = "auto"
+
+    @property
+    def show_progress(self) -> bool:
+        if self.progress == "auto":
+            import sys
+
+            return sys.stdout.isatty() and sys.stderr.isatty()
+        return bool(self.progress)
 
 
 class ModelConfig(_Strict):
@@ -274,6 +284,31 @@ def check_names(
     raise ConfigError("Invalid experiment configuration:\n" + "\n".join(msgs))
 
 
+def _check_mega(cfg: ExperimentConfig, file: str, lines: dict[tuple[Any, ...], int]) -> None:
+    """``mega.balance_sources`` oversamples (source, class) cells: it is the balancing, so a
+    model trained with ``balance: weighted`` or ``none`` would silently get it instead."""
+    if not (cfg.mega.enabled and cfg.mega.balance_sources):
+        return
+    clashes = [
+        (i, m, b)
+        for i, m in enumerate(cfg.models)
+        if (b := cfg.train_for(m).balance) != "oversample"
+    ]
+    if clashes:
+        where = (
+            f" ({file}, line {lines[('mega', 'balance_sources')]})"
+            if (file and ("mega", "balance_sources") in lines)
+            else ""
+        )
+        names = ", ".join(f"models[{i}] ({m.display}) has balance: {b}" for i, m, b in clashes)
+        raise ConfigError(
+            "Invalid experiment configuration:\n"
+            f"  mega.balance_sources{where} oversamples every (source, class) cell of the mega "
+            f"dataset, which contradicts train.balance: {names}. Set mega.balance_sources: "
+            "false, or balance: oversample for those models."
+        )
+
+
 def _check_model_overrides(
     cfg: ExperimentConfig, file: str, lines: dict[tuple[Any, ...], int]
 ) -> None:
@@ -435,6 +470,7 @@ def validate_config(
         raise ConfigError(_format_errors(e, lines=lines, file=file)) from e
     check_names(cfg, file, lines)
     _check_model_overrides(cfg, file, lines)
+    _check_mega(cfg, file, lines)
     return cfg
 
 

@@ -6,7 +6,7 @@ Everything that writes or reads an experiment folder goes through ``Layout`` (pa
     <experiment>/
       config.yaml  environment.json  plan.json  status.json  logs/execution_log_<time>.txt
       data/<dataset>_data.json  <dataset>_splits.json  <dataset>_dist_original.png
-           <dataset>_dist_balanced.png
+           <dataset>_dist_balanced.png  leakage.json
       runs/<dataset>/<model>-<key8>/   weights.safetensors  meta.json  splits.json  history.csv
                                        fit.json  DONE  checkpoints/  logs/ (Lightning CSV/TB)
       eval/<dataset>__<model>/on_<test dataset>/  metrics.json  predictions.csv  probs.npz
@@ -164,6 +164,11 @@ class Layout:
         return self.root / "status.json"
 
     @property
+    def lock(self) -> Path:
+        """Held by the one ``ferlab run`` working in this folder (PID, host, start time)."""
+        return self.root / ".lock"
+
+    @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
@@ -203,6 +208,11 @@ class Layout:
 
     def data_json(self, dataset: str) -> Path:
         return self.data_dir / f"{safe_name(dataset)}_data.json"
+
+    @property
+    def leakage(self) -> Path:
+        """Per (train dataset, test set): test images training or model selection already saw."""
+        return self.data_dir / "leakage.json"
 
     def splits_json(self, dataset: str) -> Path:
         return self.data_dir / f"{safe_name(dataset)}_splits.json"

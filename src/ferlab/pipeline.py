@@ -46,6 +46,8 @@ from ferlab.record import (
     PlannedDataset,
     PlannedEval,
     PlannedPair,
+    check_writable,
+    experiment_lock,
     planned_metrics,
     produced_by_text,
     write_plan,
@@ -360,6 +362,7 @@ def drop_stale_evaluations(layout: Layout, plan: Plan) -> int:
 # -- data outputs ------------------------------------------------------------------------------
 def write_data_outputs(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> None:
     """Per dataset: data JSON, split key lists, class-distribution plots (balanced: trained only)."""
+    from ferlab.data.duplicates import split_duplicates
     from ferlab.labels import CANONICAL
     from ferlab.reporting.distribution import plot_distribution
     from ferlab.training import class_counts_after_balancing
@@ -387,6 +390,8 @@ def write_data_outputs(cfg: ExperimentConfig, store: DataStore, layout: Layout) 
                     {"path": b.path, "reason": b.reason} for b in data.bad_files[:20]
                 ],
                 "excluded": data.excluded,
+                "ignored": dict(data.ignored),
+                "duplicates": split_duplicates(data),
             },
         )
         write_json(layout.splits_json(data.name), data.split_keys())
@@ -394,13 +399,52 @@ def write_data_outputs(cfg: ExperimentConfig, store: DataStore, layout: Layout) 
             per_class, layout.dist_original(data.name), f"{data.name}: class distribution"
         )
         if data.trainable:
-            balanced = class_counts_after_balancing(
-                data.splits["train"].labels, cfg.train.balance, cfg.seed
-            )
+            # What training really draws, per balance setting the models use (their own
+            # train: overrides included), through the split's cells (mega: source x class).
+            train = data.splits["train"]
+            balances = list(dict.fromkeys(cfg.train_for(m).balance for m in cfg.models))
+            series = {}
+            for balance in balances:
+                drawn = class_counts_after_balancing(
+                    train.labels, balance, cfg.seed, groups=train.groups
+                )
+                how = "source x class cells" if train.groups is not None else balance
+                series[f"train, one epoch ({how})"] = {n: int(drawn.get(n, 0)) for n in data.labels}
             plot_distribution(
-                {f"train ({cfg.train.balance})": {n: int(balanced.get(n, 0)) for n in data.labels}},
+                series,
                 layout.dist_balanced(data.name),
-                f"{data.name}: training classes after balancing ({cfg.train.balance})",
+                f"{data.name}: training classes drawn per epoch",
+            )
+
+
+def write_leakage(cfg: ExperimentConfig, store: DataStore, layout: Layout, plan: Plan) -> None:
+    """For every planned (train dataset, test set): how many test images the training data
+    already holds (exact and near duplicates, in its train and val splits)."""
+    from ferlab.data.duplicates import leakage
+
+    size, ch = model_geometry(cfg, cfg.models[0])
+    entries = {e.name: e for e in _test_entries(cfg, store)}
+    pairs = dict.fromkeys(
+        (p.dataset, e.test) for p in plan.pairs if p.kind == "model" for e in p.evals
+    )
+    rows = []
+    for train_name, test_name in pairs:
+        train = entries[train_name].data(store, size, ch)
+        test = entries[test_name].data(store, size, ch)
+        rows.append(
+            {"train_dataset": train_name, "test_dataset": test_name, **leakage(train, test)}
+        )
+    write_json(layout.leakage, {"pairs": rows})
+    for r in rows:
+        seen = r.get("near_in_train", 0) + r.get("near_in_val", 0)
+        if seen:
+            log.warning(
+                "%s's test split: %d of %d images are (near-)identical to %s training or "
+                "validation images; its scores there are inflated (see the report)",
+                r["test_dataset"],
+                seen,
+                r["n_test"],
+                r["train_dataset"],
             )
 
 
@@ -516,9 +560,12 @@ def run_experiment(
         cfg = cfg.model_copy(
             update={"runtime": cfg.runtime.model_copy(update={"progress": progress})}
         )
+    check_dataset_paths(cfg)
+    _set_threads(cfg)
     layout = Layout(experiment_dir(cfg, out))
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with experiment_logging(layout, console=console) as log_path:
+    check_writable(layout.root, "experiment folder")
+    check_writable(Path(cfg.data.cache_dir).expanduser(), "dataset cache folder (data.cache_dir)")
+    with experiment_lock(layout), experiment_logging(layout, console=console) as log_path:
         log.info("ferlab %s: experiment %r in %s", __version__, cfg.name, layout.root)
         log.info("Log file: %s", log_path)
         dump_config(cfg, layout.config)
@@ -526,8 +573,50 @@ def run_experiment(
         return _run(cfg, layout, force=force, on_pair_done=on_pair_done)
 
 
+def _set_threads(cfg: ExperimentConfig) -> None:
+    """``runtime.threads`` for the whole run, evaluation included: a CPU sum over another
+    thread count differs in its last bits, and a rerun that reuses a finished training must
+    evaluate exactly as the run that trained it did."""
+    import torch
+
+    from ferlab.device import cpu_threads
+
+    torch.set_num_threads(cpu_threads(cfg.runtime.threads))
+
+
+def check_dataset_paths(cfg: ExperimentConfig) -> None:
+    """Every dataset root exists, or an error that says how to give the path (before any work).
+
+    The shipped experiment files name ``../shared/datasets/...``, which exists only beside
+    ferlab's own repository: a user's copy lives elsewhere.
+    """
+    missing = [
+        (i, ds)
+        for i, ds in enumerate(cfg.datasets)
+        if ds.name != "synthetic" and not Path(ds.path).expanduser().exists()
+    ]
+    if not missing:
+        return
+    lines = [
+        f"  datasets[{i}] ({ds.name}): {ds.path!r} does not exist (from {Path.cwd()}). Point it "
+        f"at your copy: --set datasets.{i}.path=/data/{ds.name}"
+        for i, ds in missing
+    ]
+    first = missing[0][1]
+    raise DatasetError(
+        "Dataset folder(s) not found:\n"
+        + "\n".join(lines)
+        + f"\nOr train on one dataset directly: ferlab train --data {first.name}:/data/{first.name}"
+    )
+
+
 def _validate_datasets(cfg: ExperimentConfig, store: DataStore) -> None:
-    """Index and decode every dataset up front: bad input fails before any training."""
+    """Check every pretrained weights file and index and decode every dataset up front: bad
+    input fails before any training."""
+    from ferlab.models.pretrained import check_pretrained
+
+    for m in cfg.models:
+        check_pretrained(m)
     for m in cfg.models:
         size, ch = model_geometry(cfg, m)
         for ds in cfg.datasets:
@@ -555,6 +644,7 @@ def _run(
     statuses = [PairStatus(dataset=p.dataset, model=p.model, run_dir=p.run_dir) for p in plan.pairs]
     write_status(layout, statuses)
     write_data_outputs(cfg, store, layout)
+    write_leakage(cfg, store, layout, plan)
     for ds in plan.datasets:
         if ds.use == "test":
             log.info("%s: evaluation only (no train split, or use: test)", ds.name)
@@ -607,9 +697,12 @@ def _run_pair(
     except (KeyboardInterrupt, SystemExit, DatasetError):
         raise
     except Exception as e:  # one failed pair must not stop the others
+        from ferlab.models.errors import WeightsError
+
         status.status = "failed"
         status.error = f"{type(e).__name__}: {e}"
-        log.error("[%s / %s] failed: %s\n%s", pair.dataset, pair.model, e, traceback.format_exc())
+        trace = "" if isinstance(e, WeightsError) else "\n" + traceback.format_exc()
+        log.error("[%s / %s] failed: %s%s", pair.dataset, pair.model, e, trace)
         return
     ids = {"train_dataset": pair.dataset, "model": pair.model, "run_key": pair.run_key}
     for planned in pair.evals:
@@ -634,11 +727,12 @@ def _run_pair(
         )
         best = metrics.get("tta") or metrics["plain"]
         log.info(
-            "[%s / %s] on %s: accuracy %.2f%% (TTA), balanced %.2f%%, macro-F1 %.2f%%%s",
+            "[%s / %s] on %s: accuracy %.2f%%%s, balanced %.2f%%, macro-F1 %.2f%%%s",
             pair.dataset,
             pair.model,
             planned.test,
             100 * best["accuracy"],
+            f" (TTA, {metrics.get('tta_views')} views)" if metrics.get("tta") else " (no TTA)",
             100 * best["balanced_accuracy"],
             100 * best["macro_f1"],
             f" (reused: evaluated by {produced_by_text(metrics.get('produced_by'))})"

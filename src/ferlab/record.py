@@ -11,7 +11,15 @@ the plan does not name are listed apart (``unplanned_folders``), never read for 
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ferlab.layout import METRICS, Layout, ReportInputError, read_json, write_json
@@ -198,3 +206,95 @@ def unplanned_folders(layout: Layout, plan: Plan) -> list[str]:
     planned |= {e.dir for p in plan.pairs for e in p.evals}
     found = [layout.relative(d) for d in layout.run_dirs_on_disk() + layout.eval_dirs_on_disk()]
     return [d for d in found if d not in planned]
+
+
+# -- one run at a time -------------------------------------------------------------------------
+class ExperimentLockedError(RuntimeError):
+    """Another live process is running an experiment in this folder."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _try_create(path: Path, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return True
+
+
+@contextmanager
+def experiment_lock(layout: Layout) -> Iterator[Path]:
+    """Hold ``<experiment>/.lock`` while the block runs; a second run stops at once.
+
+    The lock file (created atomically, ``O_EXCL``) records the PID, host and start time. A lock
+    left by a dead process on this host (a kill -9) is taken over; a live holder, or one on
+    another host that cannot be checked, is an error naming the folder and the holder.
+    """
+    path = layout.lock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    text = json.dumps(me)
+    for _ in range(3):
+        if _try_create(path, text):
+            break
+        try:
+            holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except (OSError, json.JSONDecodeError):
+            holder = {}
+        pid, host = holder.get("pid"), holder.get("host")
+        if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        if not holder and not path.exists():
+            continue  # released between our two looks
+        who = f"process {pid} on {host}, started {holder.get('started', '?')}"
+        raise ExperimentLockedError(
+            f"Experiment folder {layout.root} is in use by {who} (lock file {path}). Wait for "
+            "it to finish, or give this run another folder with --out. If that process is "
+            f"gone (a crash on another machine), delete {path}."
+        )
+    else:
+        raise ExperimentLockedError(f"Could not take the lock {path}; try again.")
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("pid") == me["pid"]:
+                path.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
+
+
+class NotWritableError(RuntimeError):
+    """An output or cache folder cannot be written (read-only, no permission, disk full)."""
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` and write a probe file in it, or say plainly why it cannot be."""
+    probe = folder / f".ferlab-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise NotWritableError(
+            f"The {what} {folder} cannot be written ({reason}). Choose a folder you can write "
+            "to (--out DIR for the experiment, data.cache_dir for the cache) before anything "
+            "is trained."
+        ) from e

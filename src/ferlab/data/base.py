@@ -40,6 +40,9 @@ class Record:
     draw: tuple[str, int] | None = None
     soft: tuple[float, ...] | None = None  # vote shares over CANONICAL (FER+)
     source: str = ""  # source dataset tag (mega dataset)
+    # Records with the same group go to the same seeded split (ExpW: the faces of one photo);
+    # None = the record is its own group (its key).
+    group: str | None = None
 
     @property
     def key(self) -> str:
@@ -73,6 +76,9 @@ class DatasetIndex:
         default_factory=dict
     )  # reason -> count (e.g. FER+ no majority)
     color: bool = False  # the source images are in colour
+    # What the adapter skipped on purpose: OS litter (.DS_Store, __MACOSX/, ...), notes,
+    # images no list names; kind or reason -> count. Never an error, never a bad file.
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +108,7 @@ class LoadedDataset:
     fingerprint: str
     bad_files: list[BadFile] = field(default_factory=list)
     excluded: dict[str, int] = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)  # DatasetIndex.ignored
     # How to load it again: adapter, path, options, split settings, use (``load_dataset``'s
     # arguments); recorded with every run so ``evaluate`` scores the same held-out images.
     spec: dict[str, Any] = field(default_factory=dict)
@@ -206,9 +213,10 @@ def stratified_split(
 ) -> dict[str, list[Record]]:
     """Split records by ``fractions`` (e.g. {"train": .8, "val": .1, "test": .1}).
 
-    Each record goes to a split by a hash of (seed, its key) alone (``split_unit``), so adding
-    or removing one file moves only that file, and the result does not depend on the order the
-    files were listed in. Every class is split in the same proportions in expectation; a class
+    Each record goes to a split by a hash of (seed, its key) alone (``split_unit``; of its
+    ``group`` when set, so that a group's records share a split), so adding or removing one
+    file moves only that file, and the result does not depend on the order the files were
+    listed in. Every class is split in the same proportions in expectation; a class
     of n images gets about ``n * fraction`` of them in each split. Within a split, records keep
     their key order.
     """
@@ -222,6 +230,6 @@ def stratified_split(
     bounds[-1] = 1.0
     out: dict[str, list[Record]] = {n: [] for n in names}
     for r in sorted(records, key=lambda r: r.key):
-        u = split_unit(seed, r.key)
+        u = split_unit(seed, r.group or r.key)
         out[names[next(i for i, b in enumerate(bounds) if u < b)]].append(r)
     return out

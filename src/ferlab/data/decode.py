@@ -13,9 +13,11 @@ small process pool when the list is long.
 
 from __future__ import annotations
 
+import errno
 import math
 import multiprocessing as mp
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -116,35 +118,93 @@ def _render_synthetic(draw: tuple[str, int], size: int, channels: int) -> np.nda
 def _decode_file(
     path: str, box: tuple[int, int, int, int] | None, size: int, channels: int
 ) -> np.ndarray:
-    try:
-        nbytes = os.stat(path).st_size
-    except FileNotFoundError as e:
-        raise BadImageError(path, "file not found") from e
-    except OSError as e:
-        raise BadImageError(path, f"cannot read the file ({e.strerror or e})") from e
-    if nbytes == 0:
-        raise BadImageError(path, "file is empty (0 bytes)")
-    try:
-        with _open(path) as im:
+    with open_image(path) as im:
+        try:
             return _decode_open_image(im, path, box, size, channels)
-    except BadImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError) as e:
-        # PIL reports truncated and corrupt data as OSError ("image file is truncated"),
-        # SyntaxError or ValueError depending on the format plugin.
-        raise BadImageError(path, f"cannot decode the image ({type(e).__name__}: {e})") from e
+        except BadImageError:
+            raise
+        except Exception as e:
+            # PIL reports truncated and corrupt data as OSError ("image file is truncated"),
+            # SyntaxError, ValueError, struct.error, zlib.error... depending on the format
+            # plugin; whatever a hostile file raises, it is a bad file, never a crashed run.
+            raise BadImageError(path, f"cannot decode the image ({type(e).__name__}: {e})") from e
 
 
-def _open(path: str) -> Image.Image:
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file lazily (header only), with every guard ferlab applies.
+
+    The one way ferlab opens an image (decoding, the folder adapter's colour guess, ExpW's
+    photo sizes): a missing, empty, unreadable or non-image file, a symbolic link loop or
+    dangling link, a folder or pipe, and an image over ``MAX_IMAGE_PIXELS`` (a decompression
+    bomb: checked from the header before any pixel is decoded) raise
+    ``BadImageError(path, reason)``. Use it as a context manager (``with open_image(p) as im:``)
+    so that the file is closed.
+    """
+    where = os.fspath(path)
+    problem = unreadable_reason(where)
+    if problem is not None:
+        raise BadImageError(where, problem)
     try:
         with warnings.catch_warnings():
-            # PIL's own (higher) limit only warns below 2x; we apply ours right after.
+            # PIL's own (higher) limit only warns below 2x; ours is applied right after.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path)
+            im = Image.open(where)
     except UnidentifiedImageError as e:
-        raise BadImageError(path, "not an image file (no image format recognised)") from e
+        raise BadImageError(where, "not an image file (no image format recognised)") from e
     except Image.DecompressionBombError as e:
-        raise BadImageError(path, f"image is over the pixel limit: {e}") from e
+        raise BadImageError(
+            where,
+            f"image is over the pixel limit of {MAX_IMAGE_PIXELS:,} pixels ({e}); "
+            "a decompression bomb or an unexpected photo",
+        ) from e
+    except PermissionError as e:
+        raise BadImageError(where, "permission denied: the file cannot be read") from e
+    except OSError as e:
+        raise BadImageError(where, f"cannot read the file ({e.strerror or e})") from e
+    except Exception as e:  # a format plugin choking on a damaged header
+        raise BadImageError(where, f"cannot read the image header ({type(e).__name__}: {e})") from e
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise BadImageError(
+            where,
+            f"image is {w} x {h} = {w * h:,} pixels, over the pixel limit of "
+            f"{MAX_IMAGE_PIXELS:,} (a decompression bomb or an unexpected photo); raise "
+            "ferlab.data.decode.MAX_IMAGE_PIXELS if the file is genuine",
+        )
+    if w < 1 or h < 1:
+        im.close()
+        raise BadImageError(where, f"image has no pixels ({w} x {h})")
+    return im
+
+
+def unreadable_reason(path: str) -> str | None:
+    """Why ``path`` is not a readable, non-empty regular file, in words; None when it is one."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop: the link leads (through links) back to itself"
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return f"dangling symbolic link: its target {target!r} does not exist"
+        if isinstance(err, FileNotFoundError):
+            return "file not found"
+        if isinstance(err, PermissionError):
+            return "permission denied: the file cannot be read"
+        return f"cannot read the file ({err.strerror or err})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an image file"
+    if not stat.S_ISREG(st.st_mode):  # reading a pipe would block: never open one
+        return "not a regular file (a pipe, socket or device)"
+    if st.st_size == 0:
+        return "file is empty (0 bytes)"
+    if not os.access(path, os.R_OK):
+        return "permission denied: the file cannot be read"
+    return None
 
 
 def _decode_open_image(
@@ -155,13 +215,6 @@ def _decode_open_image(
     channels: int,
 ) -> np.ndarray:
     w, h = im.size
-    if w * h > MAX_IMAGE_PIXELS:
-        raise BadImageError(
-            path,
-            f"image is {w} x {h} = {w * h:,} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
-            "(a decompression bomb or an unexpected photo); raise "
-            "ferlab.data.decode.MAX_IMAGE_PIXELS if the file is genuine",
-        )
     orientation = _orientation(im)
     disp_w, disp_h = (h, w) if orientation in _SWAPS_AXES else (w, h)
     if im.format == "JPEG":

@@ -26,12 +26,15 @@ from typing import Any
 import numpy as np
 
 from ferlab.data.base import SPLITS, BadFile, DatasetError, DatasetIndex, Record, index_dataset
-from ferlab.data.loading import merge_bad_files
+from ferlab.data.cache import ON_BAD_FILE, bad_files_message
+from ferlab.data.loading import adapter_options, merge_bad_files
 from ferlab.labels import CANONICAL
 
 DEFAULT_CACHE_DIR = "~/.cache/ferlab"
 DEFAULT_SIZE = 48  # the training defaults (DataConfig), so the cache built here is reused
 DEFAULT_CHANNELS = 1
+# load_dataset's default split settings: adapters that split by themselves get these.
+SPLIT_SEED, VAL_FRACTION, TEST_FRACTION = 0, 0.1, 0.1
 MAX_EXAMPLES = 10  # duplicate groups listed in the report
 # A directory name that names a split: train, Training, FER2013Valid, val_set, test, ...
 _SPLIT_WORD = re.compile(
@@ -49,19 +52,36 @@ def inspect_dataset(
     cache_dir: str | Path = DEFAULT_CACHE_DIR,
     with_cache: bool = True,
     decode: bool = True,
+    on_bad_file: str = "skip",
 ) -> dict[str, Any]:
     """Counts, imbalance, bad files and exact duplicates of one dataset, as a JSON-able dict.
 
     ``with_cache``: decode through ``load_dataset`` (the cache is built, or reused, at ``size``
     and ``channels``, default 48 px grey like training); otherwise decode in memory only.
     ``decode=False`` skips decoding: only the problems the adapter finds are reported.
+    ``on_bad_file="error"``: after looking at every file, raise ``DatasetError`` listing the
+    bad ones (as training would refuse them) instead of reporting them.
     Shape: ``{"dataset", "root", "protocol", "labels", "splits", "folders",
-    "imbalance_ratio", "bad_files", "excluded", "duplicates", "decoded"}``.
+    "imbalance_ratio", "bad_files", "excluded", "ignored", "duplicates", "decoded"}``;
+    ``ignored`` counts what the adapter skipped on purpose (OS litter, notes), by kind.
     """
+    if on_bad_file not in ON_BAD_FILE:
+        raise DatasetError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}.")
     opts = dict(options or {})
     size = size or DEFAULT_SIZE
     channels = channels or DEFAULT_CHANNELS
-    index = index_dataset(name, path, **opts)
+    # The same adapter options as load_dataset gives (the default split settings).
+    index = index_dataset(
+        name,
+        path,
+        **adapter_options(
+            name,
+            opts,
+            split_seed=SPLIT_SEED,
+            val_fraction=VAL_FRACTION,
+            test_fraction=TEST_FRACTION,
+        ),
+    )
     protocol = index.protocol
     bad = list(index.bad_files)
     if decode:
@@ -70,6 +90,8 @@ def inspect_dataset(
         )
         bad = merge_bad_files(bad, decode_bad)
         protocol = loader_protocol or protocol
+    if bad and on_bad_file == "error":
+        raise DatasetError(bad_files_message(name, bad))
     unusable = {b.path for b in bad}
     splits = {
         split: [r for r in records if r.key not in unusable]
@@ -93,6 +115,7 @@ def inspect_dataset(
         "imbalance_ratio": split_counts[first]["imbalance_ratio"] if first else None,
         "bad_files": [{"path": b.path, "reason": b.reason} for b in bad],
         "excluded": dict(index.excluded),
+        "ignored": dict(index.ignored),
         "duplicates": find_duplicates(splits, folder_of if folders else None),
         "decoded": (
             {"size": size, "channels": channels, "cache": bool(with_cache)} if decode else None
@@ -345,6 +368,12 @@ def format_inspection(report: dict[str, Any]) -> str:
         lines.append(f"  ... and {len(bad) - 20} more (see the JSON report)")
     for reason, n in report.get("excluded", {}).items():
         lines.append(f"Excluded: {n:,} ({reason})")
+    ignored = report.get("ignored") or {}
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in ignored.items())
+    lines.append(
+        f"Ignored (not part of the dataset): {sum(ignored.values()):,}"
+        + (f" ({kinds})" if kinds else "")
+    )
     lines += _duplicate_lines(report["duplicates"], str(report["root"]))
     return "\n".join(lines)
 

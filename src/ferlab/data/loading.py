@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.config import DataConfig, DatasetConfig
+from ferlab.data.adapters.utils import SPLIT_OPTIONS, accepted_options, refuse_split_options
 from ferlab.data.base import (
     BadFile,
     DatasetError,
     LoadedDataset,
     Record,
+    get_adapter,
     index_dataset,
     stratified_split,
 )
@@ -53,6 +55,9 @@ def load_dataset(
     before anything is added to the cache. ``display`` overrides the result's name (default:
     ``name``, or ``synthetic-<domain>``). ``use="test"`` makes the dataset evaluation-only:
     every image it has, whatever split its layout puts it in, is in its ``test`` split.
+    ``options`` are the adapter's own: split settings there are refused, since ``split_seed``,
+    ``val_fraction`` and ``test_fraction`` (the ``data:`` section's) are what both the loader
+    and an adapter that splits by itself use (``adapter_options``).
     """
     if on_bad_file not in ON_BAD_FILE:
         raise DatasetError(
@@ -62,11 +67,13 @@ def load_dataset(
         raise DatasetError(f"use must be one of {list(USES)}, got {use!r} (datasets[].use).")
     say = log or (lambda _msg: None)
     label = display or (f"synthetic-{path}" if name == "synthetic" else name)
-    opts = dict(options or {})
-    if name != "synthetic":  # adapters that split by themselves use the data section's seed
-        opts.setdefault("split_seed", split_seed)
-        opts.setdefault("val_fraction", val_fraction)
-        opts.setdefault("test_fraction", test_fraction)
+    opts = adapter_options(
+        name,
+        options or {},
+        split_seed=split_seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
 
     t0 = time.perf_counter()
     index = index_dataset(name, path, **opts)
@@ -131,9 +138,35 @@ def load_dataset(
         fingerprint=fp,
         bad_files=bad,
         excluded=dict(index.excluded),
+        ignored=dict(index.ignored),
         spec=spec,
         root=index.root,
     )
+
+
+def adapter_options(
+    name: str,
+    options: dict[str, Any],
+    *,
+    split_seed: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> dict[str, Any]:
+    """The options the adapter ``name`` is called with: the dataset's own ``options``, plus the
+    split settings for an adapter that splits by itself (ExpW, a folder without split folders),
+    so that its split and the loader's carving use the same, recorded settings.
+
+    Split settings among the dataset's own options are refused (``DatasetError``): they come
+    from the ``data:`` section only. An adapter that declared no options (see
+    ``ferlab.data.adapters.utils.accept_options``) gets the split settings too.
+    """
+    get_adapter(name)  # registers the built-in adapters; an unknown name fails here
+    refuse_split_options(name, options)
+    opts = dict(options)
+    accepted = accepted_options(name)
+    if accepted is None or set(SPLIT_OPTIONS) <= accepted:
+        opts.update(split_seed=split_seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    return opts
 
 
 def load_from_config(

@@ -2,11 +2,20 @@
 
 ``create_model("ferlab_vgg", num_classes=7)`` builds a net; ``list_models("convnext*")`` lists
 names; ``save_model``/``load_model`` write and read ``weights.safetensors`` + ``meta.json``.
+Every failure to load weights is a ``WeightsError`` (``ferlab.models.errors``) naming the file.
 ``DEFAULT_CPU_MODEL`` is the architecture with the best accuracy per CPU-minute we measured
 (see ``bench/arch_probe.py``).
 """
 
 from ferlab.models import compact as compact  # registers the ferlab_* nets
+from ferlab.models.errors import (
+    CorruptWeightsError,
+    UnsafeWeightsError,
+    WeightsError,
+    WeightsMetadataError,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+)
 from ferlab.models.io import (
     ModelMeta,
     load_model,
@@ -17,8 +26,7 @@ from ferlab.models.io import (
 from ferlab.models.pretrained import (
     LoadReport,
     PretrainedUnavailableError,
-    UnsafeWeightsError,
-    WeightsMismatchError,
+    check_pretrained,
     load_pretrained_path,
     load_state_dict_adapted,
     read_state_file,
@@ -37,12 +45,17 @@ DEFAULT_CPU_MODEL = "ferlab_vgg"
 
 __all__ = [
     "DEFAULT_CPU_MODEL",
+    "CorruptWeightsError",
     "LoadReport",
     "ModelMeta",
     "PretrainedUnavailableError",
     "UnknownModelError",
     "UnsafeWeightsError",
+    "WeightsError",
+    "WeightsMetadataError",
     "WeightsMismatchError",
+    "WeightsNotFoundError",
+    "check_pretrained",
     "create_model",
     "default_data_config",
     "default_norm",

@@ -1,104 +1,42 @@
 """Trained models on disk: ``weights.safetensors`` + ``meta.json``, written atomically.
 
-The metadata says everything needed to rebuild and run a model without a config file:
-architecture and its kwargs, output labels in order, input size, channels and normalisation.
-Files are data only: loading never runs code from them (no pickles), and every write goes
-through ``ferlab.layout.atomic_write`` (a temporary file renamed into place), so a kill never
-leaves a half-written file under the final name.
+The metadata (``ferlab.models.meta``) says everything needed to rebuild and run a model
+without a config file. Files are data only: loading never runs code from them (no pickles),
+and every write goes through ``ferlab.layout.atomic_write`` (a temporary file renamed into
+place), so a kill never leaves a half-written file under the final name. Loading treats both
+files as hostile input: any failure is a ``ferlab.models.errors.WeightsError`` naming the file.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
 from torch import nn
 
-from ferlab import __version__, layout
+from ferlab import layout
 from ferlab.device import pick_device
-from ferlab.labels import CANONICAL
 from ferlab.layout import META, WEIGHTS
-from ferlab.models.pretrained import WeightsMismatchError, read_state_file
+from ferlab.models.errors import (
+    WeightsMetadataError,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+    one_line,
+)
+from ferlab.models.meta import HEADER_KEY, META_FORMAT, ModelMeta, locate, read_meta
+from ferlab.models.pretrained import classifier_prefixes, fit_problems, read_state_file
 from ferlab.models.registry import create_model
 
-META_FORMAT = "ferlab-model/1"
-_HEADER_KEY = "ferlab_meta"  # the metadata is also stored in the safetensors header
-
-
-@dataclass
-class ModelMeta:
-    """How to rebuild a trained model and feed it: saved beside its weights as ``meta.json``.
-
-    ``labels`` are canonical emotion names in output order (unit i is ``labels[i]``);
-    ``mean``/``std`` are per channel, applied to pixels scaled to [0, 1].
-    """
-
-    architecture: str
-    labels: list[str]
-    image_size: int = 48
-    channels: int = 1
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.25,)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    ferlab_version: str = __version__
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.labels = list(self.labels)
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
-        unknown = [n for n in self.labels if n not in CANONICAL]
-        if unknown or not self.labels:
-            raise ValueError(
-                f"ModelMeta.labels must be canonical emotion names ({', '.join(CANONICAL)}); "
-                f"got {self.labels!r}"
-            )
-        if self.channels < 1 or self.image_size < 1:
-            raise ValueError(
-                f"channels and image_size must be >= 1, got {self.channels}, {self.image_size}"
-            )
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(
-                f"mean {self.mean} and std {self.std} need one value per channel ({self.channels})"
-            )
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be > 0, got {self.std}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (tuples become lists) tagged with the metadata format."""
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return {"format": META_FORMAT, **d}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
-        """Rebuild from ``to_dict``'s output; unknown keys (a newer ferlab) are ignored with a warning."""
-        data = dict(data)
-        fmt = data.pop("format", META_FORMAT)
-        if not str(fmt).startswith("ferlab-model/"):
-            raise ValueError(
-                f"not ferlab model metadata (format {fmt!r}, expected {META_FORMAT!r})"
-            )
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            warnings.warn(f"model metadata: ignoring unknown keys {unknown}", stacklevel=2)
-        missing = [n for n in ("architecture", "labels") if n not in data]
-        if missing:
-            raise ValueError(f"model metadata lacks {missing}; it cannot rebuild the model")
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelMeta:
-        return cls.from_dict(json.loads(text))
+__all__ = [
+    "META_FORMAT",
+    "ModelMeta",
+    "load_model",
+    "plain_state_dict",
+    "read_meta",
+    "save_model",
+]
 
 
 # ---------------------------------------------------------------- save / load
@@ -128,41 +66,44 @@ def save_model(model: nn.Module, meta: ModelMeta, directory: str | Path) -> Path
     a ``meta.json`` always has complete weights beside it.
     """
     directory = Path(directory)
-    header = {"format": "pt", _HEADER_KEY: json.dumps(meta.to_dict())}
+    header = {"format": "pt", HEADER_KEY: json.dumps(meta.to_dict())}
     blob = safetensors.torch.save(plain_state_dict(model), metadata=header)
     weights = layout.atomic_write(directory / WEIGHTS, blob)
     layout.atomic_write(directory / META, meta.to_json() + "\n")
     return weights
 
 
-def _locate(path: Path) -> tuple[Path, Path]:
-    """(weights file, meta.json) for a run folder, a weights file or a meta.json."""
-    if path.is_dir():
-        return path / WEIGHTS, path / META
-    if path.name == META:
-        return path.parent / WEIGHTS, path
-    return path, path.parent / META
+def _build(meta: ModelMeta, meta_source: str) -> nn.Module:
+    """The architecture the metadata names; a name or kwargs ferlab cannot build is the
+    metadata's fault (the message names its file)."""
+    try:
+        return create_model(
+            meta.architecture,
+            len(meta.labels),
+            meta.channels,
+            image_size=meta.image_size,
+            **meta.kwargs,
+        )
+    except Exception as e:  # any error of a constructor fed hand-edited kwargs
+        raise WeightsMetadataError(
+            f"{meta_source}: cannot build architecture {meta.architecture!r} with kwargs "
+            f"{one_line(repr(meta.kwargs), 120)} ({type(e).__name__}: {one_line(e)}). Fix "
+            "architecture/kwargs there, or copy the run's meta.json again."
+        ) from e
 
 
-def read_meta(path: str | Path) -> ModelMeta:
-    """The metadata for a run folder or weights file (``meta.json``, else the safetensors header)."""
-    weights, meta_path = _locate(Path(path))
-    if meta_path.is_file():
-        try:
-            return ModelMeta.from_json(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise ValueError(f"{meta_path}: invalid model metadata: {e}") from e
-    if weights.suffix == ".safetensors" and weights.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as fh:
-            header = fh.metadata() or {}
-        if _HEADER_KEY in header:
-            return ModelMeta.from_json(header[_HEADER_KEY])
-    raise FileNotFoundError(
-        f"No model metadata for {path}: expected {meta_path} (written by ferlab.models.save_model "
-        "beside the weights)."
-    )
+def _mismatch_details(model: nn.Module, state: dict[str, torch.Tensor], meta: ModelMeta) -> str:
+    """What differs between the weights and the model the metadata describes, on one line."""
+    parts: list[str] = []
+    for prefix in classifier_prefixes(model):
+        w = state.get(f"{prefix}.weight")
+        if w is not None and w.ndim >= 1 and w.shape[0] != len(meta.labels):
+            parts.append(
+                f"the weights hold {w.shape[0]} classes but the metadata lists "
+                f"{len(meta.labels)} labels"
+            )
+    parts += fit_problems(model.state_dict(), state)
+    return "; ".join(parts)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
@@ -170,28 +111,34 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
     The architecture is rebuilt from the metadata and the weights are loaded strictly; no code
     is executed from any file. ``device`` is ``"auto"`` or any device ``ferlab.device.pick_device``
-    accepts.
+    accepts. Every problem with the files raises a ``WeightsError`` naming the file: missing
+    weights or metadata, a refused pickle, a truncated file, invalid metadata, or metadata that
+    describes another model than the weights hold.
     """
-    weights, _ = _locate(Path(path))
+    weights, meta_path = locate(Path(path))
     if not weights.is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"No weights at {weights}: pass a run folder holding {WEIGHTS} and {META}, "
             "or the weights file itself."
         )
     meta = read_meta(path)
-    model = create_model(
-        meta.architecture,
-        len(meta.labels),
-        meta.channels,
-        image_size=meta.image_size,
-        **meta.kwargs,
-    )
+    meta_source = str(meta_path) if meta_path.is_file() else f"the metadata in {weights}"
     state = read_state_file(weights)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    model = _build(meta, meta_source)
+    details = _mismatch_details(model, state, meta)
+    if details:
         raise WeightsMismatchError(
             f"{weights} does not fit {meta.architecture} as described by its metadata "
-            f"({len(meta.labels)} classes, {meta.channels} channels, kwargs {meta.kwargs}): {e}"
+            f"({len(meta.labels)} classes, {meta.channels} channels, kwargs "
+            f"{one_line(repr(meta.kwargs), 120)}): "
+            f"{details}. The metadata and the weights come from different models: keep the "
+            f"{META} saved with these weights, or fix architecture, labels and kwargs in "
+            f"{meta_source}."
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # e.g. a dtype that cannot be copied
+        raise WeightsMismatchError(
+            f"{weights}: cannot load into {meta.architecture}: {one_line(e)}"
         ) from e
     return model.to(pick_device(device, setting="load_model(device=...)")).eval(), meta

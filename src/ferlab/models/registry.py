@@ -13,7 +13,7 @@ import difflib
 import fnmatch
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,6 +112,8 @@ def create_model(
     in_chans: int = 1,
     pretrained: bool | str | Path = False,
     image_size: int = 48,
+    *,
+    labels: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a classifier with ``num_classes`` outputs for ``in_chans``-channel input.
@@ -119,11 +121,16 @@ def create_model(
     ``image_size`` is passed to architectures that need it (ViT, DeiT, Swin... through timm's
     ``img_size``); convolutional nets ignore it. ``kwargs`` go to the architecture
     (``drop_rate``, ferlab's ``width_mult``...). ``pretrained=True`` loads hub weights (offline:
-    a fast error naming the path option); a path loads a local state dict with the first conv
-    adapted to ``in_chans`` and a new head when the class count differs.
+    a fast error naming the path option); a path (a weights file or a ferlab run folder) loads
+    a local state dict with the first conv adapted to ``in_chans``. ``labels`` (the output
+    classes in order) decide whether a ferlab run's classifier head is kept: only when they are
+    the run's labels; without them, or for a plain state dict, the head is kept when the class
+    count matches (see ``ferlab.models.pretrained.load_pretrained_path``).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if labels is not None and len(labels) != num_classes:
+        raise ValueError(f"labels {list(labels)} are not num_classes={num_classes} names")
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     hub, path = pre.parse_pretrained(pretrained)
@@ -139,12 +146,12 @@ def create_model(
     else:
         model = _create_timm(name, num_classes, in_chans, image_size, hub, kwargs)
     if path is not None:
-        report = pre.load_pretrained_path(model, path)
+        report = pre.load_pretrained_path(model, path, labels=labels)
         log.info(
-            "loaded %s (first conv adapted: %s, head replaced: %s)",
+            "loaded %s (first conv adapted: %s; classifier head %s)",
             path,
             report.adapted_first_conv,
-            bool(report.head_replaced),
+            report.head_decision,
         )
     return model
 

@@ -170,6 +170,8 @@ def data_sections(record: Record) -> list[dict[str, Any]]:
                 "protocol": info.get("protocol"),
                 "bad_files": info.get("bad_files"),
                 "excluded": dict(info.get("excluded") or {}),
+                "ignored": dict(info.get("ignored") or {}),
+                "duplicates": dict(info.get("duplicates") or {}),
                 "bad_file_examples": [
                     b for b in (info.get("bad_file_examples") or []) if isinstance(b, dict)
                 ],
@@ -308,6 +310,7 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
         else None,
         "eval_only": [d.name for d in record.plan.datasets if d.use == "test"],
         "dropped": collect_dropped_labels(record),
+        "leakage": leakage_rows(record),
         "pairs": pairs,
         "data": data_sections(record),
         "metrics": METRICS,
@@ -315,6 +318,44 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
         "reused": reused_entries(record),
         "unplanned": unplanned_folders(layout, record.plan),
     }
+
+
+def leakage_rows(record: Record) -> list[dict[str, Any]]:
+    """Planned evaluations whose test images training or validation already saw, beside the
+    accuracy they inflate (from ``data/leakage.json``; near duplicates include exact ones)."""
+    path = record.layout.leakage
+    if not path.is_file():
+        return []
+    data = read_json(path)
+    seen = {
+        (str(r.get("train_dataset")), str(r.get("test_dataset"))): r
+        for r in (data.get("pairs") if isinstance(data, dict) else None) or []
+        if isinstance(r, dict)
+    }
+    out = []
+    for e in record.evaluations:
+        r = seen.get((e.train_dataset, e.test_dataset))
+        if r is None:
+            continue
+        in_train, in_val = int(r.get("near_in_train") or 0), int(r.get("near_in_val") or 0)
+        if not in_train + in_val:
+            continue
+        block = e.result(use_tta=True) or {}
+        n = int(r.get("n_test") or 0)
+        out.append(
+            {
+                "train_dataset": e.train_dataset,
+                "model": e.model,
+                "test_dataset": e.test_dataset,
+                "accuracy": block.get("accuracy"),
+                "n_test": n,
+                "in_train": in_train,
+                "in_val": in_val,
+                "exact": int(r.get("exact_in_train") or 0) + int(r.get("exact_in_val") or 0),
+                "share": (in_train + in_val) / n if n else None,
+            }
+        )
+    return out
 
 
 def _evaluation_row(e: Evaluation) -> dict[str, Any]:

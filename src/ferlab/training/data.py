@@ -98,14 +98,17 @@ def epoch_indices(
     return rng.permutation(len(labels)).astype(np.int64)
 
 
-def class_counts_after_balancing(labels: np.ndarray, balance: str, seed: int) -> dict[str, int]:
+def class_counts_after_balancing(
+    labels: np.ndarray, balance: str, seed: int, groups: np.ndarray | None = None
+) -> dict[str, int]:
     """Per canonical class name, how many samples one training epoch draws (for the plots).
 
-    ``labels`` are canonical indices. ``weighted`` and ``none`` draw each sample once (weighting
-    changes the loss, not the counts).
+    ``labels`` are canonical indices; ``groups`` the split's oversampling cells when it has
+    them (the mega dataset's (source, class) cells), exactly as the sampler uses them.
+    ``weighted`` and ``none`` draw each sample once (weighting changes the loss, not the counts).
     """
     labels = np.asarray(labels, dtype=np.int64)
-    idx = epoch_indices(labels, balance, 0, seed)
+    idx = epoch_indices(labels, balance, 0, seed, groups=groups)
     counts = np.bincount(labels[idx], minlength=len(CANONICAL))
     return {name: int(counts[i]) for i, name in enumerate(CANONICAL) if counts[i] > 0}
 
@@ -216,7 +219,12 @@ class TrainBatches:
 
 class EvalBatches:
     """Validation batches in order; under DDP rank r takes samples r, r+world, ... (no padding,
-    so metrics summed over ranks count every sample exactly once)."""
+    so metrics summed over ranks count every sample exactly once).
+
+    ``subset_seed``: visit the samples in an order seeded by it (the same every epoch), so that
+    the first batches, all ``limit_val_batches`` lets through, are a random subset of every
+    class rather than the first classes of a class-sorted split.
+    """
 
     def __init__(
         self,
@@ -226,9 +234,13 @@ class EvalBatches:
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        subset_seed: int | None = None,
     ) -> None:
         self.images = images_tensor(split.images)
-        self.idx = np.arange(len(split), dtype=np.int64)[rank::world_size]
+        order = np.arange(len(split), dtype=np.int64)
+        if subset_seed is not None:
+            order = np.random.default_rng(derive_seed(subset_seed, "val-subset")).permutation(order)
+        self.idx = order[rank::world_size]
         self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64)[self.idx].copy())
         self.batch_size = batch_size
 

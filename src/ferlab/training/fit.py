@@ -176,6 +176,7 @@ class FerDataModule(pl.LightningDataModule):
             batch_size=max(self.cfg.batch_size, 256),
             rank=rank,
             world_size=world,
+            subset_seed=self.seed if self.cfg.limit_val_batches is not None else None,
         )
 
 
@@ -242,6 +243,7 @@ def fit(
         in_chans=channels,
         pretrained=model_cfg.pretrained,
         image_size=image_size,
+        labels=labels,  # a fine-tuned run's head is kept only for the same labels
         **model_cfg.kwargs,
     )
     mean, std = _norm_for(model, channels)
@@ -270,7 +272,7 @@ def fit(
         seed=seed,
         class_weights=weights,
         on_epoch_end=write_history,
-        log_every=PROGRESS_REFRESH_STEPS if runtime.progress else 0,
+        log_every=PROGRESS_REFRESH_STEPS if runtime.show_progress else 0,
     )
     datamodule = FerDataModule(train, val, labels, train_cfg, seed, soft)
 

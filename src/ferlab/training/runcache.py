@@ -35,11 +35,16 @@ def _file_digest(path: Path) -> str:
 
 
 def _pretrained_id(pretrained: bool | str) -> Any:
-    """``True``/``False`` as is; a weights file by its content, so a replaced file retrains."""
+    """``True``/``False`` as is; a weights file (or a run folder's weights and ``meta.json``,
+    whose labels decide whether the head is kept) by content, so a replaced file retrains."""
     if isinstance(pretrained, bool):
         return pretrained
     p = Path(pretrained).expanduser()
-    return {"path": str(pretrained), "sha256": _file_digest(p) if p.is_file() else None}
+    files = [p] if p.is_file() else [p / WEIGHTS, p / META] if p.is_dir() else []
+    return {
+        "path": str(pretrained),
+        "sha256": [_file_digest(f) if f.is_file() else None for f in files] or None,
+    }
 
 
 def run_key(

@@ -159,7 +159,8 @@ def build_trainer(
     accelerator = pick_device(runtime.accelerator).type
     precision = resolve_precision(runtime.precision, accelerator)
     all_callbacks = list(callbacks)
-    if runtime.progress:
+    progress = runtime.show_progress
+    if progress:
         all_callbacks.append(TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
     with quiet_lightning():
         trainer = pl.Trainer(
@@ -177,7 +178,7 @@ def build_trainer(
             plugins=[AtomicCheckpointIO()],
             logger=train_loggers(run_dir),
             enable_checkpointing=any(isinstance(cb, Checkpoint) for cb in all_callbacks),
-            enable_progress_bar=runtime.progress,
+            enable_progress_bar=progress,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             use_distributed_sampler=False,

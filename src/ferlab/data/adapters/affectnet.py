@@ -4,7 +4,7 @@
   ``val_set/`` likewise; the npy holds the expression as a string or an integer;
 - CSV release: ``training.csv`` / ``validation.csv`` (also under ``Manually_Annotated_file_lists/``)
   with columns ``subDirectory_filePath, face_x, face_y, face_width, face_height, ..., expression``
-  and images under ``Manually_Annotated_Images/``. Faces are records with their box (the
+  (also gzipped, ``.csv.gz``) and images under ``Manually_Annotated_Images/``. Faces are records with their box (the
   decoder clips boxes; reading 400k image headers here would not be cheap).
 
 Expressions 0..7 = neutral, happy, sad, surprise, fear, disgust, anger, contempt
@@ -15,15 +15,30 @@ validation set serves as test (the common protocol); val is carved from train by
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ferlab.data.adapters.utils import ZERO_BYTE, check_options, is_image_name, require_dir
+from ferlab.data.adapters.utils import (
+    BROKEN_LINK,
+    SUBFOLDER,
+    ZERO_BYTE,
+    accept_options,
+    check_options,
+    count_unused,
+    csv_rows,
+    file_problem,
+    find_file,
+    image_table,
+    list_dir,
+    open_text,
+    require_dir,
+    unused_kind,
+)
 from ferlab.data.base import BadFile, DatasetError, DatasetIndex, Record, register_dataset
 from ferlab.labels import AFFECTNET, CANONICAL, EMOTIONS, INDEX
 
@@ -52,22 +67,24 @@ PROTOCOL = (
     "AffectNet's validation set serves as test (its test set is not public); "
     "val is carved from train by the loader."
 )
+OPTIONS = accept_options("affectnet", "classes")
 
 
 @register_dataset("affectnet")
 def affectnet(root: Path, **options: Any) -> DatasetIndex:
     """Index AffectNet. Options: ``classes`` (7 or 8, default 8)."""
-    check_options("affectnet", options, ("classes",))
+    check_options("affectnet", options)
     root = require_dir(
         Path(root), "AffectNet root", "Point it at the folder holding train_set/ and val_set/."
     )
     classes = int(options.get("classes", 8))
     if classes not in (7, 8):
         raise DatasetError(f"affectnet option classes={classes}: use 7 (no contempt) or 8.")
+    ignored: Counter[str] = Counter()
     if (root / "train_set").is_dir() or (root / "val_set").is_dir():
-        splits, bad, excluded = _index_folder_release(root, classes)
+        splits, bad, excluded = _index_folder_release(root, classes, ignored)
     else:
-        splits, bad, excluded = _index_csv_release(root, classes)
+        splits, bad, excluded = _index_csv_release(root, classes, ignored)
     return DatasetIndex(
         name="affectnet",
         root=str(root),
@@ -77,6 +94,7 @@ def affectnet(root: Path, **options: Any) -> DatasetIndex:
         bad_files=bad,
         excluded=dict(sorted(excluded.items())),
         color=True,
+        ignored=dict(sorted(ignored.items())),
     )
 
 
@@ -96,11 +114,12 @@ def expression_label(value: int, classes: int) -> tuple[int | None, str | None]:
 
 # ---------------------------------------------------------------------------- folder release
 def _index_folder_release(
-    root: Path, classes: int
+    root: Path, classes: int, ignored: Counter[str]
 ) -> tuple[dict[str, list[Record]], list[BadFile], Counter[str]]:
     splits: dict[str, list[Record]] = {}
     bad: list[BadFile] = []
     excluded: Counter[str] = Counter()
+    count_unused(root, set(SET_FOLDERS), ignored)
     for folder, split in SET_FOLDERS.items():
         base = root / folder
         fix = f"The folder release has {folder}/images/ and {folder}/annotations/; restore them."
@@ -108,7 +127,8 @@ def _index_folder_release(
         annotations = require_dir(
             base / "annotations", f"AffectNet {folder} annotation folder", fix
         )
-        records, bad_here, excluded_here = _index_set(images, annotations, classes)
+        count_unused(base, {"images", "annotations"}, ignored)
+        records, bad_here, excluded_here = _index_set(images, annotations, classes, ignored)
         splits[split] = records
         bad.extend(bad_here)
         excluded.update(excluded_here)
@@ -116,24 +136,21 @@ def _index_folder_release(
 
 
 def _index_set(
-    images: Path, annotations: Path, classes: int
+    images: Path, annotations: Path, classes: int, ignored: Counter[str]
 ) -> tuple[list[Record], list[BadFile], Counter[str]]:
-    with os.scandir(annotations) as it:
-        npys = {e.name for e in it if e.name.endswith("_exp.npy")}
-    with os.scandir(images) as it:
-        entries = sorted(
-            (e for e in it if is_image_name(e.name) and e.is_file()), key=lambda e: e.name
-        )
+    npys = _annotation_names(annotations, ignored)
+    sizes = image_table(images, ignored)
     records: list[Record] = []
     bad: list[BadFile] = []
     excluded: Counter[str] = Counter()
-    for entry in entries:
-        npy = f"{os.path.splitext(entry.name)[0]}_exp.npy"
-        if entry.stat().st_size == 0:
-            bad.append(BadFile(entry.path, ZERO_BYTE))
+    for name, size in sorted(sizes.items()):
+        path = str(images / name)
+        npy = f"{os.path.splitext(name)[0]}_exp.npy"
+        if isinstance(size, str) or size == 0:
+            bad.append(BadFile(path, size if isinstance(size, str) else ZERO_BYTE))
             continue
         if npy not in npys:
-            bad.append(BadFile(entry.path, f"no annotation {str(annotations / npy)!r}"))
+            bad.append(BadFile(path, f"no annotation {str(annotations / npy)!r}"))
             continue
         try:
             label, reason = expression_label(read_expression(annotations / npy), classes)
@@ -143,8 +160,22 @@ def _index_set(
         if label is None:
             excluded[str(reason)] += 1
         else:
-            records.append(Record(path=entry.path, label=label))
+            records.append(Record(path=path, label=label))
     return records, bad, excluded
+
+
+def _annotation_names(annotations: Path, ignored: Counter[str]) -> set[str]:
+    """Names of the ``*_exp.npy`` files; the other ``.npy`` (arousal, valence, landmarks)
+    belong to the release, anything else is counted in ``ignored``."""
+    listing = list_dir(annotations, ignored)
+    if listing.dirs:
+        ignored[SUBFOLDER] += len(listing.dirs)
+    if listing.broken:
+        ignored[BROKEN_LINK] += len(listing.broken)
+    for entry in listing.files:
+        if not entry.name.endswith(".npy"):
+            ignored[unused_kind(entry.name, is_dir=False, image_place=True)] += 1
+    return {e.name for e in listing.files if e.name.endswith("_exp.npy")}
 
 
 def read_expression(path: Path) -> int:
@@ -164,7 +195,7 @@ def read_expression(path: Path) -> int:
 
 # ---------------------------------------------------------------------------- CSV release
 def _index_csv_release(
-    root: Path, classes: int
+    root: Path, classes: int, ignored: Counter[str]
 ) -> tuple[dict[str, list[Record]], list[BadFile], Counter[str]]:
     image_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
     if image_dir is None:
@@ -172,40 +203,43 @@ def _index_csv_release(
             f"AffectNet root {str(root)!r} holds neither train_set/ and val_set/ (folder "
             f"release) nor {IMAGE_DIRS[0]}/ (CSV release). Point the path at one of them."
         )
-    listing = _SubdirListing(image_dir)
+    listing = _SubdirListing(image_dir, ignored)
     splits: dict[str, list[Record]] = {}
     bad: list[BadFile] = []
     excluded: Counter[str] = Counter()
+    used = {image_dir.relative_to(root).parts[0]}
     for name, split in CSV_FILES.items():
-        path = next((root / d / name for d in CSV_DIRS if (root / d / name).is_file()), None)
+        path = next((f for d in CSV_DIRS if (f := find_file(root / d, name)) is not None), None)
         if path is None:
             raise DatasetError(
                 f"AffectNet CSV release at {str(root)!r} lacks {name} (looked in the root and "
                 "Manually_Annotated_file_lists/). Copy it from the release."
             )
+        used.add(path.relative_to(root).parts[0])
         records, bad_here, excluded_here = _index_csv(path, listing, classes)
         splits[split] = records
         bad.extend(bad_here)
         excluded.update(excluded_here)
+    count_unused(root, used, ignored)
     return splits, bad, excluded
 
 
 class _SubdirListing:
-    """File sizes under an image folder, listed one sub-folder at a time as rows ask for them."""
+    """File sizes under an image folder, listed one sub-folder at a time as rows ask for them.
 
-    def __init__(self, base: Path) -> None:
+    Litter and other files in a listed sub-folder are counted in ``ignored``.
+    """
+
+    def __init__(self, base: Path, ignored: Counter[str]) -> None:
         self.base = base
-        self._sizes: dict[str, dict[str, int]] = {}
+        self._ignored = ignored
+        self._sizes: dict[str, dict[str, int | str]] = {}
 
-    def size(self, rel: str) -> int | None:
+    def size(self, rel: str) -> int | str | None:
         sub, _, name = rel.replace("\\", "/").rpartition("/")
         if sub not in self._sizes:
             folder = self.base / sub
-            if folder.is_dir():
-                with os.scandir(folder) as it:
-                    self._sizes[sub] = {e.name: e.stat().st_size for e in it if e.is_file()}
-            else:
-                self._sizes[sub] = {}
+            self._sizes[sub] = image_table(folder, self._ignored) if folder.is_dir() else {}
         return self._sizes[sub].get(name)
 
 
@@ -215,20 +249,16 @@ def _index_csv(
     records: list[Record] = []
     bad: list[BadFile] = []
     excluded: Counter[str] = Counter()
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        first = next(reader, None)
+    with open_text(path) as f:
+        rows = csv_rows(f)
+        first = next(rows, None)
         if first is None:
             raise DatasetError(
                 f"AffectNet CSV {str(path)!r} is empty. Copy it again from the release."
             )
-        header = [h.strip() for h in first]
-        has_header = "subDirectory_filePath" in header
-        columns = _csv_columns(path, header if has_header else list(CSV_COLUMNS))
-        rows = reader if has_header else _chain(first, reader)
-        for line_no, row in enumerate(rows, start=2 if has_header else 1):
-            if not row:
-                continue
+        has_header = "subDirectory_filePath" in first[1]
+        columns = _csv_columns(path, first[1] if has_header else list(CSV_COLUMNS))
+        for line_no, row in rows if has_header else _chain(first, rows):
             record, problem, reason = _csv_row(row, columns, listing, classes)
             if problem is not None:
                 bad.append(BadFile(f"{path}:{line_no}", f"line {line_no}: {problem}"))
@@ -239,7 +269,9 @@ def _index_csv(
     return records, bad, excluded
 
 
-def _chain(first: list[str], rest: Any) -> Any:
+def _chain(
+    first: tuple[int, list[str]], rest: Iterator[tuple[int, list[str]]]
+) -> Iterator[tuple[int, list[str]]]:
     yield first
     yield from rest
 
@@ -274,7 +306,7 @@ def _csv_row(
             int(float(row[columns[c]]))
             for c in ("face_x", "face_y", "face_width", "face_height", "expression")
         )
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         return None, "face box and expression must be integers", None
     try:
         label, reason = expression_label(expression, classes)
@@ -284,10 +316,8 @@ def _csv_row(
         return None, None, reason
     if w <= 0 or h <= 0:
         return None, f"face box width {w} / height {h} must be > 0", None
-    size = listing.size(rel)
     image = str(listing.base / rel)
-    if size is None:
-        return None, f"image {image!r} is missing", None
-    if size == 0:
-        return None, f"{image!r}: {ZERO_BYTE}", None
+    problem = file_problem(image, listing.size(rel))
+    if problem is not None:
+        return None, problem, None
     return Record(path=image, label=label, box=(x, y, x + w, y + h)), None, None

@@ -5,16 +5,20 @@ Layouts, detected from what is under the root (or the root is the CSV file itsel
 - image folders ``train/<emotion>/``, ``test/<emotion>/`` (optionally ``val/``); the file names
   keep the original split (``Training_*``, ``PublicTest_*``, ``PrivateTest_*``);
 - ``fer2013.csv`` (``emotion,pixels,Usage``) and Kaggle's ``icml_face_data.csv``
-  (``emotion, Usage, pixels``: headers with leading spaces).
+  (``emotion, Usage, pixels``: headers with leading spaces), also gzipped (``.csv.gz``), with
+  or without a byte-order mark, ``\r\n`` line ends, quoted fields and blank lines.
 
 Official protocol: Training -> train, PublicTest -> val, PrivateTest -> test. Both layouts give
-the same splits and labels for the same images.
+the same splits and labels for the same images. In the folder release a ``test/`` that mixes
+prefixed and un-prefixed files is an error naming them (it would silently change the
+protocol); ``split_by_prefix: false`` keeps all of ``test/`` as test instead.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,11 @@ import numpy as np
 
 from ferlab.data.adapters.utils import (
     SPLIT_FOLDERS,
+    accept_options,
     check_options,
+    count_unused,
+    open_text,
+    refuse_unused,
     require_dir,
     scan_class_folders,
     subdirectories,
@@ -39,7 +47,9 @@ _ALLOWED = b"0123456789 \t\n"
 _CHAR_ALLOWED = np.zeros(256, dtype=np.uint8)  # byte -> 1 when allowed in a pixel string
 _CHAR_ALLOWED[np.frombuffer(_ALLOWED, dtype=np.uint8)] = 1
 _DIGIT_BYTES = frozenset(b"0123456789")
-_OWN_OPTIONS = ("layout", "split_by_prefix")
+FOLDER_ONLY = ("split_by_prefix", "class_map")  # options of the image-folder release only
+OPTIONS = accept_options("fer2013", "layout", *FOLDER_ONLY)
+MAX_NAMED = 5  # un-prefixed files named in the error
 
 
 @register_dataset("fer2013")
@@ -51,17 +61,24 @@ def fer2013(root: Path, **options: Any) -> DatasetIndex:
     the file-name prefixes; false keeps all of ``test/`` as test and leaves val to the loader),
     ``class_map``.
     """
-    check_options("fer2013", options, _OWN_OPTIONS)
+    check_options("fer2013", options)
     root = Path(root)
     layout = str(options.get("layout", "auto")).lower()
     if layout not in ("auto", "folder", "csv"):
         raise DatasetError(f"fer2013 option layout={layout!r}: use auto, folder or csv.")
+    ignored: Counter[str] = Counter()
     if layout == "csv" or (layout == "auto" and not _has_split_folders(root)):
-        return _index_csv(_find_csv(root))
+        csv_path = _find_csv(root)
+        refuse_unused("fer2013", options, FOLDER_ONLY, f"the CSV release ({str(csv_path)!r})")
+        if root.is_dir():
+            used = {csv_path.relative_to(root).parts[0]}
+            count_unused(root, used, ignored)
+        return _index_csv(csv_path, ignored)
     return _index_folders(
         root,
         class_map=options.get("class_map"),
         by_prefix=bool(options.get("split_by_prefix", True)),
+        ignored=ignored,
     )
 
 
@@ -77,9 +94,14 @@ def _find_csv(root: Path) -> Path:
     )
     for folder in (root, root / "fer2013"):
         for name in CSV_NAMES:
-            if (folder / name).is_file():
-                return folder / name
-    found = sorted(p.name for p in root.glob("*.csv"))
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    return candidate
+    found = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.name.lower().endswith((".csv", ".csv.gz")) and not p.name.startswith(".")
+    )
     if len(found) == 1:
         return root / found[0]
     raise DatasetError(
@@ -90,7 +112,9 @@ def _find_csv(root: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- image folders
-def _index_folders(root: Path, *, class_map: Any, by_prefix: bool) -> DatasetIndex:
+def _index_folders(
+    root: Path, *, class_map: Any, by_prefix: bool, ignored: Counter[str]
+) -> DatasetIndex:
     require_dir(root, "FER2013 root", "Point it at the folder holding train/ and test/.")
     folders = {
         SPLIT_FOLDERS[d.name.lower()]: Path(d.path)
@@ -104,15 +128,17 @@ def _index_folders(root: Path, *, class_map: Any, by_prefix: bool) -> DatasetInd
                 f"has train/<emotion>/ and test/<emotion>/; restore {split}/ or point the path "
                 "at the folder that holds both."
             )
+    count_unused(root, {p.name for p in folders.values()}, ignored)
     splits: dict[str, list[Record]] = {}
     bad: list[BadFile] = []
     for split, folder in sorted(folders.items()):
-        records, bad_here = scan_class_folders(folder, class_map=class_map)
+        records, bad_here = scan_class_folders(folder, class_map=class_map, ignored=ignored)
         splits[split] = records
         bad.extend(bad_here)
     if "val" in splits:
         protocol = "Split folders train, val and test as given."
-    elif by_prefix and _all_prefixed(splits["test"]):
+    elif by_prefix and _any_prefixed(splits["test"]):
+        _check_all_prefixed(folders["test"], splits["test"])
         splits["val"] = [r for r in splits["test"] if _prefix_split(r.path) == "val"]
         splits["test"] = [r for r in splits["test"] if _prefix_split(r.path) == "test"]
         protocol = (
@@ -137,6 +163,22 @@ def _index_folders(root: Path, *, class_map: Any, by_prefix: bool) -> DatasetInd
         protocol=protocol,
         bad_files=bad,
         color=False,
+        ignored=dict(sorted(ignored.items())),
+    )
+
+
+def _check_all_prefixed(test_dir: Path, records: list[Record]) -> None:
+    """A test/ with PublicTest_/PrivateTest_ files must have no other file: say which."""
+    stray = [r.path for r in records if _prefix_split(r.path) is None]
+    if not stray:
+        return
+    named = ", ".join(repr(os.path.relpath(p, test_dir)) for p in stray[:MAX_NAMED])
+    more = f" and {len(stray) - MAX_NAMED} more" if len(stray) > MAX_NAMED else ""
+    raise DatasetError(
+        f"FER2013 {str(test_dir)!r} splits into val (PublicTest_*) and test (PrivateTest_*) by "
+        f"file-name prefix, but {len(stray)} file(s) have neither prefix: {named}{more}. "
+        "Rename them with the prefix of their split or remove them, or set the dataset option "
+        "split_by_prefix: false to keep all of test/ as test (val is then carved from train)."
     )
 
 
@@ -148,21 +190,26 @@ def _prefix_split(path: str) -> str | None:
     return None
 
 
-def _all_prefixed(records: list[Record]) -> bool:
-    return bool(records) and all(_prefix_split(r.path) is not None for r in records)
+def _any_prefixed(records: list[Record]) -> bool:
+    return any(_prefix_split(r.path) is not None for r in records)
 
 
 # ---------------------------------------------------------------------------- CSV
-def _index_csv(path: Path) -> DatasetIndex:
+def _index_csv(path: Path, ignored: Counter[str]) -> DatasetIndex:
     splits: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
     bad: list[BadFile] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        header = _split_line(f.readline())
+    with open_text(path) as f:
+        lines = enumerate(f, start=1)
+        header: list[str] = []
+        for _, line in lines:  # the header is the first line that is not blank
+            header = _split_line(line)
+            if any(h.strip() for h in header):
+                break
         columns = _csv_columns(path, header)
         chunk: list[tuple[int, list[str]]] = []  # (line number, fields)
         row = 0
-        for line_no, line in enumerate(f, start=2):
-            if not line.strip():
+        for line_no, line in lines:
+            if not line.replace(",", "").strip():  # blank, or only commas
                 continue
             chunk.append((line_no, _split_line(line)))
             if len(chunk) == CHUNK_ROWS:
@@ -184,14 +231,16 @@ def _index_csv(path: Path) -> DatasetIndex:
         ),
         bad_files=bad,
         color=False,
+        ignored=dict(sorted(ignored.items())),
     )
 
 
 def _split_line(line: str) -> list[str]:
-    """CSV fields of one line; FER2013 rows hold no quotes, so a plain split is the fast path."""
+    """CSV fields of one line, quotes removed; FER2013 rows rarely hold quotes, so a plain
+    split is the fast path. Fields keep their spaces (they are stripped where read)."""
     line = line.rstrip("\r\n")
     if '"' in line:
-        return next(csv.reader([line]), [])
+        return next(csv.reader([line], skipinitialspace=True), [])
     return line.split(",") if line else []
 
 

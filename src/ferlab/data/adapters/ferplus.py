@@ -2,7 +2,8 @@
 
 Layout: ``FER2013Train/``, ``FER2013Valid/``, ``FER2013Test/`` (any subset), each with ``*.png``
 and ``label.csv`` rows ``file,"(x, y, w, h)",neutral,happiness,surprise,sadness,anger,disgust,
-fear,contempt,unknown,NF`` (vote counts; no header in Microsoft's file, one is skipped if present).
+fear,contempt,unknown,NF`` (vote counts; no header in Microsoft's file, one is skipped if present;
+``label.csv.gz`` is read too). Images no row names are counted in ``ignored``.
 
 Majority label, Microsoft's rule (FERPlus ``src/ferplus.py``, mode ``majority``): votes of a class
 with a single vote are dropped as outliers; the top class must then hold more than half of the
@@ -13,14 +14,24 @@ after outlier removal, emotion classes only (soft-label targets).
 
 from __future__ import annotations
 
-import csv
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ferlab.data.adapters.utils import ZERO_BYTE, check_options, require_dir
+from ferlab.data.adapters.utils import (
+    accept_options,
+    check_options,
+    count_unlisted,
+    count_unused,
+    csv_rows,
+    file_problem,
+    find_file,
+    image_table,
+    list_dir,
+    open_text,
+    require_dir,
+)
 from ferlab.data.base import BadFile, DatasetError, DatasetIndex, Record, register_dataset
 from ferlab.labels import CANONICAL, FERPLUS_COLUMNS, INDEX
 
@@ -29,6 +40,8 @@ NO_MAJORITY = "no majority label"
 MAJORITY_UNKNOWN = "majority unknown"
 MAJORITY_NOT_FACE = "majority not a face"
 FULL_BOX = (0, 0, 48, 48)
+LABEL_CSV = "label.csv"
+OPTIONS = accept_options("ferplus")
 
 
 @register_dataset("ferplus")
@@ -36,13 +49,14 @@ def ferplus(root: Path, **options: Any) -> DatasetIndex:
     """Index FER+ with majority labels (8 classes incl. contempt) and soft vote shares."""
     check_options("ferplus", options)
     root = require_dir(Path(root), "FER+ root", "Point it at the folder holding FER2013Valid/ etc.")
-    folders = _split_folders(root)
+    ignored: Counter[str] = Counter()
+    folders = _split_folders(root, ignored)
     splits: dict[str, list[Record]] = {}
     bad: list[BadFile] = []
     excluded: Counter[str] = Counter()
     for folder_name, split in FOLDERS.items():
         if folder_name in folders:
-            records, bad_here, excluded_here = _index_folder(folders[folder_name])
+            records, bad_here, excluded_here = _index_folder(folders[folder_name], ignored)
             splits[split] = records
             bad.extend(bad_here)
             excluded.update(excluded_here)
@@ -57,18 +71,21 @@ def ferplus(root: Path, **options: Any) -> DatasetIndex:
         bad_files=bad,
         excluded=dict(sorted(excluded.items())),
         color=False,
+        ignored=dict(sorted(ignored.items())),
     )
 
 
-def _split_folders(root: Path) -> dict[str, Path]:
+def _split_folders(root: Path, ignored: Counter[str]) -> dict[str, Path]:
     """FER2013Train/Valid/Test under the root or its ``data/`` folder (name case ignored)."""
     for base in (root, root / "data"):
         if not base.is_dir():
             continue
-        with os.scandir(base) as it:
-            names = {e.name.lower(): Path(e.path) for e in it if e.is_dir()}
+        names = {e.name.lower(): Path(e.path) for e in list_dir(base, Counter()).dirs}
         found = {name: names[name.lower()] for name in FOLDERS if name.lower() in names}
         if found:
+            if base != root:
+                count_unused(root, {base.name}, ignored)
+            count_unused(base, {p.name for p in found.values()}, ignored)
             return found
     raise DatasetError(
         f"FER+ root {str(root)!r} holds none of {', '.join(FOLDERS)}. Each holds the *.png "
@@ -76,22 +93,25 @@ def _split_folders(root: Path) -> dict[str, Path]:
     )
 
 
-def _index_folder(folder: Path) -> tuple[list[Record], list[BadFile], Counter[str]]:
-    label_file = folder / "label.csv"
-    if not label_file.is_file():
+def _index_folder(
+    folder: Path, ignored: Counter[str]
+) -> tuple[list[Record], list[BadFile], Counter[str]]:
+    label_file = find_file(folder, LABEL_CSV)
+    if label_file is None:
         raise DatasetError(
             f"FER+ folder {str(folder)!r} has no label.csv. Copy label.csv from "
             f"microsoft/FERPlus data/{folder.name}/ into it."
         )
-    with os.scandir(folder) as it:
-        sizes = {e.name: e.stat().st_size for e in it if e.is_file()}
+    sizes = image_table(folder, ignored, own={label_file.name})
+    named: set[str] = set()
     records: list[Record] = []
     bad: list[BadFile] = []
     excluded: Counter[str] = Counter()
-    with open(label_file, newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or (line_no == 1 and _is_header(row)):
+    with open_text(label_file) as f:
+        for n, (line_no, row) in enumerate(csv_rows(f)):
+            if n == 0 and _is_header(row):
                 continue
+            named.add(row[0])
             record, problem, reason = _row(row, folder, sizes)
             if problem is not None:
                 bad.append(BadFile(f"{label_file}:{line_no}", f"line {line_no}: {problem}"))
@@ -99,6 +119,7 @@ def _index_folder(folder: Path) -> tuple[list[Record], list[BadFile], Counter[st
                 excluded[reason] += 1
             elif record is not None:
                 records.append(record)
+    count_unlisted(ignored, sizes, named, label_file.name)
     records.sort(key=lambda r: r.path)
     return records, bad, excluded
 
@@ -108,24 +129,24 @@ def _is_header(row: Sequence[str]) -> bool:
 
 
 def _row(
-    row: Sequence[str], folder: Path, sizes: dict[str, int]
+    row: Sequence[str], folder: Path, sizes: dict[str, int | str]
 ) -> tuple[Record | None, str | None, str | None]:
-    """(record, problem, excluded reason) for one label.csv row; at most one is not None."""
+    """(record, problem, excluded reason) for one label.csv row (fields stripped); at most one
+    is not None."""
     width = 2 + len(FERPLUS_COLUMNS)
     if len(row) != width:
         return None, f"{len(row)} fields, expected {width} (file, box, 10 vote counts)", None
-    name = row[0].strip()
-    texts = [v.strip() for v in row[2:]]
+    name = row[0]
+    texts = list(row[2:])
     if not all(t.isdigit() for t in texts):
         return None, f"vote counts {', '.join(texts)} are not all integers >= 0", None
     box = _parse_box(row[1])
     if box is None:
         return None, f"box {row[1]!r} is not '(x, y, w, h)' with w, h > 0", None
     path = str(folder / name)
-    if name not in sizes:
-        return None, f"image {path!r} is missing", None
-    if sizes[name] == 0:
-        return None, f"{path!r}: {ZERO_BYTE}", None
+    problem = file_problem(path, sizes.get(name))
+    if problem is not None:
+        return None, problem, None
     winner, reason = majority([int(t) for t in texts])
     if winner is None:
         return None, None, reason

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ferlab.data.adapters.utils import accept_options, check_options
 from ferlab.data.base import DatasetError, DatasetIndex, Record, register_dataset
 from ferlab.labels import CANONICAL, EMOTIONS, INDEX, UnknownLabelError, canonical_name
 
@@ -37,7 +38,7 @@ _CLASS_SLOTS = 8  # seed = base * 8 + canonical label index
 _SPLIT_BITS = 24  # each split owns 2**24 bases per dataset seed: split seeds never collide
 _SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
 _DEFAULT_COUNTS: dict[str, int] = {"train": 1400, "val": 300, "test": 300}
-_OPTIONS = ("n_train", "n_val", "n_test", "seed", "classes")
+OPTIONS = accept_options("synthetic", "n_train", "n_val", "n_test", "seed", "classes")
 
 
 # --------------------------------------------------------------------------- seeds and labels
@@ -69,12 +70,7 @@ def synthetic(root: str, **options: Any) -> DatasetIndex:
     is balanced over the classes (counts differ by at most one) and drawn from its own seed
     range, so no image appears in two splits.
     """
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise DatasetError(
-            f"Unknown option(s) {', '.join(unknown)} for dataset 'synthetic'. "
-            f"Accepted options: {', '.join(_OPTIONS)}."
-        )
+    check_options("synthetic", options)
     domain = _parse_domain(str(root))
     seed = _non_negative_int(options.get("seed", 0), "seed")
     labels = _parse_classes(options.get("classes"))
