@@ -225,6 +225,21 @@ def write_rafdb_folders(root: Path, per_class: Mapping[str, int]) -> None:
                 )
 
 
+def write_rafdb_basic(base: Path, labels: Mapping[str, int], images: str = "aligned") -> None:
+    """The official basic release: ``Image/<images>/`` and ``EmoLabel/list_patition_label.txt``.
+
+    ``labels`` maps a listed name (``train_00001.jpg``) to its RAF-DB label 1..7; the aligned
+    images carry the ``_aligned`` suffix before the extension, the original ones do not.
+    """
+    for name in labels:
+        stem, ext = name.rsplit(".", 1)
+        file_name = f"{stem}_aligned.{ext}" if images == "aligned" else name
+        write_image(base / "Image" / images / file_name, mode="RGB")
+    (base / "EmoLabel").mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{name} {label}\n" for name, label in labels.items())
+    (base / "EmoLabel" / "list_patition_label.txt").write_text(rows)
+
+
 @fake_data("rafdb")
 def fake_rafdb(tmp: Path) -> FakeData:
     root = tmp / "rafdb"

@@ -30,6 +30,7 @@ from adapter_fakes import (
     write_image,
     write_litter,
     write_origin,
+    write_rafdb_basic,
     write_rafdb_folders,
 )
 from ferlab.data.adapters.affectnet import affectnet
@@ -620,6 +621,51 @@ def test_rafdb_dataset_folders(tmp_path: Path) -> None:
     assert {r.label for r in one} == {INDEX["surprise"]} and {r.label for r in six} == {
         INDEX["angry"]
     }
+
+
+# RAF-DB's own numbering (its README), written out here rather than read from ferlab.labels.
+RAFDB_NUMBERS = {
+    1: "surprise",
+    2: "fear",
+    3: "disgust",
+    4: "happy",
+    5: "sad",
+    6: "angry",
+    7: "neutral",
+}
+
+
+@pytest.mark.parametrize("layout", ["folders", "basic aligned", "basic original"])
+def test_rafdb_maps_every_label_to_its_canonical_class(tmp_path: Path, layout: str) -> None:
+    per_split = {"train": 3, "test": 2}  # images of each label 1..7
+    options: dict[str, str] = {}
+    if layout == "folders":
+        write_rafdb_folders(tmp_path, per_split)
+
+        def number_of(path: str) -> int:
+            return int(Path(path).parent.name)  # DATASET/<split>/<1..7>/
+
+    else:
+        images = layout.split()[1]
+        numbers: dict[str, int] = {}
+        for split, n in per_split.items():
+            for i in range(7 * n):  # labels scrambled against the file numbering
+                numbers[f"{split}_{i + 1:05d}.jpg"] = (3 * i) % 7 + 1
+        write_rafdb_basic(tmp_path / "basic", numbers, images=images)
+        suffix = "_aligned" if images == "aligned" else ""
+        options = {"images": images}
+
+        def number_of(path: str) -> int:
+            return numbers[Path(path).name.replace(suffix, "")]
+
+    index = rafdb(tmp_path, **options)
+    assert index.labels == list(EMOTIONS) and not index.bad_files
+    for split, n in per_split.items():
+        records = index.splits[split]
+        assert sorted(number_of(r.path) for r in records) == sorted(list(range(1, 8)) * n)
+        for r in records:
+            assert CANONICAL[r.label] == RAFDB_NUMBERS[number_of(r.path)], r.path
+        assert per_class(index, split) == dict.fromkeys(RAFDB_NUMBERS.values(), n)
 
 
 def test_rafdb_unknown_class_folder(tmp_path: Path) -> None:

@@ -141,3 +141,46 @@ def test_expw_label_list_faces_of_one_photo_share_a_split() -> None:
     assert not straddling, straddling
     assert {s for splits in split_of.values() for s in splits} == {"train", "val", "test"}
     assert not index.bad_files and not index.ignored
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "rel", "litter_in"),
+    [
+        ("fer2013", "fer2013", "train/happy"),
+        ("expw", "expw", "Expw-F/sad"),
+        ("expw", "expw-origin", "origin"),
+        ("ferplus", "ferplus", "FER2013Test"),
+    ],
+)
+def test_a_copy_with_litter_and_bom_csvs_counts_like_the_clean_one(
+    tmp_path: Path, name: str, rel: str, litter_in: str
+) -> None:
+    """The real datasets as a Mac user's unpacked archive: litter in the root and a class
+    folder, list files re-saved by an editor (BOM, CRLF). Same counts as the clean copy."""
+    from adapter_fakes import write_litter
+    from ferlab.data.inspect import inspect_dataset
+
+    clean = shared_dataset(rel)
+    copy = tmp_path / rel
+    for src in clean.rglob("*"):
+        dst = copy / src.relative_to(clean)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+        elif src.suffix.lower() in (".csv", ".lst", ".txt"):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            text = src.read_text(encoding="utf-8")
+            dst.write_bytes(("\ufeff" + text.replace("\r\n", "\n")).replace("\n", "\r\n").encode())
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+    litter = write_litter(copy)
+    for kind, n in write_litter(copy / litter_in).items():
+        litter[kind] = litter.get(kind, 0) + n
+    a = inspect_dataset(name, str(clean), decode=False, with_cache=False)
+    b = inspect_dataset(name, str(copy), decode=False, with_cache=False)
+    assert b["splits"] == a["splits"] and b["bad_files"] == a["bad_files"]
+    assert b["excluded"] == a["excluded"] and sum(s["total"] for s in b["splits"].values()) > 0
+    for kind, n in litter.items():
+        assert b["ignored"].get(kind, 0) - a["ignored"].get(kind, 0) == n, kind

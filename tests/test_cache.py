@@ -483,3 +483,12 @@ def test_empty_splits_are_kept(tmp_path: Path, cache_dir: Path) -> None:
         arrays, bad, _ = build(splits, cache_dir)
         assert [len(arrays[s]) for s in ("train", "val", "test")] == [2, 0, 0]
         assert arrays["val"].images.shape == (0, 8, 8, 1) and len(bad) == 1
+
+
+def test_error_policy_holds_for_an_entry_cached_under_skip(tmp_path: Path, cache_dir: Path) -> None:
+    root = folder_dataset(tmp_path / "ds", with_test=True)
+    (root / "train" / "sad" / "text.png").write_text("hello")  # found only while decoding
+    ds = load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, on_bad_file="skip")
+    assert [Path(b.path).name for b in ds.bad_files] == ["text.png"]
+    with pytest.raises(DatasetError, match=r"text\.png"):
+        load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, on_bad_file="error")

@@ -140,10 +140,28 @@ def test_eight_class_model_on_seven_class_data_is_scored_on_shared_outputs() -> 
     np.testing.assert_allclose(res.probs_plain.sum(axis=1), 1.0, atol=1e-5)
 
 
+class Untouchable(nn.Module):
+    """A model that must not be run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model was run although there is nothing to score")
+
+
 def test_no_shared_class_is_an_error() -> None:
-    split = make_split(["happy"], per_class=1)
-    with pytest.raises(ValueError, match="share no class"):
-        evaluate(Oracle(["sad"]), make_meta(["sad"]), split, ["happy"], device="cpu")
+    split = make_split(["happy", "neutral"], per_class=1)
+    meta = make_meta(["angry", "sad"])
+    want = (
+        "The model's labels ['angry', 'sad'] and the dataset's labels ['happy', 'neutral'] "
+        "share no class, so there is nothing to score."
+    )
+    with pytest.raises(ValueError) as err:
+        evaluate(Untouchable(), meta, split, ["happy", "neutral"], device="cpu")
+    assert type(err.value) is ValueError and str(err.value) == want  # before any prediction
+    with pytest.raises(ValueError) as again:
+        evaluate_split(
+            Untouchable(), meta, split.images, split.labels, ["happy", "neutral"], device="cpu"
+        )
+    assert str(again.value) == want
 
 
 def test_one_pass_gives_plain_and_tta_results() -> None:
@@ -223,6 +241,41 @@ def test_predictions_csv_lists_kept_images_with_both_predictions(tmp_path: Path)
 
 
 # ----------------------------------------------------------------------------- cross-dataset
+
+
+def test_cross_pair_without_images_of_shared_classes_is_an_empty_evaluation() -> None:
+    # A 7-class model on a test split holding only contempt: the label sets share 7 classes,
+    # but every image is dropped. The result says so with empty metrics, not an error or a 0.
+    split = make_split(["contempt"], per_class=3)
+    tta = TTAConfig(hflip=True)
+    res = evaluate(
+        Oracle(EMOTIONS),
+        make_meta(EMOTIONS),
+        split,
+        list(CANONICAL),
+        tta,
+        bootstrap=20,
+        device="cpu",
+    )
+    m = res.metrics
+    assert m["labels"] == list(EMOTIONS) and m["dropped_labels"] == ["contempt"]
+    assert m["n_total"] == 3 and m["n_dropped_images"] == 3
+    assert m["tta_views"] == 2 and m["throughput_ips"] == 0.0
+    assert res.kept_mask.tolist() == [False, False, False]
+    assert res.y_true.shape == (0,)
+    assert res.probs_plain.shape == (0, 7)
+    assert res.probs_tta is not None and res.probs_tta.shape == (0, 7)
+    zeros = [[0] * 7 for _ in range(7)]
+    for block in (m["plain"], m["tta"]):
+        assert block["n"] == 0 and block["labels"] == list(EMOTIONS)
+        assert block["accuracy"] is None and block["balanced_accuracy"] is None
+        assert block["macro_f1"] is None and block["log_loss"] is None
+        assert block["ci"] == {"accuracy": None, "balanced_accuracy": None, "macro_f1": None}
+        assert block["confusion_matrix"] == zeros
+        assert block["confusion_matrix_normalized"] == [[0.0] * 7 for _ in range(7)]
+        assert all(pc["support"] == 0 and pc["recall"] == 0.0 for pc in block["per_class"].values())
+    flat = flat_metrics(res, use_tta=True)
+    assert flat["n"] == 0 and flat["accuracy"] is None and flat["dropped_labels"] == ["contempt"]
 
 
 # ----------------------------------------------------------------------------- ensembles

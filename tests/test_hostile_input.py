@@ -208,7 +208,10 @@ def test_images_error_names_the_bad_files_and_caches_nothing(
     with pytest.raises(DatasetError) as e:
         load_dataset("folder", str(root), cache_dir=cache_dir, on_bad_file="error")
     msg = str(e.value)
-    assert msg.startswith(f"folder: {len(found_by_adapter)} bad file(s) found before training")
+    # All of them at once: those the adapter found and those only decoding finds.
+    assert msg.startswith(f"folder: {len(BAD)} bad file(s) found before training")
+    for name, reason in BAD.items():
+        assert name in msg and reason in msg, (name, reason)
     for name, reason in found_by_adapter.items():
         assert f"{name}: {reason}" in msg
     assert "on_bad_file: skip" in msg
@@ -623,3 +626,47 @@ def test_class_names_people_use(tmp_path: Path) -> None:
     got = {Path(r.path).parent.name: CANONICAL[r.label] for r in index.splits["train"]}
     assert got == names
     assert index.labels == [n for n in CANONICAL if n in names.values()]
+
+
+# ---------------------------------------------------------------------------- ferlab run
+@pytest.mark.slow
+def test_ferlab_run_over_the_corpus_skip_and_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The corpus as an external test set of a real run: skip scores every valid image and
+    reports every bad one and the litter; error stops before training, naming them all."""
+    import json
+
+    from ferlab.cli import main
+
+    root = tmp_path / "faces"
+    litter = write_corpus(root)
+    common = [
+        "--set", "train.epochs=1", "--set", "eval.bootstrap=0",
+        "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--set", "models=[{name: ferlab_vgg, kwargs: {widths: [8, 16, 16, 32], depths: [1, 1, 1, 1]}}]",
+        "--set", "datasets=[{name: synthetic, path: lab, options: {n_train: 70, n_val: 35, n_test: 35}},"
+                 f" {{name: folder, path: '{root}', label: corpus, use: test}}]",
+        "--no-progress",
+    ]  # fmt: skip
+    assert main(["run", "default", "--out", str(tmp_path / "skip"), *common]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    exp = tmp_path / "skip"
+    data = json.loads((exp / "data" / "corpus_data.json").read_text())
+    assert data["bad_files"] == len(BAD) and data["ignored"] == litter
+    assert {Path(b["path"]).name for b in data["bad_file_examples"]} == set(BAD)
+    m = json.loads((exp / "eval/synthetic-lab__ferlab_vgg/on_corpus/metrics.json").read_text())
+    assert m["n_total"] == len(VALID)  # every valid image scored, the bad ones left out
+    html = (exp / "report.html").read_text()
+    for name in BAD:
+        assert name in html
+
+    code = main(["run", "default", "--out", str(tmp_path / "error"), *common,
+                 "--set", "data.on_bad_file=error"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out + err
+    message = err.split("ferlab: error:", 1)[1]  # after the run's own log lines
+    for name, reason in BAD.items():
+        assert name in message and reason in message, (name, reason)
+    assert not list((tmp_path / "error").glob("runs/*/*"))  # nothing was trained

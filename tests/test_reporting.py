@@ -118,6 +118,135 @@ def test_empty_history_is_an_error(tmp_path: Path) -> None:
         plot_learning_curves([], tmp_path / "c.png", "t")
 
 
+# Rows: true class, columns: predicted class (EMOTIONS order). Asymmetric: true angry is taken
+# for disgust twice, never the reverse; recall and precision differ for most classes.
+ORIENTED = np.array(
+    [
+        [8, 2, 0, 0, 0, 0, 0],  # angry
+        [0, 5, 0, 0, 0, 0, 0],  # disgust
+        [0, 0, 6, 0, 0, 3, 0],  # fear
+        [0, 0, 0, 9, 0, 0, 1],  # happy
+        [0, 0, 0, 0, 4, 0, 4],  # sad
+        [0, 0, 0, 0, 0, 7, 0],  # surprise
+        [0, 0, 0, 0, 2, 0, 10],  # neutral
+    ]
+)
+
+
+def oriented_predictions(cm: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled (y_true, y_pred) whose confusion matrix [true, pred] is ``cm``."""
+    pairs = np.array([(i, j) for i, j in np.ndindex(*cm.shape) for _ in range(cm[i, j])])
+    pairs = pairs[np.random.default_rng(seed).permutation(len(pairs))]
+    return pairs[:, 0], pairs[:, 1]
+
+
+def capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The figures the plotting functions save, by file name."""
+    import ferlab.reporting.plots as plots
+
+    figures: dict[str, Any] = {}
+    real = plots._save
+
+    def save(fig: Any, path: Path) -> Path:
+        figures[Path(path).name] = fig
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return figures
+
+
+def assert_oriented_plot(fig: Any, cm: np.ndarray, labels: list[str]) -> None:
+    """The plotted colours are row-normalised with rows true; the cells show share and count."""
+    ax = fig.axes[0]
+    recall_rows = cm / cm.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), recall_rows)
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("true", "predicted")
+    assert [t.get_text() for t in ax.get_yticklabels()] == labels
+    assert [t.get_text() for t in ax.get_xticklabels()] == labels
+    cells = {tuple(map(round, t.get_position())): t.get_text() for t in ax.texts}
+    assert len(cells) == cm.size
+    for i, j in np.ndindex(*cm.shape):  # text at x = column j (predicted), y = row i (true)
+        assert cells[(j, i)] == f"{100 * recall_rows[i, j]:.0f}%\n({cm[i, j]})", (i, j)
+
+
+def test_confusion_matrix_rows_are_true_classes_columns_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ferlab.evaluation.metrics import compute_metrics, confusion_matrix
+
+    labels = list(EMOTIONS)
+    y_true, y_pred = oriented_predictions(ORIENTED)
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    np.testing.assert_array_equal(cm, ORIENTED)
+    assert cm[0, 1] == 2 and cm[1, 0] == 0  # true angry predicted disgust, not the reverse
+    m = compute_metrics(y_true, np.eye(len(labels))[y_pred], labels, bootstrap=0)
+    assert m["confusion_matrix"] == ORIENTED.tolist()
+    rows, cols = ORIENTED.sum(axis=1), ORIENTED.sum(axis=0)
+    np.testing.assert_allclose(m["confusion_matrix_normalized"], ORIENTED / rows[:, None])
+    for i, name in enumerate(labels):
+        pc = m["per_class"][name]
+        assert pc["recall"] == pytest.approx(ORIENTED[i, i] / rows[i]), name
+        assert pc["precision"] == pytest.approx(ORIENTED[i, i] / cols[i]), name
+        assert pc["support"] == rows[i]
+    assert m["per_class"]["angry"]["recall"] == pytest.approx(0.8)
+    assert m["per_class"]["angry"]["precision"] == 1.0
+
+    figures = capture_figures(monkeypatch)
+    plot_confusion_matrix(ORIENTED, labels, tmp_path / "cm.png", "oriented", normalize=True)
+    assert_oriented_plot(figures["cm.png"], ORIENTED, labels)
+    plot_confusion_matrix(ORIENTED, labels, tmp_path / "raw.png", "raw", normalize=False)
+    raw = figures["raw.png"].axes[0]
+    np.testing.assert_array_equal(np.asarray(raw.images[0].get_array()), ORIENTED)
+    raw_cells = {tuple(map(round, t.get_position())): t.get_text() for t in raw.texts}
+    assert raw_cells[(1, 0)] == "2" and raw_cells[(0, 1)] == "0"
+
+
+def _per_class_cells(html: str, dataset: str, model: str) -> dict[str, list[str]]:
+    """Class -> the text of its per-class table cells in the pair section of (dataset, model)."""
+    head = f'<h3>{model} <span class="muted">trained on</span> {dataset} <span'
+    (section,) = [p for p in html.split('<div class="pair"')[1:] if head in p]
+    table = section.split('<table class="per-class">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>([^<]+)</td>(.*?)</tr>", table, re.S)
+    return {name: re.findall(r'<td class="num">([^<]*)</td>', rest) for name, rest in rows}
+
+
+def test_report_shows_the_confusion_matrix_with_true_classes_as_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ferlab.evaluation.metrics import compute_metrics
+
+    exp = make_fake_experiment(tmp_path)
+    labels = list(EMOTIONS)
+    tta_cm = ORIENTED.copy()
+    tta_cm[2, 2:6] = [8, 0, 0, 1]  # TTA rescues two fear images from surprise
+    path = exp / "eval" / f"{dir_name(DATASETS[0])}__{dir_name(MODELS[0])}"
+    path = path / f"on_{dir_name(DATASETS[0])}" / "metrics.json"
+    data = json.loads(path.read_text())
+    assert data["labels"] == labels
+    for block, cm in (("plain", ORIENTED), ("tta", tta_cm)):
+        y_true, y_pred = oriented_predictions(cm, seed=1)
+        data[block] = compute_metrics(y_true, np.eye(len(labels))[y_pred], labels, bootstrap=0)
+    path.write_text(json.dumps(data))
+
+    figures = capture_figures(monkeypatch)
+    html = build_report(exp).read_text(encoding="utf-8")
+    stem = f"{dir_name(DATASETS[0])}_{dir_name(MODELS[0])}"
+    assert_oriented_plot(figures[f"{stem}_cm.png"], ORIENTED, labels)
+    assert_oriented_plot(figures[f"{stem}_cm_TTA.png"], tta_cm, labels)
+
+    cells = _per_class_cells(html, DATASETS[0], MODELS[0])
+    assert list(cells) == labels
+    for i, name in enumerate(labels):
+        # precision, recall, F1, then the same with TTA, then the support
+        p, r, _, p_tta, r_tta, _, support = cells[name]
+        assert r == fmt_pct(ORIENTED[i, i] / ORIENTED[i].sum()), name  # diagonal / row sum
+        assert p == fmt_pct(ORIENTED[i, i] / ORIENTED[:, i].sum()), name  # diagonal / column sum
+        assert r_tta == fmt_pct(tta_cm[i, i] / tta_cm[i].sum()), name
+        assert p_tta == fmt_pct(tta_cm[i, i] / tta_cm[:, i].sum()), name
+        assert support == str(ORIENTED[i].sum())
+    assert cells["angry"][:2] == ["100.0%", "80.0%"] and cells["fear"][4] == "88.9%"
+
+
 # --------------------------------------------------------------------------- summary
 
 

@@ -252,14 +252,11 @@ def test_warmup_cosine_schedule() -> None:
 
 
 def test_device_choices_on_this_machine() -> None:
-    assert pick_device("auto").type in ("cpu", "cuda", "mps")
     assert pick_device("cpu") == pick_device(torch.device("cpu")) == torch.device("cpu")
     assert resolve_precision("auto", "cpu") == "32"
-    assert (
-        resolve_precision("auto", "cuda") in ("16-mixed", "bf16-mixed")
-        if torch.cuda.is_available()
-        else True
-    )
+    assert resolve_precision("auto", "mps") == "32"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # an explicit choice is kept
+    assert resolve_precision("32", "cuda") == "32"
     with pytest.raises(ValueError, match=r"runtime\.precision '16-mixed' needs a GPU"):
         resolve_precision("16-mixed", "cpu")
     with pytest.raises(ValueError, match=r"Unknown device 'tpu' for runtime\.accelerator"):
@@ -269,6 +266,33 @@ def test_device_choices_on_this_machine() -> None:
     assert cpu_threads(3) == 3 and cpu_threads(None, processes=10**6) == 1
     with pytest.raises(ValueError, match=r"runtime\.threads must be >= 1"):
         cpu_threads(0)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "want"), [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]
+)
+def test_auto_device_prefers_cuda_then_mps_then_cpu(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, want: str
+) -> None:
+    import ferlab.device as device_mod
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(device_mod, "mps_available", lambda: mps)
+    assert pick_device("auto") == torch.device(want)
+    if want == "cpu":
+        with pytest.raises(ValueError, match=r"runtime\.accelerator is 'gpu' but no CUDA or MPS"):
+            pick_device("gpu")
+    else:
+        assert pick_device("gpu") == torch.device(want)
+
+
+@pytest.mark.parametrize(("bf16", "want"), [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_precision_on_cuda_is_bf16_where_supported(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool, want: str
+) -> None:
+    # Checked on any machine: the answer depends only on what torch reports for the GPU.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert resolve_precision("auto", "cuda") == want
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a CUDA device")
@@ -379,13 +403,142 @@ def test_fit_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_early_stopping_and_weighted_balance(tmp_path: Path) -> None:
-    # min_delta 1.0: no epoch after the first can count as an improvement.
-    cfg = tcfg(epochs=20, patience=2, min_delta=1.0, balance="weighted", limit_train_batches=2)
-    res = quiet_fit(toy_dataset(probs=[0.7, 0.1, 0.1, 0.1]), cfg, tmp_path / "run")
-    assert res.stopped_early
-    assert res.epochs_run == 3  # best at epoch 0, then `patience` epochs without improvement
-    assert len(read_history(tmp_path / "run" / "history.csv")) == 3
+def test_early_stopping_counts_only_improvements_above_min_delta(tmp_path: Path) -> None:
+    # A small learning rate: the validation loss falls every epoch, each time by less than 0.02.
+    cfg = tcfg(
+        epochs=6,
+        patience=2,
+        monitor="loss",
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler="none",
+        limit_train_batches=1,
+        augment=AugmentConfig(enabled=False),
+    )
+    data = toy_dataset(n_train=64)
+    full = quiet_fit(data, cfg, tmp_path / "plain")
+    losses = [r["val_loss"] for r in full.history]
+    steps = -np.diff(losses)
+    assert (steps > 0).all() and (steps < 0.02).all(), losses  # the premise of this test
+    assert not full.stopped_early and full.epochs_run == 6 and full.best_epoch == 6
+
+    strict = quiet_fit(data, cfg.model_copy(update={"min_delta": 0.02}), tmp_path / "strict")
+    assert losses[0] - losses[cfg.patience] < 0.02  # no epoch counts as an improvement
+    assert strict.stopped_early
+    assert strict.epochs_run == 1 + cfg.patience  # epoch 1 is the best, then `patience` more
+    assert strict.best_epoch == 3  # min_delta decides when to stop, not which weights to keep
+    assert len(read_history(tmp_path / "strict" / "history.csv")) == 3
+    # The same run until it stopped: early stopping changed when it ended, not what it learned.
+    got = [r["val_loss"] for r in strict.history]
+    assert got == pytest.approx(losses[:3], rel=1e-6)
+
+
+def spy_on_the_loss(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor | None]]:
+    """Record every training step's batch and the arguments and value of its loss."""
+    import ferlab.training.module as module_mod
+
+    calls: list[dict[str, torch.Tensor | None]] = []
+    real_loss, real_step = module_mod.soft_cross_entropy, FerModule.training_step
+
+    def loss(logits, target, weight=None):
+        value = real_loss(logits, target, weight)
+        calls[-1].update(
+            logits=logits.detach().clone(),
+            target=target.detach().clone(),
+            weight=None if weight is None else weight.detach().clone(),
+            loss=value.detach().clone(),
+        )
+        return value
+
+    def training_step(self, batch, batch_idx):
+        calls.append({"y": batch[1].clone(), "soft": batch[2].clone()})
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_mod, "soft_cross_entropy", loss)
+    monkeypatch.setattr(FerModule, "training_step", training_step)
+    return calls
+
+
+@pytest.mark.slow
+def test_weighted_balance_passes_balanced_class_weights_to_the_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = spy_on_the_loss(monkeypatch)
+    data = toy_dataset(n_train=128, probs=[0.7, 0.1, 0.1, 0.1])
+    cfg = tcfg(epochs=1, balance="weighted", label_smoothing=0.0, limit_train_batches=2)
+    quiet_fit(data, cfg, tmp_path / "weighted")
+    # scikit-learn's "balanced": n_samples / (n_classes * count of the class), in output order.
+    targets = remap_targets(data.splits["train"].labels, LABELS)
+    counts = np.bincount(targets, minlength=len(LABELS))
+    assert counts.min() > 0 and counts.max() > 3 * counts.min()  # imbalanced enough to matter
+    want = torch.tensor(len(targets) / (len(LABELS) * counts), dtype=torch.float32)
+    assert len(calls) == 2
+    for call in calls:
+        assert call["weight"] is not None and torch.allclose(call["weight"], want)
+        logits, y = call["logits"], call["y"]
+        weighted = F.cross_entropy(logits, y, weight=want)
+        assert torch.allclose(call["loss"], weighted, atol=1e-6)
+        per_sample = F.cross_entropy(logits, y, reduction="none")
+        assert torch.allclose(weighted, (want[y] * per_sample).sum() / want[y].sum(), atol=1e-6)
+        assert abs(float(call["loss"] - F.cross_entropy(logits, y))) > 1e-4  # the weights show
+
+    calls.clear()
+    quiet_fit(data, cfg.model_copy(update={"balance": "none"}), tmp_path / "none")
+    assert len(calls) == 2
+    for call in calls:
+        assert call["weight"] is None
+        assert torch.allclose(call["loss"], F.cross_entropy(call["logits"], call["y"]), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_soft_labels_are_the_training_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = toy_dataset(n_train=96)
+    train = data.splits["train"]
+    # Random vote shares over all 8 classes, the hard label's share the largest; surprise and
+    # contempt are not among the model's classes, so their votes are dropped and rows renormalised.
+    rng = np.random.default_rng(3)
+    shares = rng.uniform(0.0, 1.0, size=(len(train), len(CANONICAL))).astype(np.float32)
+    shares[np.arange(len(train)), train.labels] += 2.0
+    train.soft = shares / shares.sum(axis=1, keepdims=True)
+    cols = [CANONICAL.index(n) for n in LABELS]
+    want_all = train.soft[:, cols] / train.soft[:, cols].sum(axis=1, keepdims=True)
+
+    calls = spy_on_the_loss(monkeypatch)
+    cfg = tcfg(
+        epochs=1,
+        batch_size=32,
+        soft_labels=True,
+        balance="none",
+        label_smoothing=0.0,
+        limit_train_batches=2,
+    )
+    quiet_fit(data, cfg, tmp_path / "soft")
+    targets = remap_targets(train.labels, LABELS)
+    order = TrainBatches(train, targets, batch_size=32, balance="none", seed=0).rank_indices(0)
+    assert len(calls) == 2
+    for b, call in enumerate(calls):
+        idx = order[b * 32 : (b + 1) * 32]
+        assert torch.equal(call["y"], torch.from_numpy(targets[idx]))  # the batch we think
+        want = torch.from_numpy(want_all[idx])
+        assert torch.allclose(call["soft"], want, atol=1e-6)  # the batch carries the shares ...
+        assert torch.allclose(call["target"], want, atol=1e-6)  # ... and the loss takes them
+        logits = call["logits"]
+        soft_ce = -(want * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        assert torch.allclose(call["loss"], soft_ce, atol=1e-6)
+        hard = F.one_hot(call["y"], len(LABELS)).float()
+        assert (call["target"] - hard).abs().max() > 0.2  # not the hard labels
+        # Logits near zero at the start put both losses near log(4), but not within 1e-5.
+        assert abs(float(call["loss"] - F.cross_entropy(logits, call["y"]))) > 1e-5
+
+    # Without the setting the same split trains on its hard labels.
+    calls.clear()
+    quiet_fit(data, cfg.model_copy(update={"soft_labels": False}), tmp_path / "hard")
+    assert len(calls) == 2
+    for call in calls:
+        assert call["soft"] is not None and call["soft"].numel() == 0
+        assert torch.equal(call["target"], F.one_hot(call["y"], len(LABELS)).float())
 
 
 @pytest.mark.slow

@@ -152,6 +152,8 @@ def build_or_load(
     final = entry_dir(cache_dir, name, fp)
     loaded = _try_load(final, fp, splits)
     if loaded is not None:
+        if on_bad_file == "error" and loaded[1]:  # built earlier under "skip"
+            raise DatasetError(bad_files_message(name, loaded[1]))
         say(f"{name}: using the decoded cache {final}")
         return (*loaded, fp)
 

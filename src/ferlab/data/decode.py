@@ -383,6 +383,20 @@ def decode_many(
     return _decode_pool(records, size, channels, out, workers, progress)
 
 
+def decode_problems(
+    records: Sequence[Record], size: int, channels: int, *, chunk: int = 2048
+) -> list[BadImageError]:
+    """Decode ``records`` only to find the bad ones (nothing is kept): a fixed-size buffer per
+    chunk, so memory does not grow with the dataset."""
+    errors: list[BadImageError] = []
+    todo = [r for r in records if r.draw is None]
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        out = np.empty((len(part), size, size, channels), dtype=np.uint8)
+        errors += decode_many(part, size, channels, out)
+    return errors
+
+
 def _decode_serial(
     records: Sequence[Record],
     size: int,

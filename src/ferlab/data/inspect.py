@@ -23,8 +23,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ferlab.data.base import SPLITS, BadFile, DatasetError, DatasetIndex, Record, index_dataset
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message
 from ferlab.data.loading import adapter_options, merge_bad_files
@@ -160,14 +158,10 @@ def _decode_problems(
 
 
 def _decode_in_memory(index: DatasetIndex, size: int, channels: int) -> list[BadFile]:
-    from ferlab.data.decode import decode_many
+    from ferlab.data.decode import decode_problems
 
-    records = [r for recs in index.splits.values() for r in recs if r.draw is None]
-    if not records:
-        return []
-    out = np.empty((len(records), size, size, channels), dtype=np.uint8)
-    errors = decode_many(records, size, channels, out)
-    return [BadFile(e.path, e.reason) for e in errors]
+    records = [r for recs in index.splits.values() for r in recs]
+    return [BadFile(e.path, e.reason) for e in decode_problems(records, size, channels)]
 
 
 # --------------------------------------------------------------------------- counts

@@ -97,7 +97,12 @@ def load_dataset(
         f"in {time.perf_counter() - t0:.1f} s"
     )
     if index.bad_files and on_bad_file == "error":
-        raise DatasetError(bad_files_message(label, index.bad_files))
+        # Name every bad file at once, the ones only decoding finds too (nothing is cached).
+        from ferlab.data.decode import decode_problems
+
+        records = [r for recs in splits.values() for r in recs]
+        found = [BadFile(e.path, e.reason) for e in decode_problems(records, size, channels)]
+        raise DatasetError(bad_files_message(label, merge_bad_files(index.bad_files, found)))
 
     spec = {
         "adapter": name,
