@@ -29,6 +29,7 @@ _EXPORTS = {
     "create_model": "ferlab.models",
     "list_models": "ferlab.models",
     "load_model": "ferlab.models",
+    "tune": "ferlab.tuning",
 }
 
 __all__ = [
@@ -40,12 +41,14 @@ __all__ = [
     "load_model",
     "run",
     "train",
+    "tune",
 ]
 
 if TYPE_CHECKING:
     from ferlab.api import evaluate, run, train
     from ferlab.data.loading import load_dataset
     from ferlab.models import create_model, list_models, load_model
+    from ferlab.tuning import tune
 
 
 def __getattr__(name: str) -> Any:

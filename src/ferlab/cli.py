@@ -4,6 +4,7 @@ ferlab run [EXPERIMENT] [--set key=value ...] [--out DIR] [--force]
 ferlab train --data NAME:PATH --model NAME [--set key=value ...]
 ferlab evaluate --weights RUN_OR_FILE --data NAME:PATH [--split test|val|train|all] [--tta] [--json]
 ferlab data inspect NAME:PATH [--json] [--out DIR]
+ferlab tune EXPERIMENT [--trials N] [--timeout MIN] [--storage URL] [--study NAME] [--set ...]
 ferlab report DIR
 ferlab models [PATTERN]    ferlab datasets
 """
@@ -150,6 +151,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "tune",
+        help="search hyperparameters with Optuna over the experiment's tune: space",
+        description="Tune one (dataset, model) pair of an experiment with Optuna: each trial "
+        "applies sampled values of the tune: space (dotted config paths, as --set) and trains "
+        "through the run cache, scored on the validation split (the test split is never read). "
+        "The study is kept in <experiment>/tune/journal.log (or --storage), so rerunning "
+        "continues it up to the trial count and several workers can share it. Writes "
+        "tune/trials.csv, tune/best.yaml (for ferlab run) and plots.",
+    )
+    p.add_argument("experiment", help="experiment YAML file with a tune: section")
+    p.add_argument("--trials", type=int, default=None, help="total trials (default tune.trials)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="start no trial after MIN minutes",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="RDB URL shared by workers on many machines (sqlite:///tune.db, "
+        "postgresql+psycopg://...); default: the journal file in <experiment>/tune/",
+    )
+    p.add_argument("--study", default=None, help="study name (default: the experiment's name)")
+    _add_set(p)
+    p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (the default when the output is not a terminal)",
+    )
+
+    p = sub.add_parser(
         "report",
         help="rebuild the summary tables, plots and report.html of an experiment folder",
         description="Rebuild summary.csv/.md, the cross-dataset heatmap, the plots and "
@@ -270,6 +306,31 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ferlab.config import load_config
+    from ferlab.tuning import tune
+
+    overrides = list(args.overrides) + (["runtime.progress=false"] if args.no_progress else [])
+    result = tune(
+        load_config(args.experiment, overrides),
+        trials=args.trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        study=args.study,
+        out=args.out,
+    )
+    print(
+        f"study {result.study_name!r}: {result.count('COMPLETE')} complete, "
+        f"{result.count('PRUNED')} pruned, {result.count('FAIL')} failed"
+    )
+    if result.best_yaml is not None:
+        print(
+            f"best: trial {result.best_number}, value {result.best_value:.4f}, {result.best_params}"
+        )
+        print(f"best configuration: {result.best_yaml} (test score: ferlab run {result.best_yaml})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ferlab.reporting import build_report, collect_summary, format_console_table
 
@@ -311,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "data": cmd_data_inspect,
+        "tune": cmd_tune,
         "report": cmd_report,
         "models": cmd_models,
         "datasets": cmd_datasets,

@@ -191,6 +191,112 @@ class DataConfig(_Strict):
         return data
 
 
+TUNE_METRICS = ("val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss")
+
+
+class ParamSpec(_Strict):
+    """One dimension of a search space: ``{float: [lo, hi], log: bool}``, ``{int: [lo, hi],
+    log: bool}`` or ``{choice: [a, b, ...]}`` (exactly one of the three)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    float_range: tuple[float, float] | None = Field(None, alias="float")
+    int_range: tuple[int, int] | None = Field(None, alias="int")
+    choice: list[Any] | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpec:
+        kinds = [
+            k
+            for k, v in (
+                ("float", self.float_range),
+                ("int", self.int_range),
+                ("choice", self.choice),
+            )
+            if v is not None
+        ]
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of float: [lo, hi], int: [lo, hi] or choice: [...]"
+                + (f" (got {' and '.join(kinds)})" if kinds else "")
+            )
+        rng = self.float_range if self.float_range is not None else self.int_range
+        if rng is not None:
+            lo, hi = rng
+            if not lo < hi:
+                raise ValueError(f"empty or inverted range [{lo}, {hi}]: write [low, high]")
+            if self.log and lo <= 0:
+                raise ValueError(f"log: true needs a positive low end; got [{lo}, {hi}]")
+        elif self.log:
+            raise ValueError("log applies to float and int ranges, not to choice")
+        elif not self.choice:
+            raise ValueError("choice must list at least one value")
+        return self
+
+    @property
+    def kind(self) -> Literal["float", "int", "choice"]:
+        if self.float_range is not None:
+            return "float"
+        return "int" if self.int_range is not None else "choice"
+
+    def samples(self) -> list[Any]:
+        """Values that bound the space: both ends of a range, every choice (validated up front)."""
+        if self.choice is not None:
+            return list(self.choice)
+        rng = self.float_range if self.float_range is not None else self.int_range
+        assert rng is not None
+        return list(rng)
+
+
+class TuneConfig(_Strict):
+    """``ferlab tune``: the search space over config fields (dotted paths, as ``--set``) and
+    the study settings. Validation chooses: only validation metrics can be the objective."""
+
+    metric: Literal["val_balanced_accuracy", "val_accuracy", "val_macro_f1", "val_loss"] = (
+        "val_balanced_accuracy"
+    )
+    direction: Literal["maximize", "minimize"] | None = None  # default: from the metric
+    trials: int = Field(20, ge=1)
+    sampler: Literal["tpe", "random", "cmaes", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    dataset: str | None = None  # display name of the tuned dataset; default the first
+    model: str | None = None  # display name of the tuned model; default the first
+    space: dict[str, ParamSpec]
+
+    @field_validator("space")
+    @classmethod
+    def _space_not_empty(cls, v: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        if not v:
+            raise ValueError(
+                "must list at least one field, e.g. `train.lr: {float: [1.0e-4, 1.0e-2], log: true}`"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TuneConfig:
+        natural = "minimize" if self.metric == "val_loss" else "maximize"
+        if self.direction is None:
+            self.__dict__["direction"] = natural
+        elif self.direction != natural:
+            raise ValueError(
+                f"direction {self.direction} contradicts metric {self.metric} (which is to "
+                f"{natural}): drop `direction:` or set it to {natural}"
+            )
+        if self.sampler == "grid":
+            floats = [k for k, s in self.space.items() if s.kind == "float"]
+            if floats:
+                raise ValueError(
+                    f"sampler grid needs int ranges or choices; {', '.join(floats)} is a float "
+                    "range: give it as `choice: [...]`, or use sampler tpe or random"
+                )
+        return self
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     output_dir: str = "runs"
@@ -202,6 +308,7 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     mega: MegaConfig = Field(default_factory=MegaConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    tune: TuneConfig | None = None  # ferlab tune's search; ignored by ferlab run
 
     @field_validator("datasets", "models")
     @classmethod
@@ -322,6 +429,105 @@ def _check_model_overrides(
             raise ConfigError(
                 _format_errors(e, lines=lines, file=file, loc_prefix=("models", i, "train"))
             ) from e
+
+
+def space_overrides(params: dict[str, Any]) -> list[str]:
+    """Sampled values as ``--set`` items (JSON is YAML, so every value parses back exactly)."""
+    return [f"{path}={json.dumps(value)}" for path, value in params.items()]
+
+
+def tune_targets(cfg: ExperimentConfig) -> tuple[int, int]:
+    """The indices of the (dataset, model) pair ``tune:`` names (default: the first of each)."""
+    assert cfg.tune is not None
+    names = {"dataset": [d.display for d in cfg.datasets], "model": [m.display for m in cfg.models]}
+    out = []
+    for what, name in (("dataset", cfg.tune.dataset), ("model", cfg.tune.model)):
+        if name is None:
+            out.append(0)
+        elif name in names[what]:
+            out.append(names[what].index(name))
+        else:
+            raise ConfigError(
+                f"Invalid experiment configuration:\n  tune.{what}: {name!r} is not one of this "
+                f"experiment's {what} names ({', '.join(names[what])})"
+            )
+    return out[0], out[1]
+
+
+def _section_of(model: type[BaseModel], field: str) -> tuple[bool, type[BaseModel] | None]:
+    """(is a list, the section class inside) of one field; a model's ``train:`` mapping is a
+    ``TrainConfig`` of overrides."""
+    import typing
+
+    if model is ModelConfig and field == "train":
+        return False, TrainConfig
+    ann = model.model_fields[field].annotation
+    is_list = typing.get_origin(ann) is list
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return is_list, a
+    return is_list, None
+
+
+def _path_problem(model: type[BaseModel], path: list[str], done: list[str]) -> str | None:
+    """What is wrong with a dotted config path (the unknown part and the nearest valid field),
+    or None; free-form mappings (``kwargs``, ``options``) accept any key below them."""
+    import difflib
+
+    part, rest = path[0], path[1:]
+    where = ".".join(done) or "the experiment file"
+    fields = list(model.model_fields)
+    if part not in fields:
+        close = difflib.get_close_matches(part, fields, n=1)
+        hint = f"; the nearest valid field is {'.'.join([*done, close[0]])}" if close else ""
+        return f"{part!r} is not a field of {where} (fields: {', '.join(fields)}){hint}"
+    is_list, sub = _section_of(model, part)
+    if not rest:
+        return None
+    if is_list:
+        if not rest[0].isdigit():
+            here = ".".join([*done, part])
+            return f"{here} is a list: address an entry by its index, e.g. {here}.0"
+        if sub is None or len(rest) == 1:
+            return None
+        return _path_problem(sub, rest[1:], [*done, part, rest[0]])
+    if sub is None:
+        return None
+    return _path_problem(sub, rest, [*done, part])
+
+
+def _check_tune(
+    cfg: ExperimentConfig, raw: dict[str, Any], file: str, lines: dict[tuple[Any, ...], int]
+) -> None:
+    """Every path of ``tune.space`` exists, and both ends of every range and every choice
+    make a valid experiment (applied with ``apply_overrides``, checked by ``validate_config``)."""
+    import copy
+
+    if cfg.tune is None:
+        return
+    tune_targets(cfg)
+    base = {k: v for k, v in raw.items() if k != "tune"}
+    for path, spec in cfg.tune.space.items():
+        line = lines.get(("tune", "space", path))
+        where = f" ({file}, line {line})" if file and line else (f" ({file})" if file else "")
+        key = f"tune.space.{path}{where}"
+        problem = (
+            "the tune section cannot tune itself"
+            if path.split(".")[0] == "tune"
+            else _path_problem(ExperimentConfig, path.split("."), [])
+        )
+        if problem:
+            raise ConfigError(f"Invalid experiment configuration:\n  {key}: {problem}")
+        for value in spec.samples():
+            trial = copy.deepcopy(base)
+            try:
+                validate_config(apply_overrides(trial, space_overrides({path: value})))
+            except ConfigError as e:
+                detail = str(e).removeprefix("Invalid experiment configuration:\n").strip()
+                raise ConfigError(
+                    f"Invalid experiment configuration:\n  {key}: the value {value!r} does not "
+                    f"make a valid experiment: {detail}"
+                ) from e
 
 
 def config_hash(obj: Any) -> str:
@@ -471,6 +677,7 @@ def validate_config(
     check_names(cfg, file, lines)
     _check_model_overrides(cfg, file, lines)
     _check_mega(cfg, file, lines)
+    _check_tune(cfg, raw, file, lines)
     return cfg
 
 

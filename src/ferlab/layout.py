@@ -13,6 +13,8 @@ Everything that writes or reads an experiment folder goes through ``Layout`` (pa
       plots/<dataset>_<model>_cm_TTA.png  <dataset>_<model>_cm.png  <dataset>_<model>_curves.png
       cross_dataset_evaluation.png  cross_dataset_evaluation_balanced_accuracy.png
       cross_dataset.csv  summary.csv  summary.md  report.html
+      tune/journal.log  trials.csv  best.yaml  importances.json  history.png  intermediate.png
+           importances.png   (``ferlab tune``; its trials are ordinary run folders in runs/)
 
 Names in paths are ``safe_name`` of the display names; the experiment's ``plan.json`` holds
 the display names and the folders they map to, so nothing ever parses a folder name back.
@@ -48,6 +50,13 @@ TRAIN_LOGS = "logs"  # Lightning's CSV (and TensorBoard) loggers
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 PROBS = "probs.npz"
+
+# -- file names inside tune/ (written by ferlab.tuning) --------------------------------------------
+TUNE_JOURNAL = "journal.log"  # Optuna's JournalStorage file: the study, shared by workers
+TUNE_TRIALS = "trials.csv"
+TUNE_BEST = "best.yaml"  # the experiment file with the best trial's parameters
+TUNE_IMPORTANCES = "importances.json"
+TUNE_PLOTS = ("history", "intermediate", "importances")
 
 # -- reserved display names --------------------------------------------------------------------
 MEGA = "mega"  # the dataset that combines the training datasets
@@ -249,6 +258,34 @@ class Layout:
         """``kind``: ``cm`` (plain), ``cm_tta`` (the seed's ``_cm_TTA.png``) or ``curves``."""
         suffix = {"cm": "cm", "cm_tta": "cm_TTA", "curves": "curves"}[kind]
         return self.plots_dir / f"{safe_name(dataset)}_{safe_name(model)}_{suffix}.png"
+
+    # tuning (ferlab tune)
+    @property
+    def tune_dir(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def tune_journal(self) -> Path:
+        return self.tune_dir / TUNE_JOURNAL
+
+    @property
+    def tune_trials(self) -> Path:
+        return self.tune_dir / TUNE_TRIALS
+
+    @property
+    def tune_best(self) -> Path:
+        return self.tune_dir / TUNE_BEST
+
+    @property
+    def tune_importances(self) -> Path:
+        return self.tune_dir / TUNE_IMPORTANCES
+
+    def tune_plot(self, kind: str) -> Path:
+        """``kind``: ``history`` (objective per trial), ``intermediate`` (per-epoch values,
+        pruned vs completed) or ``importances``."""
+        if kind not in TUNE_PLOTS:
+            raise ValueError(f"unknown tuning plot {kind!r}; known: {', '.join(TUNE_PLOTS)}")
+        return self.tune_dir / f"{kind}.png"
 
     # what is on disk (for the "not in this plan" list: never read for numbers)
     def run_dirs_on_disk(self) -> list[Path]:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -257,7 +257,6 @@ def eval_key(run_key: str, test: LoadedDataset, cfg: ExperimentConfig) -> str:
 
 def make_plan(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> Plan:
     """Every pair, evaluation and ensemble this run will produce, with their keys."""
-    from ferlab.training import run_key
 
     tests = _test_entries(cfg, store)
     size0, ch0 = model_geometry(cfg, cfg.models[0])
@@ -280,13 +279,7 @@ def make_plan(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> Plan:
         for m in cfg.models:
             size, ch = model_geometry(cfg, m)
             data = entry.data(store, size, ch)
-            key = run_key(
-                data.fingerprint,
-                m,
-                cfg.train_for(m),
-                {"image_size": size, "channels": ch},
-                cfg.seed,
-            )
+            key = pair_run_key(data, m, cfg)
             pair = PlannedPair(
                 dataset=entry.name,
                 model=m.display,
@@ -494,36 +487,62 @@ def evaluate_planned(
     return metrics, False
 
 
-def _fit_or_reuse(
+def pair_run_key(data: LoadedDataset, m: ModelConfig, cfg: ExperimentConfig) -> str:
+    """The run key of model ``m`` trained on ``data`` under ``cfg`` (``ferlab.training.run_key``)."""
+    from ferlab.training import run_key
+
+    size, ch = model_geometry(cfg, m)
+    return run_key(
+        data.fingerprint, m, cfg.train_for(m), {"image_size": size, "channels": ch}, cfg.seed
+    )
+
+
+@dataclass
+class Trained:
+    """A trained (or reused) pair: its model, metadata, folder and who produced it."""
+
+    model: Any
+    meta: Any
+    run_dir: Path
+    reused: bool
+    produced: dict[str, Any]
+
+
+def fit_or_reuse(
     data: LoadedDataset,
     m: ModelConfig,
-    pair: PlannedPair,
+    run_dir: Path,
+    run_key: str,
     cfg: ExperimentConfig,
-    layout: Layout,
     *,
-    force: bool,
-) -> tuple[Any, Any, bool, dict[str, Any]]:
-    """Train the planned pair, or load its completed run; also returns who produced it."""
+    force: bool = False,
+    callbacks: Sequence[Any] = (),
+    name: str = "",
+    where: str = "",
+) -> Trained:
+    """Train ``m`` on ``data`` into ``run_dir``, or load its completed run (the run cache).
+
+    The one way a pair is trained, for ``ferlab run`` and ``ferlab tune`` (whose pruning
+    callback comes in ``callbacks``)."""
     from ferlab.models import load_model
     from ferlab.training import clear_run, fit, is_complete
 
-    assert pair.run_dir is not None and pair.run_key is not None
-    run_dir = layout.resolve(pair.run_dir)
     size, ch = model_geometry(cfg, m)
+    name = name or f"{data.name} / {m.display}"
+    where = where or str(run_dir)
     if force and run_dir.exists():
         clear_run(run_dir)
     if is_complete(run_dir):
         model, meta = load_model(run_dir)
         produced = dict((meta.extra or {}).get("provenance") or {})
         log.info(
-            "[%s / %s] reusing the completed run in %s (trained by %s)",
-            pair.dataset,
-            pair.model,
-            pair.run_dir,
+            "[%s] reusing the completed run in %s (trained by %s)",
+            name,
+            where,
             produced_by_text(produced) or "an unrecorded version",
         )
-        return model, meta, True, produced
-    log.info("[%s / %s] training into %s", pair.dataset, pair.model, pair.run_dir)
+        return Trained(model, meta, run_dir, True, produced)
+    log.info("[%s] training into %s", name, where)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / SPLITS, data.split_keys())
     produced = stamp("train")
@@ -537,9 +556,10 @@ def _fit_or_reuse(
         image_size=size,
         channels=ch,
         log=log.info,
-        extra_meta={"run_key": pair.run_key, "data": data.spec, "provenance": produced},
+        extra_meta={"run_key": run_key, "data": data.spec, "provenance": produced},
+        callbacks=callbacks,
     )
-    return result.model, result.meta, False, produced
+    return Trained(result.model, result.meta, run_dir, False, produced)
 
 
 def run_experiment(
@@ -691,7 +711,18 @@ def _run_pair(
     size, ch = model_geometry(cfg, m)
     try:
         data = entries[pair.dataset].data(store, size, ch)
-        model, meta, reused, produced = _fit_or_reuse(data, m, pair, cfg, layout, force=force)
+        assert pair.run_dir is not None and pair.run_key is not None
+        done = fit_or_reuse(
+            data,
+            m,
+            layout.resolve(pair.run_dir),
+            pair.run_key,
+            cfg,
+            force=force,
+            name=f"{pair.dataset} / {pair.model}",
+            where=pair.run_dir,
+        )
+        model, meta, reused, produced = done.model, done.meta, done.reused, done.produced
         status.status = "reused" if reused else "trained"
         status.produced_by = produced
     except (KeyboardInterrupt, SystemExit, DatasetError):

@@ -25,7 +25,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,7 @@ def fit(
     runtime: RuntimeConfig | None = None,
     log: Callable[[str], None] = print,
     extra_meta: Mapping[str, Any] | None = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> FitResult:
     """Train ``model_cfg`` on ``dataset`` (early stopping on ``val``) into ``run_dir``.
 
@@ -223,6 +224,8 @@ def fit(
     runs (default ``RuntimeConfig()``: the best device, all cores, progress bars).
     ``extra_meta`` (JSON-able: the dataset spec, split settings, code provenance...) is merged
     into ``ModelMeta.extra`` in ``meta.json`` and written to ``fit.json`` under ``"extra"``.
+    ``callbacks`` are added to the Trainer's (``ferlab tune``'s pruning callback); they see
+    the validation metrics ``val_<name>`` after every validation.
     """
     runtime = runtime if runtime is not None else RuntimeConfig()
     extra = _check_extra_meta(extra_meta)
@@ -299,7 +302,7 @@ def fit(
         runtime,
         run_dir,
         max_epochs=train_cfg.epochs,
-        callbacks=[early, best_cb, LastCheckpoint(last_path)],
+        callbacks=[*callbacks, early, best_cb, LastCheckpoint(last_path)],
         gradient_clip_val=train_cfg.grad_clip,
         limit_train_batches=train_cfg.limit_train_batches,
         limit_val_batches=train_cfg.limit_val_batches,
