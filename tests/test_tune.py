@@ -235,6 +235,16 @@ def test_an_unreachable_storage_is_an_error_before_training(tmp_path: Path) -> N
         tune(cfg, storage="nosuchdialect://nowhere/db", console=False)
 
 
+def test_an_unwritable_folder_is_an_error_before_training(tmp_path: Path) -> None:
+    from ferlab.record import NotWritableError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(NotWritableError, match="experiment folder"):
+        tune(_cfg(tmp_path), out=blocker / "exp", console=False)
+    assert not list(tmp_path.glob("**/journal.log"))
+
+
 # -- the command --------------------------------------------------------------------------------
 def test_cli_tune_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:

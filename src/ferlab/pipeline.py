@@ -581,10 +581,9 @@ def run_experiment(
             update={"runtime": cfg.runtime.model_copy(update={"progress": progress})}
         )
     check_dataset_paths(cfg)
-    _set_threads(cfg)
+    set_threads(cfg)
     layout = Layout(experiment_dir(cfg, out))
-    check_writable(layout.root, "experiment folder")
-    check_writable(Path(cfg.data.cache_dir).expanduser(), "dataset cache folder (data.cache_dir)")
+    check_output_folders(cfg, layout)
     with experiment_lock(layout), experiment_logging(layout, console=console) as log_path:
         log.info("ferlab %s: experiment %r in %s", __version__, cfg.name, layout.root)
         log.info("Log file: %s", log_path)
@@ -593,7 +592,13 @@ def run_experiment(
         return _run(cfg, layout, force=force, on_pair_done=on_pair_done)
 
 
-def _set_threads(cfg: ExperimentConfig) -> None:
+def check_output_folders(cfg: ExperimentConfig, layout: Layout) -> None:
+    """The experiment and cache folders can be written: said before any long work."""
+    check_writable(layout.root, "experiment folder")
+    check_writable(Path(cfg.data.cache_dir).expanduser(), "dataset cache folder (data.cache_dir)")
+
+
+def set_threads(cfg: ExperimentConfig) -> None:
     """``runtime.threads`` for the whole run, evaluation included: a CPU sum over another
     thread count differs in its last bits, and a rerun that reuses a finished training must
     evaluate exactly as the run that trained it did."""

@@ -47,7 +47,14 @@ from ferlab.config import (
     validate_config,
 )
 from ferlab.layout import HISTORY, Layout, atomic_write, write_json
-from ferlab.pipeline import DataStore, check_dataset_paths, experiment_dir, experiment_logging
+from ferlab.pipeline import (
+    DataStore,
+    check_dataset_paths,
+    check_output_folders,
+    experiment_dir,
+    experiment_logging,
+    set_threads,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -339,7 +346,9 @@ def tune(
     if total < 1:
         raise ConfigError(f"--trials must be at least 1; got {total}")
     check_dataset_paths(cfg)
+    set_threads(cfg)
     layout = Layout(experiment_dir(cfg, out))
+    check_output_folders(cfg, layout)
     objective = _Objective(cfg, layout)  # checks tune.dataset / tune.model
     st, storage_name = open_storage(storage, layout)
     name = study or cfg.name
@@ -435,18 +444,6 @@ def write_trials(layout: Layout, study: optuna.Study) -> list[dict[str, Any]]:
     for r in rows:
         w.writerow({k: "" if r[k] is None else r[k] for k in TRIALS_COLUMNS})
     atomic_write(layout.tune_trials, buf.getvalue())
-    return rows
-
-
-def read_trials(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``trials.csv`` with params and intermediate values parsed."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["number"] = int(r["number"])
-        r["value"] = float(r["value"]) if r["value"] else None
-        r["params"] = json.loads(r["params"] or "{}")
-        r["intermediate"] = {int(k): v for k, v in json.loads(r["intermediate"] or "{}").items()}
     return rows
 
 
