@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from ferlab.calibration import expected_calibration_error
 from ferlab.config import TTAConfig
 from ferlab.data.base import ArraySplit
 from ferlab.evaluation import (
@@ -199,8 +200,15 @@ def test_flat_metrics_has_the_cli_shape() -> None:
         "labels",
         "dropped_labels",
         "ci",
+        "temperature",
+        "ece",
+        "ece_calibrated",
     }
     assert flat["dropped_labels"] == ["contempt"] and flat["n"] == 14
+    # T = 1 from the metadata: the calibrated probabilities are the plain ones.
+    assert flat["temperature"] == 1.0
+    assert flat["ece"] == pytest.approx(expected_calibration_error(res.probs_plain, res.y_true))
+    assert flat["ece_calibrated"] == flat["ece"]
     assert flat == flat_metrics(res.metrics, use_tta=False)  # also from metrics.json
     with pytest.raises(ValueError, match="tta"):
         flat_metrics(res, use_tta=True)

@@ -65,6 +65,13 @@ def test_split_duplicates_and_leakage_count_what_they_should() -> None:
     assert leak["n_test"] == 20 and leak["exact_in_train"] == 0
     assert leak["near_in_train"] >= 6 and leak["near_in_val"] == 0
     assert leakage(d, _dataset("c", {"val": val})) == {"n_test": 0}
+    # A test image that is both a train and a val image counts once (not "2 of 1 images").
+    both = _dataset(
+        "e", {"train": train, "val": np.concatenate([val, train[:1]]), "test": train[:1]}
+    )
+    twice = leakage(both, both)
+    assert twice["exact_in_train"] == twice["exact_in_val"] == 1
+    assert twice["exact_in_either"] == 1 and twice["near_in_either"] == 1
 
 
 def test_the_report_shows_leakage_beside_the_accuracy(tmp_path: Path) -> None:

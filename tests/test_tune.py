@@ -130,6 +130,19 @@ def test_a_study_runs_n_trials_writes_its_outputs_and_continues_up_to_the_total(
     assert best.train.augment.erasing == pytest.approx(first.best_params["train.augment.erasing"])
     assert first.best_value == max(float(r["value"]) for r in rows)
 
+    from ferlab.reporting.tuning import tuning_section
+
+    study = json.loads(layout.tune_study.read_text())
+    assert study["best"]["number"] == first.best_number
+    assert study["best"]["run_dir"] == rows[first.best_number]["run_dir"]
+    section = tuning_section(layout, planned_run_dirs=set())
+    assert section is not None and section["counts"]["COMPLETE"] == 2
+    assert section["best"]["number"] == first.best_number and not section["best"]["in_plan"]
+    assert section["trials"][0]["number"] == str(first.best_number)  # best first
+    assert set(section["plots"]) >= {"history", "intermediate"}
+    in_plan = tuning_section(layout, planned_run_dirs={study["best"]["run_dir"]})
+    assert in_plan is not None and in_plan["best"]["in_plan"]
+
     second = tune(cfg, console=False)  # tune.trials is 3: one more
     assert len(second.trials) == 3
     third = tune(cfg, console=False)  # already 3: nothing runs

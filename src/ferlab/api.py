@@ -189,6 +189,9 @@ def evaluate(
         "test_fraction": recorded.get("test_fraction", 0.1) if same else 0.1,
         "options": {**((recorded.get("options") or {}) if same else {}), **(options or {})},
         "use": recorded.get("use", "train") if same else "train",
+        # the face framing the model was trained on (data.face_crop), whatever the test set
+        "face_crop": recorded.get("face_crop", "none"),
+        "face_margin": recorded.get("face_margin", 0.2),
         "from_run": same,
     }
     loaded = load_dataset(
@@ -202,6 +205,8 @@ def evaluate(
         test_fraction=settings["test_fraction"],
         options=settings["options"],
         use=settings["use"],
+        face_crop=settings["face_crop"],
+        face_margin=settings["face_margin"],
     )
     if split == "all":
         scored = _concat_splits(loaded)

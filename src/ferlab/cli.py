@@ -4,7 +4,9 @@ ferlab run [EXPERIMENT] [--set key=value ...] [--out DIR] [--force]
 ferlab train --data NAME:PATH --model NAME [--set key=value ...]
 ferlab evaluate --weights RUN_OR_FILE --data NAME:PATH [--split test|val|train|all] [--tta] [--json]
 ferlab data inspect NAME:PATH [--json] [--out DIR]
-ferlab tune EXPERIMENT [--trials N] [--timeout MIN] [--storage URL] [--study NAME] [--set ...]
+ferlab tune EXPERIMENT [--trials N] [--timeout MIN] [--storage URL] [--study NAME] [--retry-failed N]
+ferlab predict --weights RUN_OR_FILE INPUT... [--detector haar|mtcnn|none] [--out DIR] ...
+ferlab export --weights RUN_OR_FILE --format onnx [--opset N] [--dynamic-batch] [--out FILE]
 ferlab report DIR
 ferlab models [PATTERN]    ferlab datasets
 """
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment",
         nargs="?",
         default=None,
-        help="experiment YAML file, or a shipped name: default, fer2013_cpu, seed_gpu",
+        help="experiment YAML file, or a shipped name: default, fer2013_cpu, seed_gpu, tune_demo",
     )
     _add_set(p)
     p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
@@ -160,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         "continues it up to the trial count and several workers can share it. Writes "
         "tune/trials.csv, tune/best.yaml (for ferlab run) and plots.",
     )
-    p.add_argument("experiment", help="experiment YAML file with a tune: section")
+    p.add_argument(
+        "experiment", help="experiment YAML file with a tune: section, or the shipped tune_demo"
+    )
     p.add_argument("--trials", type=int, default=None, help="total trials (default tune.trials)")
     p.add_argument(
         "--timeout",
@@ -177,12 +181,41 @@ def build_parser() -> argparse.ArgumentParser:
         "postgresql+psycopg://...); default: the journal file in <experiment>/tune/",
     )
     p.add_argument("--study", default=None, help="study name (default: the experiment's name)")
+    p.add_argument(
+        "--retry-failed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a trial whose worker died (kill -9, lost machine) again, up to N times",
+    )
     _add_set(p)
     p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
     p.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bars (the default when the output is not a terminal)",
+    )
+
+    from ferlab.export import add_export_arguments
+    from ferlab.predict import add_predict_arguments
+
+    add_predict_arguments(
+        sub.add_parser(
+            "predict",
+            help="classify the faces in photos, folders and videos with trained weights",
+            description="Find every face in images, folders (recursive) and videos, classify "
+            "it with trained weights (a run folder, a weights file or an exported .onnx file) "
+            "and write one row per face (JSON lines or CSV), optionally annotated copies.",
+        )
+    )
+    add_export_arguments(
+        sub.add_parser(
+            "export",
+            help="export trained weights to ONNX, with their metadata beside them",
+            description="Export a run's weights to ONNX (normalisation and calibrated softmax "
+            "inside the graph) and write its metadata (labels, input size, channels, mean/std, "
+            "temperature) beside it.",
+        )
     )
 
     p = sub.add_parser(
@@ -318,6 +351,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         study=args.study,
         out=args.out,
+        retries=args.retry_failed,
     )
     print(
         f"study {result.study_name!r}: {result.count('COMPLETE')} complete, "
@@ -327,8 +361,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(
             f"best: trial {result.best_number}, value {result.best_value:.4f}, {result.best_params}"
         )
-        print(f"best configuration: {result.best_yaml} (test score: ferlab run {result.best_yaml})")
+        print(
+            f"best configuration: {result.best_yaml} (its test score: ferlab run "
+            f"{result.best_yaml} --out {result.exp_dir})"
+        )
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ferlab.predict import main_from_args
+
+    return main_from_args(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ferlab.export import main_from_args
+
+    return main_from_args(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -373,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "data": cmd_data_inspect,
         "tune": cmd_tune,
+        "predict": cmd_predict,
+        "export": cmd_export,
         "report": cmd_report,
         "models": cmd_models,
         "datasets": cmd_datasets,

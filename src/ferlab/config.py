@@ -177,6 +177,11 @@ class DataConfig(_Strict):
     split_seed: int = 0
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.1, gt=0, lt=1)
+    # Detect the face in every image at decode time and crop the largest to one framing (the
+    # box grown by face_margin of its size on each side, made square); images without a face
+    # are kept uncropped and counted. Part of the decode cache key and of the run key.
+    face_crop: Literal["none", "haar", "mtcnn"] = "none"
+    face_margin: float = Field(0.2, ge=0, lt=2)
 
     @model_validator(mode="before")
     @classmethod
@@ -636,7 +641,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def resolve_config_path(name: str | Path | None) -> Path:
-    """A path, or the name of a shipped config (``default``, ``fer2013_cpu``, ``seed_gpu``)."""
+    """A path, or the name of a shipped config (``default``, ``fer2013_cpu``, ``seed_gpu``, ``tune_demo``)."""
     if name is None:
         return CONFIGS_DIR / "default.yaml"
     p = Path(name).expanduser()

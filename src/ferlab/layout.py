@@ -10,10 +10,11 @@ Everything that writes or reads an experiment folder goes through ``Layout`` (pa
       runs/<dataset>/<model>-<key8>/   weights.safetensors  meta.json  splits.json  history.csv
                                        fit.json  DONE  checkpoints/  logs/ (Lightning CSV/TB)
       eval/<dataset>__<model>/on_<test dataset>/  metrics.json  predictions.csv  probs.npz
+                                                 reliability.png
       plots/<dataset>_<model>_cm_TTA.png  <dataset>_<model>_cm.png  <dataset>_<model>_curves.png
       cross_dataset_evaluation.png  cross_dataset_evaluation_balanced_accuracy.png
-      cross_dataset.csv  summary.csv  summary.md  report.html
-      tune/journal.log  trials.csv  best.yaml  importances.json  history.png  intermediate.png
+      cross_dataset.csv  summary.csv  summary.md  comparisons.csv  report.html
+      tune/journal.log  study.json  trials.csv  best.yaml  importances.json  history.png  intermediate.png
            importances.png   (``ferlab tune``; its trials are ordinary run folders in runs/)
 
 Names in paths are ``safe_name`` of the display names; the experiment's ``plan.json`` holds
@@ -50,12 +51,15 @@ TRAIN_LOGS = "logs"  # Lightning's CSV (and TensorBoard) loggers
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 PROBS = "probs.npz"
+RELIABILITY = "reliability.png"  # reliability diagram (ferlab.reporting), rebuilt from metrics.json
+LOCK_NAME = ".lock"  # an experiment folder's (one ferlab run) or a run folder's (one trainer)
 
 # -- file names inside tune/ (written by ferlab.tuning) --------------------------------------------
 TUNE_JOURNAL = "journal.log"  # Optuna's JournalStorage file: the study, shared by workers
 TUNE_TRIALS = "trials.csv"
 TUNE_BEST = "best.yaml"  # the experiment file with the best trial's parameters
 TUNE_IMPORTANCES = "importances.json"
+TUNE_STUDY = "study.json"  # the study's name, storage, metric, counts and best trial
 TUNE_PLOTS = ("history", "intermediate", "importances")
 
 # -- reserved display names --------------------------------------------------------------------
@@ -175,7 +179,7 @@ class Layout:
     @property
     def lock(self) -> Path:
         """Held by the one ``ferlab run`` working in this folder (PID, host, start time)."""
-        return self.root / ".lock"
+        return self.root / LOCK_NAME
 
     @property
     def logs_dir(self) -> Path:
@@ -195,6 +199,11 @@ class Layout:
     @property
     def summary_md(self) -> Path:
         return self.root / "summary.md"
+
+    @property
+    def comparisons_csv(self) -> Path:
+        """Paired comparisons of the models trained on one dataset (``reporting.tables``)."""
+        return self.root / "comparisons.csv"
 
     @property
     def cross_csv(self) -> Path:
@@ -279,6 +288,10 @@ class Layout:
     @property
     def tune_importances(self) -> Path:
         return self.tune_dir / TUNE_IMPORTANCES
+
+    @property
+    def tune_study(self) -> Path:
+        return self.tune_dir / TUNE_STUDY
 
     def tune_plot(self, kind: str) -> Path:
         """``kind``: ``history`` (objective per trial), ``intermediate`` (per-epoch values,

@@ -50,13 +50,15 @@ from ferlab.record import (
     experiment_lock,
     planned_metrics,
     produced_by_text,
+    run_lock,
     write_plan,
     write_status,
 )
 
 log = logging.getLogger("ferlab")
 
-EVAL_FORMAT = 2  # bump when metrics.json changes meaning, so cached evaluations are redone
+EVAL_FORMAT = 3  # bump when metrics.json changes meaning, so cached evaluations are redone
+# 3: metrics.json gains "calibration" (temperature, ECE before/after, reliability bins)
 
 
 @dataclass
@@ -429,7 +431,7 @@ def write_leakage(cfg: ExperimentConfig, store: DataStore, layout: Layout, plan:
         )
     write_json(layout.leakage, {"pairs": rows})
     for r in rows:
-        seen = r.get("near_in_train", 0) + r.get("near_in_val", 0)
+        seen = r.get("near_in_either", 0)
         if seen:
             log.warning(
                 "%s's test split: %d of %d images are (near-)identical to %s training or "
@@ -523,7 +525,24 @@ def fit_or_reuse(
     """Train ``m`` on ``data`` into ``run_dir``, or load its completed run (the run cache).
 
     The one way a pair is trained, for ``ferlab run`` and ``ferlab tune`` (whose pruning
-    callback comes in ``callbacks``)."""
+    callback comes in ``callbacks``). One trainer per run folder (``record.run_lock``): a
+    tuning worker, or a ``ferlab run`` beside the workers, that wants a run another process is
+    training waits for it, then reuses it."""
+    with run_lock(run_dir):
+        return _fit_or_reuse(data, m, run_dir, run_key, cfg, force, callbacks, name, where)
+
+
+def _fit_or_reuse(
+    data: LoadedDataset,
+    m: ModelConfig,
+    run_dir: Path,
+    run_key: str,
+    cfg: ExperimentConfig,
+    force: bool,
+    callbacks: Sequence[Any],
+    name: str,
+    where: str,
+) -> Trained:
     from ferlab.models import load_model
     from ferlab.training import clear_run, fit, is_complete
 

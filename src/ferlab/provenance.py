@@ -3,9 +3,10 @@
 A run key and an evaluation key include ``code_digest``, so a change to the code that decides
 what is learned or measured retrains and re-evaluates instead of reusing old numbers. The rule:
 
-- ``train`` scope: every ``*.py`` file under ``ferlab/data``, ``ferlab/models``,
-  ``ferlab/training`` and ``ferlab/labels.py`` (data decoding and splitting, architectures,
-  the training loop, augmentation, sampling, loss);
+- ``train`` scope: every ``*.py`` file under ``ferlab/data``, ``ferlab/face``,
+  ``ferlab/models``, ``ferlab/training``, and ``ferlab/labels.py`` and ``ferlab/calibration.py``
+  (data decoding, face cropping and splitting, architectures, the training loop, augmentation,
+  sampling, loss, the temperature fitted after training);
 - ``eval`` scope: the ``train`` files plus ``ferlab/evaluation`` (TTA, metrics, ensembles).
 
 Config values are keyed by value (the resolved sections are hashed), so ``config.py`` itself
@@ -27,8 +28,8 @@ from ferlab import __version__
 PACKAGE = Path(__file__).resolve().parent
 Scope = Literal["train", "eval"]
 _SCOPES: dict[str, tuple[str, ...]] = {
-    "train": ("data", "models", "training", "labels.py"),
-    "eval": ("data", "models", "training", "labels.py", "evaluation"),
+    "train": ("data", "face", "models", "training", "labels.py", "calibration.py"),
+    "eval": ("data", "face", "models", "training", "labels.py", "calibration.py", "evaluation"),
 }
 
 

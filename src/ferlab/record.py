@@ -15,14 +15,15 @@ import errno
 import json
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ferlab.layout import METRICS, Layout, ReportInputError, read_json, write_json
+from ferlab.layout import LOCK_NAME, METRICS, Layout, ReportInputError, read_json, write_json
 
 PLAN_FORMAT = 1
 
@@ -233,15 +234,23 @@ def _try_create(path: Path, text: str) -> bool:
     return True
 
 
-@contextmanager
-def experiment_lock(layout: Layout) -> Iterator[Path]:
-    """Hold ``<experiment>/.lock`` while the block runs; a second run stops at once.
+def _lock_holder(path: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
-    The lock file (created atomically, ``O_EXCL``) records the PID, host and start time. A lock
-    left by a dead process on this host (a kill -9) is taken over; a live holder, or one on
-    another host that cannot be checked, is an error naming the folder and the holder.
+
+@contextmanager
+def hold_lock(path: Path, busy: Callable[[str], str], *, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold the lock file ``path`` while the block runs.
+
+    The file (created atomically, ``O_EXCL``) records the PID, host and start time. A lock left
+    by a dead process on this host (a kill -9) is taken over. A live holder, or one on another
+    host that cannot be checked, is waited for up to ``wait_s`` seconds, then an
+    ``ExperimentLockedError`` whose message is ``busy(holder description)``.
     """
-    path = layout.lock
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {
         "pid": os.getpid(),
@@ -249,35 +258,53 @@ def experiment_lock(layout: Layout) -> Iterator[Path]:
         "started": datetime.now().isoformat(timespec="seconds"),
     }
     text = json.dumps(me)
-    for _ in range(3):
-        if _try_create(path, text):
-            break
-        try:
-            holder = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except (OSError, json.JSONDecodeError):
-            holder = {}
+    deadline = time.monotonic() + wait_s
+    while not _try_create(path, text):
+        holder = _lock_holder(path)
         pid, host = holder.get("pid"), holder.get("host")
         if isinstance(pid, int) and host == me["host"] and not _alive(pid):
             path.unlink(missing_ok=True)  # stale: its process is gone
             continue
         if not holder and not path.exists():
             continue  # released between our two looks
-        who = f"process {pid} on {host}, started {holder.get('started', '?')}"
-        raise ExperimentLockedError(
+        if time.monotonic() >= deadline:
+            who = f"process {pid} on {host}, started {holder.get('started', '?')}"
+            raise ExperimentLockedError(busy(who))
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
+    try:
+        yield path
+    finally:
+        if _lock_holder(path).get("pid") == me["pid"]:
+            path.unlink(missing_ok=True)
+
+
+def experiment_lock(layout: Layout) -> AbstractContextManager[Path]:
+    """Hold ``<experiment>/.lock`` while the block runs; a second run stops at once."""
+    path = layout.lock
+
+    def busy(who: str) -> str:
+        return (
             f"Experiment folder {layout.root} is in use by {who} (lock file {path}). Wait for "
             "it to finish, or give this run another folder with --out. If that process is "
             f"gone (a crash on another machine), delete {path}."
         )
-    else:
-        raise ExperimentLockedError(f"Could not take the lock {path}; try again.")
-    try:
-        yield path
-    finally:
-        try:
-            if json.loads(path.read_text(encoding="utf-8")).get("pid") == me["pid"]:
-                path.unlink()
-        except (OSError, json.JSONDecodeError):
-            pass
+
+    return hold_lock(path, busy)
+
+
+def run_lock(run_dir: Path, *, wait_s: float = 24 * 3600.0) -> AbstractContextManager[Path]:
+    """Hold ``<run folder>/.lock`` while one process trains it: tuning workers sharing a study
+    folder lock only the run they train, and a worker that samples a run another one is
+    training waits for it (then reuses it) instead of training it twice."""
+    path = run_dir / LOCK_NAME
+
+    def busy(who: str) -> str:
+        return (
+            f"Run folder {run_dir} is being trained by {who} (lock file {path}). If that "
+            f"process is gone (a crash on another machine), delete {path}."
+        )
+
+    return hold_lock(path, busy, wait_s=wait_s)
 
 
 class NotWritableError(RuntimeError):

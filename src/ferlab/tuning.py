@@ -13,6 +13,17 @@ several workers on one machine or a shared file system can use at once; ``storag
 RDB URL (``sqlite:///...``, ``postgresql+psycopg://...``) for workers on many machines.
 Rerunning continues the study up to ``trials`` finished trials (complete, pruned or failed).
 
+Workers coordinate through the study: a short lock file (``tune/.ask.lock``) is held from "is
+there room for another trial" to "the trial exists", so workers on one file system together
+run exactly ``trials`` trials; each trial's sampler is seeded by the experiment seed and the
+trial number, so workers started at the same moment draw different values and a study run
+twice draws the same ones; a worker locks only the run folder it trains (``record.run_lock``),
+and one that samples a run another worker is training waits and reuses it. A worker that dies
+mid-trial (a kill -9, a lost machine) leaves a RUNNING trial: the next worker fails it (at once
+when its process is gone from this host; after ``HEARTBEAT_GRACE_S`` without a heartbeat
+otherwise; RDB storages also use Optuna's own heartbeat) and, with ``retries``, enqueues the
+same parameters again; a failed trial that was retried does not count towards ``trials``.
+
 Outputs (``ferlab.layout``): ``tune/trials.csv``, ``tune/best.yaml``, ``tune/history.png``,
 ``tune/intermediate.png`` and, when Optuna can compute them, ``tune/importances.json/.png``.
 """
@@ -24,10 +35,13 @@ import io
 import json
 import logging
 import math
+import os
+import socket
+import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +69,8 @@ from ferlab.pipeline import (
     experiment_logging,
     set_threads,
 )
+from ferlab.provenance import stamp
+from ferlab.record import hold_lock
 
 if TYPE_CHECKING:
     import optuna
@@ -72,8 +88,12 @@ TRIALS_COLUMNS = (
     "duration_s",
     "run_dir",
     "reused",
+    "worker",
+    "retry_of",
     "error",
 )
+HEARTBEAT_S = 30.0  # a running trial's heartbeat (user attribute) is refreshed this often
+HEARTBEAT_GRACE_S = 600.0  # a RUNNING trial silent this long, from another host, is lost
 
 
 def _optuna() -> Any:
@@ -184,9 +204,12 @@ class _Objective:
         return self._stores[key]
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         try:
-            return self._run(trial)
-        except _optuna().TrialPruned:
+            with _heartbeat(trial):
+                return self._run(trial)
+        except _optuna().TrialPruned as e:
+            log.info("[trial %d] %s", trial.number, e)
             raise
         except Exception as e:  # recorded as failed; the study goes on (optimize's catch)
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
@@ -211,6 +234,8 @@ class _Objective:
         trial.set_user_attr("run_dir", self.layout.relative(run_dir))
         trial.set_user_attr("run_key", key)
         log.info("[trial %d] %s", trial.number, params)
+        # fit_or_reuse locks the run folder: another worker training this very run is waited
+        # for, then reused.
         done = fit_or_reuse(
             data,
             m,
@@ -239,8 +264,131 @@ class _Objective:
         return value
 
 
+@contextmanager
+def _heartbeat(trial: optuna.Trial, every: float | None = None) -> Iterator[None]:
+    """Refresh the trial's ``heartbeat`` user attribute while the block runs, so workers on
+    other hosts can tell a lost trial from a long one (the journal file has no heartbeat)."""
+    every = HEARTBEAT_S if every is None else every
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                trial.set_user_attr("heartbeat", time.time())
+            except Exception:  # the trial finished meanwhile, or the storage is gone
+                return
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=beat, name=f"ferlab-tune-heartbeat-{trial.number}")
+    thread.daemon = True
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# -- workers sharing a study ----------------------------------------------------------------------
+def _is_lost(t: optuna.trial.FrozenTrial, now: float, grace: float) -> str | None:
+    """Why a RUNNING trial has no live worker any more, or None when it may be alive."""
+    worker = t.user_attrs.get("worker") or {}
+    if worker.get("host") == socket.gethostname() and isinstance(worker.get("pid"), int):
+        from ferlab.record import _alive
+
+        if worker["pid"] != os.getpid() and not _alive(worker["pid"]):
+            return f"its worker (process {worker['pid']} on this host) is gone"
+        return None
+    last = t.user_attrs.get("heartbeat")
+    if last is None and t.datetime_start is not None:
+        last = t.datetime_start.timestamp()
+    if isinstance(last, int | float) and now - last > grace:
+        return f"no heartbeat from its worker for {now - last:.0f} s"
+    return None
+
+
+def fail_lost_trials(
+    study: optuna.Study, retries: int = 0, grace: float | None = None
+) -> list[int]:
+    """Fail the RUNNING trials whose worker died; with ``retries``, enqueue their parameters
+    again (at most ``retries`` times per original trial). Returns the failed trial numbers."""
+    optuna = _optuna()
+    grace = HEARTBEAT_GRACE_S if grace is None else grace
+    now = time.time()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        why = _is_lost(t, now, grace)
+        if why is None:
+            continue
+        try:
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("error", f"lost: {why}")
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        except Exception:  # another worker failed it first
+            continue
+        failed.append(t.number)
+        log.warning("[trial %d] failed: %s", t.number, why)
+        _retry(study, t, retries)
+    return failed
+
+
+def _retry(study: optuna.Study, t: optuna.trial.FrozenTrial, retries: int) -> None:
+    """Enqueue a lost trial's parameters again, unless its lineage has used its retries."""
+    depth = int(t.user_attrs.get("retry_depth", 0))
+    if depth >= retries or not t.params:
+        return
+    study.enqueue_trial(
+        dict(t.params),
+        user_attrs={"retry_of": t.number, "retry_depth": depth + 1},
+        skip_if_exists=False,
+    )
+    log.info("[trial %d] retried as a new trial (retry %d of %d)", t.number, depth + 1, retries)
+
+
+def _counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Finished trials towards ``tune.trials``: a failed trial that was retried is replaced."""
+    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    return sum(1 for t in trials if t.state.name in FINISHED_STATES and t.number not in retried)
+
+
+def _trial_seeded(make: Callable[[int], Any], seed: int) -> Any:
+    """A sampler re-made for every trial with seed ``seed + trial number``: workers started at
+    the same moment draw different values, and a study run again draws the same ones. Its
+    ``before_trial`` (called once the trial exists) also opens the workers' ask gate."""
+    base: Any = _optuna().samplers.BaseSampler  # Optuna checks isinstance(BaseSampler)
+
+    class TrialSeededSampler(base):
+        def __init__(self) -> None:
+            self.inner = make(seed)
+            self.on_trial_created: Callable[[], None] = lambda: None
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self.inner = make(seed + trial.number)
+            try:
+                self.inner.before_trial(study, trial)
+            finally:
+                self.on_trial_created()
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            return self.inner.sample_independent(study, trial, name, dist)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.inner.reseed_rng()
+
+    return TrialSeededSampler()
+
+
 # -- storage and study --------------------------------------------------------------------------
-def open_storage(storage: str | None, layout: Layout) -> tuple[Any, str]:
+def open_storage(storage: str | None, layout: Layout, retries: int = 0) -> tuple[Any, str]:
     """The study storage and how to name it: the journal file in ``tune/`` by default, or any
     RDB URL; an unreachable URL is an error before any training."""
     optuna = _optuna()
@@ -250,18 +398,40 @@ def open_storage(storage: str | None, layout: Layout) -> tuple[Any, str]:
         layout.tune_dir.mkdir(parents=True, exist_ok=True)
         backend = JournalFileBackend(str(layout.tune_journal))
         return optuna.storages.JournalStorage(backend), str(layout.tune_journal)
-    try:
-        # Heartbeats: a worker that dies mid-trial has its trial marked failed after the grace
-        # period, and the study stays usable.
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
-    except Exception as e:
-        raise ConfigError(
-            f"cannot open the study storage {storage!r}: {type(e).__name__}: {e}. Give an "
-            "RDB URL that is reachable from here (sqlite:///tune.db, postgresql+psycopg://user@"
-            "host/db, mysql://...), or leave out --storage for the journal file in tune/."
-        ) from e
+    import inspect
+
+    params = inspect.signature(optuna.storages.RDBStorage).parameters
+    stale = (  # renamed in Optuna 4.9
+        "heartbeat_stale_trial_callback"
+        if "heartbeat_stale_trial_callback" in params
+        else "failed_trial_callback"
+    )
+    attempts = 5
+    for attempt in range(attempts):
+        try:
+            # Heartbeats: a worker that dies mid-trial has its trial marked failed after the
+            # grace period, and the study stays usable.
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = optuna.storages.RDBStorage(
+                    storage,
+                    heartbeat_interval=60,
+                    grace_period=180,
+                    **{stale: lambda study, t: _retry(study, t, retries)},
+                )
+            break
+        except Exception as e:
+            # Workers starting at once on a new database race to create Optuna's tables:
+            # the loser sees an integrity error and finds the tables on its next try.
+            if type(e).__name__ == "IntegrityError" and attempt < attempts - 1:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise ConfigError(
+                f"cannot open the study storage {storage!r}: {type(e).__name__}: {e}. Give an "
+                "RDB URL that is reachable from here (sqlite:///tune.db, postgresql+psycopg://"
+                "user@host/db, mysql://...), or leave out --storage for the journal file in "
+                "tune/."
+            ) from e
     return rdb, storage
 
 
@@ -310,10 +480,6 @@ def _check_study(study: optuna.Study, tune: TuneConfig) -> None:
         study.set_user_attr("metric", tune.metric)
 
 
-def _finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED_STATES)
-
-
 # -- the command --------------------------------------------------------------------------------
 def tune(
     cfg: ExperimentConfig,
@@ -323,6 +489,7 @@ def tune(
     storage: str | None = None,
     study: str | None = None,
     out: str | Path | None = None,
+    retries: int = 0,
     console: bool = True,
     pruner: Any = None,
     sampler: Any = None,
@@ -331,8 +498,9 @@ def tune(
 
     ``timeout`` (minutes) stops starting new trials; ``storage`` is an RDB URL (default: the
     journal file ``tune/journal.log``); ``study`` names the study (default: the experiment's
-    name). ``pruner``/``sampler`` take Optuna objects instead of ``tune.pruner``/``sampler``.
-    Returns every trial of the study, the best one, and the files written.
+    name); ``retries``: how often a trial whose worker died is run again. ``pruner``/``sampler``
+    take Optuna objects instead of ``tune.pruner``/``sampler``. Returns every trial of the
+    study, the best one, and the files written.
     """
     if cfg.tune is None:
         raise ConfigError(
@@ -345,54 +513,60 @@ def tune(
     total = trials if trials is not None else tune_cfg.trials
     if total < 1:
         raise ConfigError(f"--trials must be at least 1; got {total}")
+    if retries < 0:
+        raise ConfigError(f"--retry-failed must be 0 or more; got {retries}")
     check_dataset_paths(cfg)
+    check_model_choices(cfg)
     set_threads(cfg)
     layout = Layout(experiment_dir(cfg, out))
     check_output_folders(cfg, layout)
     objective = _Objective(cfg, layout)  # checks tune.dataset / tune.model
-    st, storage_name = open_storage(storage, layout)
+    st, storage_name = open_storage(storage, layout, retries)
     name = study or cfg.name
     with experiment_logging(layout, console=console):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         # Bad data fail here, before the study starts.
         ds, m = cfg.datasets[objective.ds_index], cfg.models[objective.model_index]
         objective.store(cfg).get(ds, m.image_size, m.channels)
-        direction = tune_cfg.direction or "maximize"
-        s = optuna.create_study(
-            study_name=name,
-            storage=st,
-            direction=direction,
-            load_if_exists=True,
-            sampler=sampler,  # placeholder; replaced below once the study size is known
-            pruner=pruner or make_pruner(tune_cfg, cfg.train_for(m).epochs),
-        )
-        _check_study(s, tune_cfg)
-        done = _finished(s)
-        if sampler is None:
-            # Seeded by the experiment seed and the study's progress: a study run in one go is
-            # reproducible, and a continued one does not redraw its first trials.
-            s.sampler = make_sampler(tune_cfg, cfg.seed + done)
-        left = total - done
+        gate = _Gate(layout)
+        sampler = sampler or _trial_seeded(lambda seed: make_sampler(tune_cfg, seed), cfg.seed)
+        if hasattr(sampler, "on_trial_created"):
+            sampler.on_trial_created = gate.open
+        with gate.closed():  # two workers creating the study at once
+            s = optuna.create_study(
+                study_name=name,
+                storage=st,
+                direction=tune_cfg.direction or "maximize",
+                load_if_exists=True,
+                sampler=sampler,
+                pruner=pruner or make_pruner(tune_cfg, cfg.train_for(m).epochs),
+            )
+            _check_study(s, tune_cfg)
+            fail_lost_trials(s, retries)
+        done = _counted(s.get_trials(deepcopy=False))
         log.info(
             "ferlab tune: study %r in %s: %d of %d trials finished; %s",
             name,
             storage_name,
             done,
             total,
-            f"running up to {left} more" if left > 0 else "nothing to do",
+            f"running up to {total - done} more" if done < total else "nothing to do",
         )
-        if left > 0:
-            stop = optuna.study.MaxTrialsCallback(
-                total, states=tuple(getattr(optuna.trial.TrialState, n) for n in FINISHED_STATES)
-            )
-            s.optimize(
-                objective,
-                n_trials=left,
-                timeout=None if timeout is None else timeout * 60.0,
-                catch=(Exception,),
-                callbacks=[stop, lambda study, trial: write_trials(layout, study)],
-                gc_after_trial=True,
-            )
+        deadline = None if timeout is None else time.monotonic() + timeout * 60.0
+        while deadline is None or time.monotonic() < deadline:
+            with gate.closed():  # opened by the sampler once this worker's trial exists
+                fail_lost_trials(s, retries)
+                trials_now = s.get_trials(deepcopy=False)
+                running = sum(1 for t in trials_now if t.state.name == "RUNNING")
+                if _counted(trials_now) + running >= total:
+                    break
+                s.optimize(
+                    objective,
+                    n_trials=1,
+                    catch=(Exception,),
+                    callbacks=[lambda study, trial: write_trials(layout, study)],
+                    gc_after_trial=True,
+                )
         result = write_outputs(cfg, layout, s, storage_name)
         log.info(
             "ferlab tune: %d complete, %d pruned, %d failed; best %s",
@@ -413,6 +587,62 @@ def tune(
         return result
 
 
+class _Gate:
+    """The workers' lock from "is there room for another trial" to "the trial exists"
+    (``tune/.ask.lock``): workers sharing a file system run exactly ``trials`` trials."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.path = layout.tune_dir / ".ask.lock"
+        self._stack = ExitStack()
+
+    @contextmanager
+    def closed(self) -> Iterator[None]:
+        self._stack.enter_context(
+            hold_lock(
+                self.path,
+                lambda who: (
+                    f"the study's ask lock {self.path} is held by {who}; delete it if "
+                    "that worker is gone"
+                ),
+                wait_s=600.0,
+            )
+        )
+        try:
+            yield
+        finally:
+            self.open()
+
+    def open(self) -> None:
+        self._stack.close()
+
+
+def check_model_choices(cfg: ExperimentConfig) -> None:
+    """Every model a ``tune.space`` choice can make is built once (untrained, no weights
+    loaded), so an unknown name or kwargs that do not fit an architecture fail before the
+    study starts, naming the field and the value."""
+    from ferlab.models import create_model
+    from ferlab.pipeline import model_geometry
+
+    assert cfg.tune is not None
+    for path, spec in cfg.tune.space.items():
+        parts = path.split(".")
+        if parts[0] != "models" or spec.choice is None:
+            continue
+        for value in spec.choice:
+            c = apply_params(cfg, {path: value})
+            m = c.models[int(parts[1])] if len(parts) > 1 and parts[1].isdigit() else None
+            if m is None:
+                continue
+            size, ch = model_geometry(c, m)
+            try:
+                create_model(m.name, num_classes=7, in_chans=ch, image_size=size, **m.kwargs)
+            except Exception as e:
+                raise ConfigError(
+                    "Invalid experiment configuration:\n  tune.space."
+                    f"{path}: the choice {value!r} does not make a model: {type(e).__name__}: {e}"
+                ) from e
+
+
 # -- outputs ------------------------------------------------------------------------------------
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
@@ -429,10 +659,16 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "duration_s": None if t.duration is None else round(t.duration.total_seconds(), 3),
                 "run_dir": t.user_attrs.get("run_dir", ""),
                 "reused": t.user_attrs.get("reused", ""),
+                "worker": _worker_text(t.user_attrs.get("worker")),
+                "retry_of": t.user_attrs.get("retry_of", ""),
                 "error": t.user_attrs.get("error", "") if t.state.name == "FAIL" else "",
             }
         )
     return rows
+
+
+def _worker_text(worker: Any) -> str:
+    return f"{worker.get('host')}:{worker.get('pid')}" if isinstance(worker, dict) else ""
 
 
 def write_trials(layout: Layout, study: optuna.Study) -> list[dict[str, Any]]:
@@ -491,6 +727,28 @@ def write_outputs(
             result.outputs += [layout.tune_importances, *_plot_importances(layout, imp)]
     else:
         result.notes.append("parameter importances skipped: they need at least 2 completed trials")
+    best_run = next((r["run_dir"] for r in rows if r["number"] == result.best_number), "")
+    write_json(
+        layout.tune_study,
+        {
+            "study": study.study_name,
+            "storage": storage_name,
+            "metric": cfg.tune.metric,
+            "direction": cfg.tune.direction or "maximize",
+            "counts": {s: result.count(s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+            "best": None
+            if result.best_number is None
+            else {
+                "number": result.best_number,
+                "value": result.best_value,
+                "params": result.best_params,
+                "run_dir": best_run,
+            },
+            "written": stamp("train"),
+            "notes": result.notes,
+        },
+    )
+    result.outputs.append(layout.tune_study)
     for n in result.notes:
         log.info("%s", n)
     return result

@@ -92,6 +92,9 @@ class ArraySplit:
     sources: list[str] | None = None  # per-image source tag (mega dataset)
     # Oversampling cells (mega with balance_sources: one per (source, class)); None = classes.
     groups: np.ndarray | None = None
+    # data.face_crop: keys of the images where no face was found (kept uncropped), in split
+    # order; None when faces are not cropped.
+    no_face: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -9,8 +9,9 @@ One folder per (dataset, fingerprint)::
         <split>.soft.npy               (N, len(CANONICAL)) float32, only when records carry votes
 
 The fingerprint hashes the record list (keys, labels, soft labels, each file's size and mtime)
-and the preprocessing (size, channels, decoder version, ``extra``), so a changed file or
-setting gives a new folder instead of stale arrays. A folder is built under a temporary name in
+and the preprocessing (size, channels, decoder version, face cropping, ``extra``), so a changed
+file or setting gives a new folder instead of stale arrays. With face cropping
+(``data.face_crop``), ``meta.json`` also lists per split the images where no face was found. A folder is built under a temporary name in
 ``cache_dir`` and renamed into place when complete: a reader never sees half an entry, a
 killed build leaves only a temporary folder that later runs remove, and of two concurrent
 builders the one that renames second simply uses the first one's result.
@@ -30,13 +31,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ferlab.data import decode
 from ferlab.data.base import ArraySplit, BadFile, DatasetError, Record
 from ferlab.labels import CANONICAL
+
+if TYPE_CHECKING:
+    from ferlab.data.facecrop import FaceCrop
 
 Log = Callable[[str], None]
 
@@ -105,11 +109,19 @@ def _renderer_hash() -> str:
 
 
 def split_fingerprint(
-    splits: dict[str, list[Record]], *, size: int, channels: int, extra: dict[str, Any] | None
+    splits: dict[str, list[Record]],
+    *,
+    size: int,
+    channels: int,
+    extra: dict[str, Any] | None,
+    face: FaceCrop | None = None,
 ) -> str:
-    """The fingerprint of all splits: records in split order, split names and sizes in ``extra``."""
+    """The fingerprint of all splits: records in split order, split names and sizes in ``extra``,
+    and the face-crop settings when faces are cropped (none: the fingerprint of before)."""
     full = dict(extra or {})
     full["_splits"] = {name: len(recs) for name, recs in splits.items()}
+    if face is not None:
+        full["_face_crop"] = face.key()
     records = [r for recs in splits.values() for r in recs]
     return fingerprint(records, size=size, channels=channels, extra=full)
 
@@ -137,18 +149,21 @@ def build_or_load(
     extra: dict[str, Any] | None = None,
     log: Log | None = None,
     workers: int | None = None,
+    face: FaceCrop | None = None,
 ) -> tuple[dict[str, ArraySplit], list[BadFile], str]:
     """Decoded splits from the cache, decoding and caching them first when absent.
 
     ``on_bad_file="error"``: any undecodable image raises ``DatasetError`` listing them,
     and nothing is added to the cache. ``"skip"``: they are dropped and returned (and kept in
-    ``meta.json``). Returns (splits as memory-mapped ``ArraySplit``, bad files, fingerprint).
+    ``meta.json``). ``face``: faces are cropped at decode time (``ferlab.data.facecrop``);
+    each split's ``no_face`` lists the images kept uncropped. Returns (splits as
+    memory-mapped ``ArraySplit``, bad files, fingerprint).
     """
     if on_bad_file not in ON_BAD_FILE:
         raise ValueError(f"on_bad_file must be one of {ON_BAD_FILE}, got {on_bad_file!r}")
     say = log or (lambda _msg: None)
     cache_dir = Path(cache_dir).expanduser()
-    fp = split_fingerprint(splits, size=size, channels=channels, extra=extra)
+    fp = split_fingerprint(splits, size=size, channels=channels, extra=extra, face=face)
     final = entry_dir(cache_dir, name, fp)
     loaded = _try_load(final, fp, splits)
     if loaded is not None:
@@ -161,7 +176,7 @@ def build_or_load(
     clean_stale_tmp(cache_dir)
     tmp = _new_tmp(cache_dir, final.name)
     try:
-        bad = _build(tmp, name, splits, size, channels, fp, on_bad_file, say, workers)
+        bad = _build(tmp, name, splits, size, channels, fp, on_bad_file, say, workers, face)
         _publish(tmp, final)
     finally:
         if tmp.exists():
@@ -186,6 +201,7 @@ def _build(
     on_bad_file: str,
     say: Log,
     workers: int | None,
+    face: FaceCrop | None = None,
 ) -> list[BadFile]:
     """Decode every split into ``tmp``; raise before publishing if bad files are not allowed."""
     meta: dict[str, Any] = {
@@ -195,6 +211,7 @@ def _build(
         "size": size,
         "channels": channels,
         "decoder_version": decode.DECODER_VERSION,
+        "face_crop": face.key() if face is not None else None,
         "splits": {},
         "bad_files": [],
     }
@@ -206,7 +223,10 @@ def _build(
         images = np.lib.format.open_memmap(
             path, mode="w+", dtype=np.uint8, shape=(len(records), size, size, channels)
         )
-        errors = decode.decode_many(records, size, channels, images, workers=workers)
+        no_face: list[str] = []
+        errors = decode.decode_many(
+            records, size, channels, images, workers=workers, face=face, no_face=no_face
+        )
         bad_keys = {e.path for e in errors}
         all_bad.extend(BadFile(path=e.path, reason=e.reason) for e in errors)
         keep = [i for i, r in enumerate(records) if r.key not in bad_keys]
@@ -221,7 +241,14 @@ def _build(
             "keys": [records[i].key for i in keep],
             "sources": _sources([records[i] for i in keep]),
         }
-        say(f"{name}: {split} decoded in {time.perf_counter() - t0:.1f} s, {len(errors)} bad")
+        found = ""
+        if face is not None:
+            meta["splits"][split]["no_face"] = no_face
+            found = f", no face found in {len(no_face)} (kept uncropped)"
+        say(
+            f"{name}: {split} decoded in {time.perf_counter() - t0:.1f} s, {len(errors)} bad"
+            + found
+        )
     if all_bad and on_bad_file == "error":
         raise DatasetError(bad_files_message(name, all_bad))
     meta["bad_files"] = [{"path": b.path, "reason": b.reason} for b in all_bad]
@@ -325,8 +352,14 @@ def _load_split(folder: Path, split: str, info: dict[str, Any]) -> ArraySplit:
             f"{split}: {len(images)} images, {len(labels)} labels, {len(keys)} keys, "
             f"meta.json says {info['count']}"
         )
+    no_face = info.get("no_face")
     return ArraySplit(
-        images=images, labels=labels, keys=keys, soft=soft, sources=info.get("sources")
+        images=images,
+        labels=labels,
+        keys=keys,
+        soft=soft,
+        sources=info.get("sources"),
+        no_face=list(no_face) if no_face is not None else None,
     )
 
 

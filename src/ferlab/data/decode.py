@@ -6,6 +6,10 @@ resizes to a square and gives 1 (luma) or 3 (RGB) channels. Faces in FER dataset
 cropped, so the whole image (or box) is resized to ``size x size`` without an aspect-preserving
 crop: a slightly non-square crop is squashed rather than losing the chin or the brows.
 
+With a ``FaceCrop`` (``data.face_crop``), the face is detected in the image (after the box
+crop, before the resize), and the largest one is cut out with its margin; an image without a
+face is kept whole and its key reported (``ferlab.data.facecrop``).
+
 Anything that cannot be decoded raises ``BadImageError`` naming the file and the reason, so the
 cache can report or skip it before any training starts. ``decode_many`` decodes a list with a
 small process pool when the list is long.
@@ -13,6 +17,7 @@ small process pool when the list is long.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import multiprocessing as mp
@@ -21,12 +26,15 @@ import stat
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ferlab.data.base import Record
+
+if TYPE_CHECKING:
+    from ferlab.data.facecrop import FaceCrop
 
 # Bump when decoding changes what an image becomes: it is part of every cache fingerprint.
 DECODER_VERSION = 1
@@ -46,6 +54,10 @@ CSV_SIDE = 48
 POOL_THRESHOLD = 2000
 POOL_CHUNK = 512
 
+# With face cropping, a JPEG is draft-decoded at no less than this many times the model size:
+# the face, not the whole photo, must stay at least ``size`` pixels across.
+FACE_DRAFT_FACTOR = 4
+
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
@@ -63,24 +75,73 @@ class BadImageError(ValueError):
         return (BadImageError, (self.path, self.reason))
 
 
-def decode_record(record: Record, size: int, channels: int) -> np.ndarray:
+def decode_record(
+    record: Record, size: int, channels: int, *, face: FaceCrop | None = None
+) -> np.ndarray:
     """Decode ``record`` into a ``(size, size, channels)`` uint8 array.
 
     The source is the CSV pixel string when present, else the synthetic draw, else the image
-    file at ``record.path`` (cropped to ``record.box`` first, clipped to the image).
+    file at ``record.path`` (cropped to ``record.box`` first, clipped to the image). With
+    ``face``, the largest face found is cropped out before the resize (none found: the whole
+    image is kept; ``decode_many`` reports which).
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
+    _check_geometry(size, channels)
+    if face is not None:
+        [result] = _decode_with_faces([record], size, channels, face)
+        if isinstance(result, BadImageError):
+            raise result
+        return result[0]
     if record.pixels is not None:
-        return _decode_pixels(record, size, channels)
+        return _finish(_pixels_image(record), size, channels)
     if record.draw is not None:
         return _render_synthetic(record.draw, size, channels)
     return _decode_file(record.path, record.box, size, channels)
 
 
-def _decode_pixels(record: Record, size: int, channels: int) -> np.ndarray:
+def _check_geometry(size: int, channels: int) -> None:
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+
+
+def _source_image(record: Record, size: int, channels: int) -> Image.Image:
+    """The record as an 'L' or 'RGB' image before the resize (face cropping works on it)."""
+    if record.pixels is not None:
+        return _pixels_image(record)
+    if record.draw is not None:
+        arr = _render_synthetic(record.draw, size, channels)
+        return Image.fromarray(arr[:, :, 0] if channels == 1 else arr)
+    return _decode_file(record.path, record.box, size, channels, keep_size=True)
+
+
+def _decode_with_faces(
+    records: Sequence[Record], size: int, channels: int, face: FaceCrop
+) -> list[tuple[np.ndarray, bool] | BadImageError]:
+    """Per record: (array, whether a face was found), or the ``BadImageError`` (path = key).
+
+    The images are decoded first and then detected together (one MTCNN call per size).
+    """
+    from ferlab.data.facecrop import crop_faces
+
+    results: list[tuple[np.ndarray, bool] | BadImageError | None] = []
+    images: list[Image.Image] = []
+    slots: list[int] = []
+    for rec in records:
+        try:
+            images.append(_source_image(rec, size, channels))
+        except BadImageError as e:
+            results.append(BadImageError(rec.key, e.reason))
+            continue
+        slots.append(len(results))
+        results.append(None)  # filled once the faces are found
+    crops, found = crop_faces(images, face)
+    for slot, im, ok in zip(slots, crops, found, strict=True):
+        results[slot] = (_finish(im, size, channels), ok)
+    return [r for r in results if r is not None]
+
+
+def _pixels_image(record: Record) -> Image.Image:
     where = record.key
     try:
         values = np.array(record.pixels.split() if record.pixels else [], dtype=np.int64)
@@ -98,8 +159,7 @@ def _decode_pixels(record: Record, size: int, channels: int) -> np.ndarray:
             where,
             f"pixel values must be 0..255, found {int(values.min())}..{int(values.max())}",
         )
-    im = Image.fromarray(values.astype(np.uint8).reshape(side, side), mode="L")
-    return _finish(im, size, channels)
+    return Image.fromarray(values.astype(np.uint8).reshape(side, side), mode="L")
 
 
 def _render_synthetic(draw: tuple[str, int], size: int, channels: int) -> np.ndarray:
@@ -116,11 +176,21 @@ def _render_synthetic(draw: tuple[str, int], size: int, channels: int) -> np.nda
 
 
 def _decode_file(
-    path: str, box: tuple[int, int, int, int] | None, size: int, channels: int
-) -> np.ndarray:
+    path: str,
+    box: tuple[int, int, int, int] | None,
+    size: int,
+    channels: int,
+    *,
+    keep_size: bool = False,
+) -> Any:
+    """The file decoded to (size, size, channels); ``keep_size``: the 'L'/'RGB' image before
+    the resize instead (in colour when the file is, and large enough to find the face in)."""
     with open_image(path) as im:
         try:
-            return _decode_open_image(im, path, box, size, channels)
+            if keep_size:
+                out = _open_image_source(im, path, box, size * FACE_DRAFT_FACTOR, 3)
+                return out.copy() if out is im else out  # outlives the file
+            return _finish(_open_image_source(im, path, box, size, channels), size, channels)
         except BadImageError:
             raise
         except Exception as e:
@@ -207,13 +277,15 @@ def unreadable_reason(path: str) -> str | None:
     return None
 
 
-def _decode_open_image(
+def _open_image_source(
     im: Image.Image,
     path: str,
     box: tuple[int, int, int, int] | None,
     size: int,
     channels: int,
-) -> np.ndarray:
+) -> Image.Image:
+    """The open file decoded, upright, box-cropped, in 'L' or 'RGB' (a JPEG draft-decoded as
+    small as keeps the region at least ``size`` pixels, and in grey when ``channels`` is 1)."""
     w, h = im.size
     orientation = _orientation(im)
     disp_w, disp_h = (h, w) if orientation in _SWAPS_AXES else (w, h)
@@ -224,7 +296,7 @@ def _decode_open_image(
         im = ImageOps.exif_transpose(im)
     if box is not None:
         im = _crop(im, path, box, disp_w, disp_h)
-    return _finish(_to_basic_mode(im), size, channels)
+    return _to_basic_mode(im)
 
 
 def _orientation(im: Image.Image) -> int | None:
@@ -367,20 +439,29 @@ def decode_many(
     *,
     workers: int | None = None,
     progress: Progress | None = None,
+    face: FaceCrop | None = None,
+    no_face: list[str] | None = None,
 ) -> list[BadImageError]:
     """Decode ``records`` into ``out[i]`` (shape (N, size, size, channels), e.g. a memmap).
 
     Bad records leave their row zero and come back as ``BadImageError`` with ``path`` set to
     the record's key; the caller decides to skip them or fail. Lists longer than
-    ``POOL_THRESHOLD`` use a process pool of ``workers`` (default: the usable cores).
+    ``POOL_THRESHOLD`` use a process pool of ``workers`` (default: the usable cores). With
+    ``face``, faces are cropped (each process makes its detector once) and the keys of the
+    images where none was found, kept whole, are appended to ``no_face`` in record order.
     """
     n = len(records)
     if out.shape != (n, size, size, channels):
         raise ValueError(f"out has shape {out.shape}, expected {(n, size, size, channels)}")
+    _check_geometry(size, channels)
     workers = default_workers() if workers is None else max(1, workers)
     if n <= POOL_THRESHOLD or workers == 1 or not _can_fork_pool():
-        return _decode_serial(records, size, channels, out, progress)
-    return _decode_pool(records, size, channels, out, workers, progress)
+        bad, missing = _decode_serial(records, size, channels, out, progress, face)
+    else:
+        bad, missing = _decode_pool(records, size, channels, out, workers, progress, face)
+    if no_face is not None:
+        no_face.extend(missing)
+    return bad
 
 
 def decode_problems(
@@ -403,7 +484,11 @@ def _decode_serial(
     channels: int,
     out: np.ndarray,
     progress: Progress | None,
-) -> list[BadImageError]:
+    face: FaceCrop | None = None,
+) -> tuple[list[BadImageError], list[str]]:
+    """Decode in this process: (bad records, keys of the images without a face)."""
+    if face is not None:
+        return _decode_serial_faces(records, size, channels, out, progress, face)
     bad: list[BadImageError] = []
     n = len(records)
     for i, rec in enumerate(records):
@@ -415,25 +500,62 @@ def _decode_serial(
             progress(i + 1, n)
     if progress is not None:
         progress(n, n)
-    return bad
+    return bad, []
+
+
+def _decode_serial_faces(
+    records: Sequence[Record],
+    size: int,
+    channels: int,
+    out: np.ndarray,
+    progress: Progress | None,
+    face: FaceCrop,
+) -> tuple[list[BadImageError], list[str]]:
+    from ferlab.data.facecrop import BLOCK
+
+    bad: list[BadImageError] = []
+    missing: list[str] = []
+    n = len(records)
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        for i, res in enumerate(_decode_with_faces(records[start:stop], size, channels, face)):
+            if isinstance(res, BadImageError):
+                bad.append(res)
+                continue
+            out[start + i], found = res
+            if not found:
+                missing.append(records[start + i].key)
+        if progress is not None and stop % POOL_CHUNK == 0:
+            progress(stop, n)
+    if progress is not None:
+        progress(n, n)
+    return bad, missing
 
 
 # Set in the pool's worker processes by _init_worker (inherited through fork, not pickled).
-_WORK: tuple[Sequence[Record], int, int] | None = None
+_WORK: tuple[Sequence[Record], int, int, FaceCrop | None] | None = None
 
 
-def _init_worker(records: Sequence[Record], size: int, channels: int) -> None:
+def _init_worker(
+    records: Sequence[Record], size: int, channels: int, face: FaceCrop | None = None
+) -> None:
     global _WORK
-    _WORK = (records, size, channels)
+    _WORK = (records, size, channels, face)
+    if face is not None:
+        from ferlab.data.facecrop import single_threaded
+
+        single_threaded()
 
 
-def _decode_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, list[BadImageError]]:
+def _decode_chunk(
+    bounds: tuple[int, int],
+) -> tuple[int, np.ndarray, list[BadImageError], list[str]]:
     assert _WORK is not None, "worker not initialised"
-    records, size, channels = _WORK
+    records, size, channels, face = _WORK
     start, stop = bounds
     arr = np.zeros((stop - start, size, size, channels), dtype=np.uint8)
-    bad = _decode_serial(records[start:stop], size, channels, arr, None)
-    return start, arr, bad
+    bad, missing = _decode_serial(records[start:stop], size, channels, arr, None, face)
+    return start, arr, bad, missing
 
 
 def _decode_pool(
@@ -443,22 +565,32 @@ def _decode_pool(
     out: np.ndarray,
     workers: int,
     progress: Progress | None,
-) -> list[BadImageError]:
+    face: FaceCrop | None = None,
+) -> tuple[list[BadImageError], list[str]]:
     n = len(records)
     chunks = [(s, min(s + POOL_CHUNK, n)) for s in range(0, n, POOL_CHUNK)]
     bad: list[BadImageError] = []
+    missing: list[str] = []
     done = 0
     ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(records, size, channels)) as pool:
-        for start, arr, chunk_bad in pool.imap_unordered(_decode_chunk, chunks):
+    initargs = (records, size, channels, face)
+    safe: Any = contextlib.nullcontext()
+    if face is not None:
+        from ferlab.data.facecrop import fork_safe
+
+        safe = fork_safe()
+    with safe, ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+        for start, arr, chunk_bad, chunk_missing in pool.imap_unordered(_decode_chunk, chunks):
             out[start : start + len(arr)] = arr
             bad.extend(chunk_bad)
+            missing.extend(chunk_missing)
             done += len(arr)
             if progress is not None:
                 progress(done, n)
     order = {r.key: i for i, r in enumerate(records)}
     bad.sort(key=lambda e: order.get(e.path, n))
-    return bad
+    missing.sort(key=lambda k: order.get(k, n))
+    return bad, missing
 
 
 def _can_fork_pool() -> bool:

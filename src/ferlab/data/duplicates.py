@@ -95,8 +95,11 @@ def leakage(train: LoadedDataset, test: LoadedDataset) -> dict[str, Any]:
     out: dict[str, Any] = {"n_test": len(test.splits["test"])}
     for kind in ("exact", "near"):
         target = _hashes(test, "test", kind)
+        either = np.zeros(len(target), dtype=bool)
         for split in ("train", "val"):
             if split in train.splits:
                 seen = np.isin(target, _hashes(train, split, kind))
                 out[f"{kind}_in_{split}"] = int(seen.sum())
+                either |= seen
+        out[f"{kind}_in_either"] = int(either.sum())  # an image in both splits counts once
     return out

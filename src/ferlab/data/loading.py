@@ -3,7 +3,8 @@
 ``load_dataset`` is the one entry point the pipeline, the CLI and users call. It indexes the
 files (``ferlab.data.base.index_dataset``), carves the splits a dataset does not define from
 its train split (seeded and stratified, and the protocol string says so), applies the
-``on_bad_file`` policy to the problems the adapter found, then decodes through the cache.
+``on_bad_file`` policy to the problems the adapter found, then decodes through the cache, with
+the faces cropped to one framing when ``face_crop`` names a detector (``data.face_crop``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from ferlab.config import DataConfig, DatasetConfig
 from ferlab.data.adapters.utils import SPLIT_OPTIONS, accepted_options, refuse_split_options
 from ferlab.data.base import (
+    ArraySplit,
     BadFile,
     DatasetError,
     LoadedDataset,
@@ -25,6 +27,7 @@ from ferlab.data.base import (
     stratified_split,
 )
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message, build_or_load
+from ferlab.data.facecrop import check_face_tools, face_crop_setting
 
 Log = Callable[[str], None]
 USES = ("train", "test")
@@ -46,6 +49,8 @@ def load_dataset(
     log: Log | None = None,
     display: str | None = None,
     workers: int | None = None,
+    face_crop: str = "none",
+    face_margin: float = 0.2,
 ) -> LoadedDataset:
     """Index, split, validate and decode the dataset ``name`` at ``path``.
 
@@ -58,6 +63,12 @@ def load_dataset(
     ``options`` are the adapter's own: split settings there are refused, since ``split_seed``,
     ``val_fraction`` and ``test_fraction`` (the ``data:`` section's) are what both the loader
     and an adapter that splits by itself use (``adapter_options``).
+
+    ``face_crop`` (``none``, ``haar`` or ``mtcnn``): detect the faces in every image at decode
+    time and keep the largest, grown by ``face_margin`` of its size on each side and made
+    square (``ferlab.face.crop_face``). Images where no face is found are kept uncropped; each
+    split's ``no_face`` lists them and ``spec["face_crop_counts"]`` counts them. The settings
+    are part of the fingerprint (the cache entry and the run key).
     """
     if on_bad_file not in ON_BAD_FILE:
         raise DatasetError(
@@ -65,6 +76,8 @@ def load_dataset(
         )
     if use not in USES:
         raise DatasetError(f"use must be one of {list(USES)}, got {use!r} (datasets[].use).")
+    face = face_crop_setting(face_crop, face_margin)
+    check_face_tools(face)  # a missing OpenCV / facenet-pytorch fails before any decoding
     say = log or (lambda _msg: None)
     label = display or (f"synthetic-{path}" if name == "synthetic" else name)
     opts = adapter_options(
@@ -112,6 +125,8 @@ def load_dataset(
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "use": use,
+        "face_crop": face.detector if face is not None else "none",
+        "face_margin": float(face_margin),
     }
     extra = {
         "adapter": name,
@@ -131,7 +146,10 @@ def load_dataset(
         extra=extra,
         log=say,
         workers=workers,
+        face=face,
     )
+    if face is not None:
+        spec["face_crop_counts"] = face_crop_counts(arrays)
     bad = merge_bad_files(index.bad_files, decode_bad)
     if bad:
         say(f"{label}: {len(bad)} bad file(s) left out (see the data report)")
@@ -147,6 +165,14 @@ def load_dataset(
         spec=spec,
         root=index.root,
     )
+
+
+def face_crop_counts(splits: dict[str, ArraySplit]) -> dict[str, dict[str, int]]:
+    """Per split: images, and those where no face was found (kept uncropped)."""
+    return {
+        name: {"images": len(split), "no_face": len(split.no_face or [])}
+        for name, split in splits.items()
+    }
 
 
 def adapter_options(
@@ -199,6 +225,8 @@ def load_from_config(
         use=ds.use,
         log=log,
         display=ds.display,
+        face_crop=data.face_crop,
+        face_margin=data.face_margin,
     )
 
 

@@ -4,6 +4,14 @@ Members may have different label sets; the ensemble votes over the *intersection
 labels (a class some member cannot predict would get a vote diluted by that member's silence,
 so it is left out rather than guessed). Each member's probabilities are restricted to the
 intersection and renormalised before the (optionally weighted) average of probabilities.
+
+Calibration: the ensemble's prediction (its ``plain``/``tta`` metrics) averages the members'
+uncalibrated probabilities, as before temperatures existed. The *calibrated* ensemble averages
+the members' calibrated probabilities (each member's ``softmax(logits / T_member)``: every
+member's confidences then mean the same thing before they are mixed); ``metrics["calibration"]``
+gives the ECE of both (``ece`` / ``ece_calibrated``), the members' temperatures
+(``temperature`` is None: an ensemble has no single one) and, since averaging differently
+scaled probabilities can change the argmax, the calibrated ensemble's ``accuracy_calibrated``.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ferlab.calibration import ECE_BINS, calibration_block
 from ferlab.evaluation.evaluate import EvalResult, load_result, write_predictions
 from ferlab.evaluation.metrics import compute_metrics
 from ferlab.labels import CANONICAL
@@ -111,6 +120,21 @@ def ensemble_results(
             label_lists,
             weights,
         )
+    temperatures = [_temperature(r) for r in results]
+    all_t1 = all(t == 1.0 for t in temperatures)  # nothing rescaled: the same votes
+    plain_cal, tta_cal = plain, tta
+    if not all_t1:
+        plain_cal, _ = soft_vote(
+            [_calibrated(r, "plain")[i] for r, i in zip(results, rows, strict=True)],
+            label_lists,
+            weights,
+        )
+        if tta is not None:
+            tta_cal, _ = soft_vote(
+                [_calibrated(r, "tta")[i] for r, i in zip(results, rows, strict=True)],
+                label_lists,
+                weights,
+            )
     dropped = {d for r in results for d in r.metrics.get("dropped_labels", [])}
     dropped |= {n for names in label_lists for n in names if n not in labels}
     metrics: dict[str, Any] = {
@@ -127,8 +151,49 @@ def ensemble_results(
         "n_dropped_images": int(n_split - keep.sum()),
         "n_members": len(results),
         "weights": _weights(weights, len(results)).tolist(),
+        "calibration": _calibration(y_true, plain, tta, plain_cal, tta_cal, temperatures),
     }
-    return EvalResult(metrics, plain, tta, y_true, keep)
+    return EvalResult(metrics, plain, tta, y_true, keep, plain_cal, tta_cal)
+
+
+def _temperature(result: EvalResult) -> float:
+    """A member's temperature as its metrics recorded it (1 for results from before)."""
+    value = (result.metrics.get("calibration") or {}).get("temperature")
+    return 1.0 if value is None else float(value)
+
+
+def _calibrated(result: EvalResult, which: str) -> np.ndarray:
+    """A member's calibrated probabilities (its plain ones when it has none: T = 1)."""
+    if which == "plain":
+        return (
+            result.calibrated_plain if result.calibrated_plain is not None else result.probs_plain
+        )
+    arr = result.calibrated_tta if result.calibrated_tta is not None else result.probs_tta
+    assert arr is not None
+    return arr
+
+
+def _calibration(
+    y_true: np.ndarray,
+    plain: np.ndarray,
+    tta: np.ndarray | None,
+    plain_cal: np.ndarray,
+    tta_cal: np.ndarray | None,
+    temperatures: Sequence[float],
+) -> dict[str, Any]:
+    def block(p: np.ndarray, pc: np.ndarray) -> dict[str, Any]:
+        out = calibration_block(y_true, p, pc)
+        n = y_true.shape[0]
+        out["accuracy_calibrated"] = float((pc.argmax(axis=1) == y_true).mean()) if n else None
+        return out
+
+    return {
+        "temperature": None,
+        "member_temperatures": list(temperatures),
+        "bins": ECE_BINS,
+        "plain": block(plain, plain_cal),
+        "tta": block(tta, tta_cal) if tta is not None and tta_cal is not None else None,
+    }
 
 
 def ensemble_from_dirs(

@@ -7,6 +7,15 @@ and test images whose true class the model cannot predict are
 excluded and counted (``n_dropped_images``). ``dropped_labels`` names every class left out,
 from either side, so a report can say so.
 
+Calibration: the model's temperature (``ModelMeta.temperature``, fitted on the validation
+split after training) gives the calibrated probabilities ``softmax(logits / T)`` of the same
+forward pass. ``metrics["plain"]``/``["tta"]`` score the uncalibrated probabilities (T = 1;
+accuracy and every count are the same either way: T does not change the argmax);
+``metrics["calibration"]`` holds the temperature and, for plain and TTA predictions, the
+expected calibration error (15 equal-width confidence bins, ``ferlab.calibration``) and the
+log loss before (``ece``, ``log_loss``) and after (``ece_calibrated``, ``log_loss_calibrated``)
+with the reliability-diagram bins of both.
+
 The files of an evaluation (``metrics.json``, ``predictions.csv``, ``probs.npz``; names in
 ``ferlab.layout``) are written atomically; ensembles and reports read them back.
 """
@@ -24,10 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ferlab.calibration import ECE_BINS, calibration_block
 from ferlab.config import TTAConfig
 from ferlab.data.base import ArraySplit
 from ferlab.evaluation.metrics import compute_metrics
-from ferlab.evaluation.tta import MetaLike, n_views, predict_views
+from ferlab.evaluation.tta import MetaLike, n_views, predict_all
 from ferlab.labels import CANONICAL, INDEX
 from ferlab.layout import METRICS, PREDICTIONS, PROBS, atomic_write, read_json
 
@@ -108,6 +118,9 @@ class EvalResult:
     probs_tta: np.ndarray | None  # (M, S) averaged over the TTA views, or None
     y_true: np.ndarray  # (M,) indices into metrics["labels"]
     kept_mask: np.ndarray  # (N,) bool over the split: the M images that were scored
+    # softmax(logits / T) of the same pass (None where not computed, e.g. an old probs.npz)
+    calibrated_plain: np.ndarray | None = None
+    calibrated_tta: np.ndarray | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -138,13 +151,18 @@ def evaluate_split(
     bootstrap: int = 1000,
     seed: int = 0,
     device: str | torch.device | None = None,
+    temperature: float | None = None,
 ) -> EvalResult:
     """Score a model on one split, on the classes it shares with the dataset.
 
     One forward pass over all TTA views gives both the plain metrics (view 0, identity) and the
     TTA metrics (``metrics["tta"]`` is None when ``tta`` is off). Only images whose true class is
-    shared are predicted; the others are counted in ``n_dropped_images``.
+    shared are predicted; the others are counted in ``n_dropped_images``. ``temperature``
+    (default: ``meta.temperature``, 1 when the metadata has none) gives the calibrated
+    probabilities and ``metrics["calibration"]`` (see the module docstring).
     """
+    if temperature is None:
+        temperature = float(getattr(meta, "temperature", 1.0))
     labels_canonical = np.asarray(labels_canonical, dtype=np.int64)
     if labels_canonical.shape[0] != images.shape[0]:
         raise ValueError(
@@ -157,7 +175,7 @@ def evaluate_split(
             "share no class, so there is nothing to score."
         )
     kept = align.keep_mask(labels_canonical)
-    probs_plain, probs_tta, ips = predict_views(
+    pred = predict_all(
         model,
         images,
         meta,
@@ -166,7 +184,9 @@ def evaluate_split(
         device,
         columns=align.model_idx.tolist(),
         rows=None if kept.all() else np.flatnonzero(kept),
+        temperature=temperature,
     )
+    probs_plain, probs_tta, ips = pred.plain, pred.tta, pred.ips
     y_true = align.to_shared(labels_canonical[kept])
     use_tta = tta is not None and tta.enabled
     metrics: dict[str, Any] = {
@@ -185,8 +205,35 @@ def evaluate_split(
         "throughput_ips": float(ips),
         "tta_views": n_views(tta),
         "tta_config": tta.model_dump(mode="json") if use_tta and tta is not None else None,
+        "calibration": calibration_metrics(
+            y_true, pred.plain, pred.tta, pred.plain_calibrated, pred.tta_calibrated, temperature
+        ),
     }
-    return EvalResult(metrics, probs_plain, probs_tta, y_true, kept)
+    return EvalResult(
+        metrics, probs_plain, probs_tta, y_true, kept, pred.plain_calibrated, pred.tta_calibrated
+    )
+
+
+def calibration_metrics(
+    y_true: np.ndarray,
+    plain: np.ndarray,
+    tta: np.ndarray | None,
+    plain_calibrated: np.ndarray,
+    tta_calibrated: np.ndarray | None,
+    temperature: float | None,
+) -> dict[str, Any]:
+    """``metrics["calibration"]``: the temperature and, for plain and TTA predictions, ECE and
+    log loss before and after calibration with their reliability bins."""
+    return {
+        "temperature": temperature,
+        "bins": ECE_BINS,
+        "plain": calibration_block(y_true, plain, plain_calibrated),
+        "tta": (
+            calibration_block(y_true, tta, tta_calibrated)
+            if tta is not None and tta_calibrated is not None
+            else None
+        ),
+    }
 
 
 def evaluate(
@@ -200,6 +247,7 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     device: str | torch.device | None = None,
+    temperature: float | None = None,
 ) -> EvalResult:
     """``evaluate_split`` on an ``ArraySplit`` (images, canonical labels)."""
     return evaluate_split(
@@ -213,6 +261,7 @@ def evaluate(
         bootstrap=bootstrap,
         seed=seed,
         device=device,
+        temperature=temperature,
     )
 
 
@@ -230,7 +279,10 @@ FLAT_KEYS: tuple[str, ...] = (
 
 def flat_metrics(result: EvalResult | Mapping[str, Any], use_tta: bool) -> dict[str, Any]:
     """The ``ferlab evaluate --json`` object: accuracy, balanced_accuracy, macro_f1, n,
-    per_class, confusion_matrix, labels, dropped_labels and ci.
+    per_class, confusion_matrix, labels, dropped_labels and ci, plus calibration: ``temperature``
+    (the model's T), ``ece`` (expected calibration error, 15 bins, of the uncalibrated
+    probabilities) and ``ece_calibrated`` (of ``softmax(logits / T)``), for the plain or TTA
+    predictions as asked (None in results written before calibration existed).
 
     ``result`` is an ``EvalResult`` or its ``metrics`` dict (as read back from metrics.json).
     """
@@ -244,6 +296,11 @@ def flat_metrics(result: EvalResult | Mapping[str, Any], use_tta: bool) -> dict[
         )
     flat = {key: chosen[key] for key in FLAT_KEYS}
     flat["dropped_labels"] = list(metrics.get("dropped_labels", []))
+    calibration = metrics.get("calibration") or {}
+    block = calibration.get(which) or {}
+    flat["temperature"] = calibration.get("temperature")
+    flat["ece"] = block.get("ece")
+    flat["ece_calibrated"] = block.get("ece_calibrated")
     return flat
 
 
@@ -292,7 +349,9 @@ def write_predictions(out_dir: str | Path, keys: Sequence[str], result: EvalResu
 
     ``keys`` are the whole evaluated split's keys. ``probs.npz`` holds ``keys`` (N,),
     ``kept_mask`` (N,), ``y_true`` (M,), ``probs_plain`` (M, S), ``probs_tta`` (M, S) when
-    there is TTA, and ``labels`` (S,), so ``load_result`` can rebuild the ``EvalResult``.
+    there is TTA, ``probs_plain_calibrated`` / ``probs_tta_calibrated`` (softmax(logits / T))
+    when T != 1, and ``labels`` (S,), so ``load_result`` can rebuild the ``EvalResult``.
+    ``predictions.csv`` shows the uncalibrated probabilities (the predicted class is the same).
     """
     out = Path(out_dir)
     result.write_predictions(out / PREDICTIONS, keys)
@@ -305,6 +364,11 @@ def write_predictions(out_dir: str | Path, keys: Sequence[str], result: EvalResu
     }
     if result.probs_tta is not None:
         arrays["probs_tta"] = result.probs_tta.astype(np.float32)
+    # Calibrated arrays only where they differ (T != 1): a missing one reads back as T = 1.
+    if result.calibrated_plain is not None and result.calibrated_plain is not result.probs_plain:
+        arrays["probs_plain_calibrated"] = result.calibrated_plain.astype(np.float32)
+    if result.calibrated_tta is not None and result.calibrated_tta is not result.probs_tta:
+        arrays["probs_tta_calibrated"] = result.calibrated_tta.astype(np.float32)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     atomic_write(out / PROBS, buf.getvalue())
@@ -338,5 +402,8 @@ def load_result(out_dir: str | Path) -> tuple[EvalResult, list[str]]:
         probs_tta=data.get("probs_tta"),
         y_true=data["y_true"],
         kept_mask=data["kept_mask"].astype(bool),
+        # absent: T = 1 (or an evaluation from before calibration, which is uncalibrated)
+        calibrated_plain=data.get("probs_plain_calibrated", data["probs_plain"]),
+        calibrated_tta=data.get("probs_tta_calibrated", data.get("probs_tta")),
     )
     return result, [str(k) for k in data["keys"].tolist()]

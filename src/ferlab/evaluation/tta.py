@@ -15,8 +15,10 @@ probabilities stay calibrated-ish, and a single over-confident view cannot domin
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -193,7 +195,20 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def predict_views(
+@dataclass
+class Predictions:
+    """One pass over a split: probabilities at T = 1 and calibrated (``softmax(logits / T)``),
+    each for the identity view and averaged over the TTA views (None without TTA)."""
+
+    plain: np.ndarray  # (N, K) float32
+    tta: np.ndarray | None
+    plain_calibrated: np.ndarray
+    tta_calibrated: np.ndarray | None
+    temperature: float
+    ips: float  # source images per second over the whole loop
+
+
+def predict_all(
     model: nn.Module,
     images: np.ndarray,
     meta: MetaLike,
@@ -203,22 +218,18 @@ def predict_views(
     *,
     columns: Sequence[int] | None = None,
     rows: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """One pass over ``images``: (plain probs, TTA-averaged probs or None, images per second).
+    temperature: float = 1.0,
+) -> Predictions:
+    """``predict_views`` plus the calibrated probabilities of the same forward pass.
 
-    The plain probabilities are view 0 (identity) of the same forward pass, so asking for TTA
-    costs no second pass. ``batch_size`` counts images; the model sees ``n_views * batch_size``
-    inputs per forward pass. The model is moved to ``device`` (auto when None) and put in eval
-    mode; its previous train/eval mode is restored afterwards.
-
-    ``columns`` restricts the model to those outputs (e.g. the classes a test set shares with
-    it): the softmax runs over their logits only, which equals restricting and renormalising
-    the probabilities but cannot underflow when a left-out class dominates. ``rows`` predicts
-    only those images (in that order), read batch by batch, so a memory-mapped split is never
-    copied whole.
+    ``temperature`` divides the (restricted) logits of every view before its softmax; TTA
+    averages the calibrated view probabilities like the plain ones. T = 1 costs nothing extra
+    (the calibrated arrays are the plain ones).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}.")
     images = _check_images(images)
     dev = pick_device("auto" if device is None else device, setting="device")
     k = len(meta.labels)
@@ -227,8 +238,13 @@ def predict_views(
     v = n_views(tta)
     order = np.arange(images.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
     n = int(order.shape[0])
+    scaled = temperature != 1.0
     plain = np.zeros((n, k_out), dtype=np.float32)
     averaged = np.zeros((n, k_out), dtype=np.float32) if v > 1 else None
+    plain_cal = np.zeros((n, k_out), dtype=np.float32) if scaled else plain
+    averaged_cal = (
+        (np.zeros((n, k_out), dtype=np.float32) if scaled else averaged) if v > 1 else None
+    )
     mean = _stats(meta.mean, int(meta.channels), "mean", dev)
     std = _stats(meta.std, int(meta.channels), "std", dev)
     was_training = model.training
@@ -254,15 +270,49 @@ def predict_views(
                     )
                 if cols is not None:
                     logits = logits.index_select(1, cols)
-                probs = logits.float().softmax(dim=-1).view(v, b, k_out)  # (V, B, K)
-                plain[lo : lo + b] = probs[0].cpu().numpy()
-                if averaged is not None:
-                    averaged[lo : lo + b] = probs.mean(dim=0).cpu().numpy()
+                logits = logits.float()
+                targets = [(logits, plain, averaged)]
+                if scaled:
+                    targets.append((logits / temperature, plain_cal, averaged_cal))
+                for z, out_plain, out_avg in targets:
+                    probs = z.softmax(dim=-1).view(v, b, k_out)  # (V, B, K)
+                    out_plain[lo : lo + b] = probs[0].cpu().numpy()
+                    if out_avg is not None:
+                        out_avg[lo : lo + b] = probs.mean(dim=0).cpu().numpy()
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - start
     ips = n / elapsed if elapsed > 0 else float("inf")
-    return plain, averaged, ips
+    return Predictions(plain, averaged, plain_cal, averaged_cal, float(temperature), ips)
+
+
+def predict_views(
+    model: nn.Module,
+    images: np.ndarray,
+    meta: MetaLike,
+    tta: TTAConfig | None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    *,
+    columns: Sequence[int] | None = None,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """One pass over ``images``: (plain probs, TTA-averaged probs or None, images per second).
+
+    The plain probabilities are view 0 (identity) of the same forward pass, so asking for TTA
+    costs no second pass. ``batch_size`` counts images; the model sees ``n_views * batch_size``
+    inputs per forward pass. The model is moved to ``device`` (auto when None) and put in eval
+    mode; its previous train/eval mode is restored afterwards. These are the uncalibrated
+    probabilities (T = 1); ``predict_all`` also gives the calibrated ones.
+
+    ``columns`` restricts the model to those outputs (e.g. the classes a test set shares with
+    it): the softmax runs over their logits only, which equals restricting and renormalising
+    the probabilities but cannot underflow when a left-out class dominates. ``rows`` predicts
+    only those images (in that order), read batch by batch, so a memory-mapped split is never
+    copied whole.
+    """
+    p = predict_all(model, images, meta, tta, batch_size, device, columns=columns, rows=rows)
+    return p.plain, p.tta, p.ips
 
 
 def predict_with_timing(

@@ -1,7 +1,8 @@
 """A trained model's metadata: ``meta.json`` beside its weights (and a copy in their header).
 
 The metadata says everything needed to rebuild and run a model without a config file:
-architecture and its kwargs, output labels in order, input size, channels and normalisation.
+architecture and its kwargs, output labels in order, input size, channels, normalisation and
+the softmax temperature fitted on the validation split (``ferlab.calibration``).
 It is read from files a user may have edited or been sent, so every field is checked and any
 failure is a ``WeightsMetadataError`` naming the file.
 """
@@ -9,6 +10,7 @@ failure is a ``WeightsMetadataError`` naming the file.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,7 +39,10 @@ class ModelMeta:
     """How to rebuild a trained model and feed it: saved beside its weights as ``meta.json``.
 
     ``labels`` are canonical emotion names in output order (unit i is ``labels[i]``);
-    ``mean``/``std`` are per channel, applied to pixels scaled to [0, 1].
+    ``mean``/``std`` are per channel, applied to pixels scaled to [0, 1]. ``temperature`` is
+    the scalar T of the calibrated probabilities ``softmax(logits / T)``, fitted on the
+    validation split after training (1.0: uncalibrated, and what metadata written before
+    temperatures existed reads as). It never changes the predicted class.
     """
 
     architecture: str
@@ -47,6 +52,7 @@ class ModelMeta:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
     ferlab_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +92,12 @@ class ModelMeta:
             )
         if any(not s > 0 for s in self.std):  # `not >` also refuses NaN
             raise ValueError(f"std values must be > 0, got {self.std}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ValueError(
+                f"temperature must be a finite number > 0 (1.0 for uncalibrated), got {t!r}"
+            )
+        self.temperature = float(t)
         if not isinstance(self.kwargs, dict) or not isinstance(self.extra, dict):
             raise ValueError(
                 f"kwargs and extra must be mappings, got {type(self.kwargs).__name__}, "

@@ -1,7 +1,7 @@
 """The self-contained HTML report of an experiment, rebuilt from its recorded plan alone.
 
 ``build_report`` regenerates the derived plots (confusion matrices, learning curves, the
-cross-dataset heatmaps) and tables from the planned entries of the experiment folder
+cross-dataset heatmaps, reliability diagrams) and tables from the planned entries of the experiment folder
 (``ferlab.reporting.tables.load_record``), then renders one page with the images embedded as
 data URIs and inline CSS: it can be mailed, archived or opened offline. It says which runs and
 evaluations were reused and from which ferlab version, and lists folders on disk that the plan
@@ -21,13 +21,19 @@ import yaml
 
 from ferlab.layout import HISTORY, Layout, ReportInputError, atomic_write, read_json
 from ferlab.record import produced_by_text, unplanned_folders
-from ferlab.reporting.plots import plot_confusion_matrix, plot_learning_curves
+from ferlab.reporting.plots import (
+    RELIABILITY_PNG,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    plot_reliability,
+)
 from ferlab.reporting.tables import (
     METRICS,
     Evaluation,
     Record,
     collect_dropped_labels,
     collect_summary,
+    comparison_rows,
     fmt_ci,
     fmt_count,
     fmt_pct,
@@ -39,6 +45,7 @@ from ferlab.reporting.tables import (
     write_cross_dataset,
     write_summary,
 )
+from ferlab.reporting.tuning import tuning_section
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOG_TAIL_LINES = 60
@@ -86,6 +93,46 @@ def render_pair_plots(
                 best_epoch=_as_int(row.get("best_epoch")),
             )
     return written
+
+
+def calibration_entry(
+    row: Mapping[str, Any], evaluation: Evaluation | None
+) -> dict[str, Any] | None:
+    """One model's calibration on its own test split (from its planned metrics.json), with its
+    reliability diagram regenerated into the evaluation folder; None without calibration data
+    (an evaluation written before calibration existed)."""
+    if evaluation is None:
+        return None
+    path = evaluation.directory / RELIABILITY_PNG
+    path.unlink(missing_ok=True)  # never a picture of other numbers
+    cal = evaluation.data.get("calibration")
+    if not isinstance(cal, dict) or not isinstance(cal.get("plain"), dict):
+        return None
+    plain, tta = cal["plain"], cal.get("tta") or {}
+    dataset, model = str(row["dataset"]), str(row["model"])
+    image = None
+    if plain.get("reliability"):
+        image = plot_reliability(
+            plain["reliability"],
+            plain.get("reliability_calibrated"),
+            path,
+            f"{model} on {dataset}: reliability (no TTA)",
+            temperature=cal.get("temperature"),
+        )
+    return {
+        "dataset": dataset,
+        "model": model,
+        "temperature": cal.get("temperature"),
+        "member_temperatures": cal.get("member_temperatures"),
+        "n": (evaluation.data.get("plain") or {}).get("n"),
+        "ece": plain.get("ece"),
+        "ece_calibrated": plain.get("ece_calibrated"),
+        "log_loss": plain.get("log_loss"),
+        "log_loss_calibrated": plain.get("log_loss_calibrated"),
+        "tta_ece": tta.get("ece"),
+        "tta_ece_calibrated": tta.get("ece_calibrated"),
+        "image": data_uri(image) if image is not None else None,
+    }
 
 
 def _as_int(value: Any) -> int | None:
@@ -172,6 +219,8 @@ def data_sections(record: Record) -> list[dict[str, Any]]:
                 "excluded": dict(info.get("excluded") or {}),
                 "ignored": dict(info.get("ignored") or {}),
                 "duplicates": dict(info.get("duplicates") or {}),
+                "face_crop": (info.get("spec") or {}).get("face_crop") or "none",
+                "face_crop_counts": dict((info.get("spec") or {}).get("face_crop_counts") or {}),
                 "bad_file_examples": [
                     b for b in (info.get("bad_file_examples") or []) if isinstance(b, dict)
                 ],
@@ -248,17 +297,21 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
     record = load_record(Path(exp_dir))
     layout = record.layout
     rows = collect_summary(record)
-    write_summary(rows, layout)
+    write_summary(rows, layout, record=record)
     cross_files = {p.name: p for p in write_cross_dataset(record)}
     test_order = {t: i for i, t in enumerate(record.plan.test_sets)}
 
     pairs = []
+    calibration = []
     for i, row in enumerate(rows):
         if row["status"] in ("failed", "skipped", "pending"):
             continue
         dataset, model = str(row["dataset"]), str(row["model"])
         evaluation = record.evaluation(dataset, model, dataset)
         plots = render_pair_plots(layout, row, evaluation)
+        cal = calibration_entry(row, evaluation)
+        if cal is not None:
+            calibration.append(cal)
         others = sorted(
             record.evaluations_of(dataset, model),
             key=lambda e: (e.test_dataset != dataset, test_order.get(e.test_dataset, 0)),
@@ -312,6 +365,9 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
         "dropped": collect_dropped_labels(record),
         "leakage": leakage_rows(record),
         "pairs": pairs,
+        "calibration": calibration,
+        "comparisons": comparison_rows(record),
+        "tuning": tuning_section(layout, {p.run_dir for p in record.plan.pairs if p.run_dir}),
         "data": data_sections(record),
         "metrics": METRICS,
         "provenance": record.plan.provenance,
@@ -338,7 +394,9 @@ def leakage_rows(record: Record) -> list[dict[str, Any]]:
         if r is None:
             continue
         in_train, in_val = int(r.get("near_in_train") or 0), int(r.get("near_in_val") or 0)
-        if not in_train + in_val:
+        # an image near both a train and a val image counts once (older files: the sum)
+        either = int(r.get("near_in_either", in_train + in_val) or 0)
+        if not either:
             continue
         block = e.result(use_tta=True) or {}
         n = int(r.get("n_test") or 0)
@@ -351,8 +409,11 @@ def leakage_rows(record: Record) -> list[dict[str, Any]]:
                 "n_test": n,
                 "in_train": in_train,
                 "in_val": in_val,
-                "exact": int(r.get("exact_in_train") or 0) + int(r.get("exact_in_val") or 0),
-                "share": (in_train + in_val) / n if n else None,
+                "exact": int(
+                    r.get("exact_in_either")
+                    or int(r.get("exact_in_train") or 0) + int(r.get("exact_in_val") or 0)
+                ),
+                "share": min(either / n, 1.0) if n else None,
             }
         )
     return out

@@ -1,4 +1,5 @@
-"""Report figures: confusion matrices, learning curves and the cross-dataset heatmap.
+"""Report figures: confusion matrices, learning curves, the cross-dataset heatmap and
+reliability diagrams.
 
 Every function takes plain data (lists, dicts, arrays read back from the experiment files),
 writes one PNG and closes its figure, so a report can be rebuilt without a model in memory.
@@ -17,6 +18,8 @@ matplotlib.use("Agg")  # no display on servers; must precede the pyplot import
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from ferlab.layout import RELIABILITY
 
 DPI = 120
 _TRAIN_COLOUR = "#1f77b4"
@@ -254,4 +257,56 @@ def plot_cross_dataset(
     ax.set_xlabel("tested on")
     ax.set_ylabel("trained on")
     ax.set_title(plain_text(title), fontsize=11)
+    return _save(fig, path)
+
+
+RELIABILITY_PNG = RELIABILITY  # in an evaluation folder, beside its metrics.json
+
+
+def plot_reliability(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any] | None,
+    path: Path,
+    title: str,
+    temperature: float | None = None,
+) -> Path:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, before
+    (T = 1) and after temperature scaling, with each ECE in the legend, over the number of
+    images per bin.
+
+    ``before``/``after`` are ``ferlab.calibration.reliability`` dicts as metrics.json keeps
+    them (``edges``, ``count``, ``confidence``, ``accuracy``, ``ece``); empty bins are skipped.
+    """
+    edges = np.asarray(before.get("edges") or [], dtype=float)
+    if edges.size < 2:
+        raise ValueError(f"reliability bins for {title!r} have no edges; rerun the evaluation")
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = float(np.diff(edges).min())
+    fig, (ax, ax_n) = plt.subplots(
+        2, 1, figsize=(5.6, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    ax.plot([0, 1], [0, 1], ":", color=_BEST_COLOUR, linewidth=1, label="perfect calibration")
+    series = [("T = 1", before, _VAL_COLOUR, -0.2)]
+    if after is not None:
+        t = f"T = {temperature:.3g}" if temperature is not None else "calibrated"
+        series.append((t, after, _TRAIN_COLOUR, 0.2))
+    for name, bins, colour, shift in series:
+        conf = np.asarray([np.nan if v is None else v for v in bins["confidence"]], dtype=float)
+        acc = np.asarray([np.nan if v is None else v for v in bins["accuracy"]], dtype=float)
+        keep = ~np.isnan(conf) & ~np.isnan(acc)
+        ece = bins.get("ece")
+        label = f"{name}: ECE {100 * ece:.2f}%" if ece is not None else name
+        ax.plot(conf[keep], acc[keep], "o-", color=colour, markersize=4, label=label)
+        counts = np.asarray(bins["count"], dtype=float)
+        ax_n.bar(centres + shift * width, counts, width=0.4 * width, color=colour, alpha=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(plain_text(title), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax_n.set_xlabel(f"confidence (largest probability), {len(centres)} bins")
+    ax_n.set_ylabel("images")
+    ax_n.grid(True, alpha=0.3)
+    fig.tight_layout()
     return _save(fig, path)

@@ -5,6 +5,10 @@ an evaluation the experiment's ``plan.json`` names, and only when its ``metrics.
 the planned key (``ferlab.record.planned_metrics``); statuses come from ``status.json`` and
 training facts from the planned run folder's ``fit.json``. So ``ferlab report DIR`` rebuilds
 the tables a run printed, and a result left by another plan never shows as current.
+
+The paired comparisons (``comparisons.csv`` and a section of ``summary.md``) read the per-image
+predictions (``probs.npz``) of the same planned evaluations, and test every two models trained
+on one dataset and scored on one test split (``ferlab.evaluation.compare``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ferlab.layout import FIT_JSON, META, Layout, atomic_write, read_json
+from ferlab.layout import FIT_JSON, META, PROBS, Layout, atomic_write, read_json
 from ferlab.record import (
     PairStatus,
     Plan,
@@ -103,6 +107,8 @@ class Record:
     plan: Plan
     status: dict[tuple[str, str], PairStatus]
     evaluations: list[Evaluation]
+    # collect_comparisons' rows, kept so the summary and the report bootstrap only once
+    comparison_cache: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def pair_status(self, pair: PlannedPair) -> PairStatus:
         return self.status.get(
@@ -383,9 +389,15 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(rows: Sequence[Mapping[str, Any]], exp_dir: Path | Layout) -> tuple[Path, Path]:
-    """Write ``summary.csv`` (full precision) and ``summary.md`` (formatted) in the experiment folder."""
+def write_summary(
+    rows: Sequence[Mapping[str, Any]], exp_dir: Path | Layout, *, record: Record | None = None
+) -> tuple[Path, Path]:
+    """Write ``summary.csv`` (full precision) and ``summary.md`` (formatted) in the experiment
+    folder, and the paired comparisons of its models (``comparisons.csv`` and a section of
+    ``summary.md``; ``record`` saves reading the experiment again when the caller has it)."""
     layout = exp_dir if isinstance(exp_dir, Layout) else Layout(Path(exp_dir))
+    if record is None and layout.plan.is_file():
+        record = load_record(layout)
     csv_path = atomic_write(layout.summary_csv, summary_csv(rows))
     notes = [
         "# Summary",
@@ -410,8 +422,279 @@ def write_summary(rows: Sequence[Mapping[str, Any]], exp_dir: Path | Layout) -> 
             for r in reused
         ]
         notes.append("")
+    if record is not None:
+        comparisons = collect_comparisons(record)
+        comparisons_path = layout.comparisons_csv
+        if comparisons:
+            atomic_write(comparisons_path, comparisons_csv(comparisons))
+            notes += ["", format_comparisons_markdown(comparisons)]
+        else:
+            comparisons_path.unlink(missing_ok=True)  # never an earlier plan's comparisons
     md_path = atomic_write(layout.summary_md, "\n".join(notes))
     return csv_path, md_path
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+# In the experiment folder, beside summary.csv.
+
+# Columns of comparisons.csv, in order. ``difference`` is accuracy A minus accuracy B (a
+# fraction); ``b01``: images only B gets right, ``b10``: images only A gets right; ``variant_*``
+# says which predictions were compared (``tta`` or ``plain``, the headline of the summary).
+COMPARISON_FIELDS: tuple[str, ...] = (
+    "dataset",
+    "test_dataset",
+    "model_a",
+    "model_b",
+    "variant_a",
+    "variant_b",
+    "n",
+    "accuracy_a",
+    "accuracy_b",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "b01",
+    "b10",
+    "p_value",
+    "verdict",
+    "note",
+)
+COMPARISON_SEED = 0  # the paired bootstrap's seed, so a report rebuilds the same intervals
+DEFAULT_BOOTSTRAP = 1000  # resamples when the metrics do not record how many were used
+
+
+@dataclass(frozen=True)
+class Correctness:
+    """The headline predictions of one evaluation, image by image."""
+
+    keys: list[str]  # (M,) image keys of the scored images
+    correct: Any  # (M,) bool numpy array: prediction equals the true class
+    variant: str  # "tta" or "plain"
+
+
+def headline_correctness(e: Evaluation) -> Correctness | str:
+    """Right-or-wrong per image of the evaluation's headline predictions (TTA when its metrics
+    have a TTA block, as in the summary), read from its ``probs.npz``; or why they cannot be.
+
+    The flags must reproduce the recorded accuracy and image count, so a ``probs.npz`` that
+    does not belong to the planned ``metrics.json`` is never compared.
+    """
+    from ferlab.evaluation.evaluate import load_result
+
+    # Named inside the experiment folder (eval/<pair>/on_<test>/probs.npz): a moved or copied
+    # experiment gives the same report.
+    parts = e.directory.parts
+    start = len(parts) - 1 - parts[::-1].index("eval") if "eval" in parts else len(parts) - 1
+    shown = Path(*parts[start:]) / PROBS
+    if not (e.directory / PROBS).is_file():
+        return f"no per-image predictions ({shown}); rerun the evaluation"
+    use_tta = bool(e.data.get("tta"))
+    variant = "tta" if use_tta else "plain"
+    try:
+        result, keys = load_result(e.directory)
+    except ValueError as err:
+        return str(err)
+    probs = result.probs_tta if use_tta else result.probs_plain
+    if probs is None:
+        return f"{shown} has no TTA probabilities although metrics.json has TTA"
+    if probs.ndim != 2 or probs.shape[0] != result.y_true.shape[0]:
+        return (
+            f"{shown} is inconsistent: probabilities of shape {probs.shape} for "
+            f"{result.y_true.shape[0]} labels; rerun the evaluation"
+        )
+    correct = probs.argmax(axis=1) == result.y_true  # (M,)
+    block = e.result(use_tta) or {}
+    n, accuracy = block.get("n"), block.get("accuracy")
+    m = int(correct.shape[0])
+    consistent = (
+        len(keys) == result.kept_mask.shape[0]
+        and int(result.kept_mask.sum()) == m
+        and n == m
+        and m > 0
+        and accuracy is not None
+        and abs(float(correct.mean()) - float(accuracy)) <= 1e-9
+    )
+    if not consistent:
+        return (
+            f"{shown} does not match its metrics.json ({m} scored images against "
+            f"n={n}, accuracy {float(correct.mean()) if m else 0.0:.4f} against {accuracy}); "
+            "rerun the evaluation"
+        )
+    kept = [k for k, keep in zip(keys, result.kept_mask.tolist(), strict=True) if keep]
+    return Correctness(kept, correct, variant)
+
+
+def _bootstrap_count(evaluations: Sequence[Evaluation]) -> int:
+    counts = [
+        int(block["bootstrap"])
+        for e in evaluations
+        if (block := e.result(bool(e.data.get("tta")))) and block.get("bootstrap") is not None
+    ]
+    return max(counts) if counts else DEFAULT_BOOTSTRAP
+
+
+def collect_comparisons(record: Record) -> list[dict[str, Any]]:
+    """One row per unordered pair of planned models trained on the same dataset and scored on
+    the same test split (keys ``COMPARISON_FIELDS``), own test split first, models in plan
+    order. Only evaluations the record holds count (planned, of pairs that completed, with the
+    planned key); a pair that cannot be compared (no per-image predictions, different test
+    images) has a row with the reason in ``note`` and no numbers.
+    """
+    if record.comparison_cache is not None:
+        return record.comparison_cache
+    from ferlab.evaluation.compare import compare_pairs
+
+    groups: dict[tuple[str, str], list[Evaluation]] = {}
+    for e in record.evaluations:
+        groups.setdefault((e.train_dataset, e.test_dataset), []).append(e)
+    test_order = {t: i for i, t in enumerate(record.plan.test_sets)}
+    ordered = sorted(
+        groups,
+        key=lambda g: (
+            record.plan.train_datasets.index(g[0]) if g[0] in record.plan.train_datasets else 0,
+            g[1] != g[0],
+            test_order.get(g[1], len(test_order)),
+        ),
+    )
+    rows: list[dict[str, Any]] = []
+    for dataset, test in ordered:
+        evaluations = groups[(dataset, test)]
+        if len(evaluations) < 2:
+            continue
+        correct: dict[str, tuple[list[str], Any]] = {}
+        unavailable: dict[str, str] = {}
+        variants: dict[str, str] = {}
+        for e in evaluations:
+            got = headline_correctness(e)
+            if isinstance(got, str):
+                unavailable[e.model] = got
+            else:
+                correct[e.model] = (got.keys, got.correct)
+                variants[e.model] = got.variant
+        pairs = compare_pairs(
+            correct,
+            dataset=dataset,
+            test=test,
+            n_boot=_bootstrap_count(evaluations),
+            seed=COMPARISON_SEED,
+            unavailable=unavailable,
+            order=[e.model for e in evaluations],
+        )
+        for row in pairs:
+            row["variant_a"] = variants.get(row["model_a"])
+            row["variant_b"] = variants.get(row["model_b"])
+            rows.append({k: row.get(k) for k in COMPARISON_FIELDS})
+    record.comparison_cache = rows
+    return rows
+
+
+def comparisons_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The comparisons as CSV text (header ``COMPARISON_FIELDS``, fractions at full precision)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COMPARISON_FIELDS)
+    for row in rows:
+        writer.writerow([_csv_value(row.get(k)) for k in COMPARISON_FIELDS])
+    return buf.getvalue()
+
+
+def fmt_points(value: Any) -> str:
+    """A difference of fractions in percentage points, signed (``0.012`` -> ``+1.2``)."""
+    if value is None or value == "":
+        return "-"
+    return f"{100 * float(value):+.1f}"
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value: three decimals, or two significant digits below 0.001; ``-`` when missing."""
+    if value is None or value == "":
+        return "-"
+    p = float(value)
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def comparison_rows(record: Record) -> list[dict[str, Any]]:
+    """The comparisons formatted for display (the summary's Markdown and the HTML report).
+
+    Each dict: ``dataset, test, model_a, model_b`` (with `` (TTA)`` when TTA predictions were
+    compared), ``n, acc_a, acc_b, diff`` (percentage points, signed), ``ci``, ``only_a``,
+    ``only_b``, ``p``, ``verdict``, ``note`` (why a pair was not compared, else None), and the
+    flags ``compared`` and ``significant``.
+    """
+    return _display_comparisons(collect_comparisons(record))
+
+
+def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    from ferlab.evaluation.compare import ALPHA
+
+    def name(model: Any, variant: Any) -> str:
+        return f"{model} (TTA)" if variant == "tta" else str(model)
+
+    out = []
+    for r in rows:
+        compared = r.get("note") is None
+        low, high = r.get("difference_ci_low"), r.get("difference_ci_high")
+        out.append(
+            {
+                "dataset": str(r["dataset"]),
+                "test": str(r["test_dataset"]),
+                "model_a": name(r["model_a"], r.get("variant_a")),
+                "model_b": name(r["model_b"], r.get("variant_b")),
+                "n": fmt_plain(r.get("n")),
+                "acc_a": fmt_pct(r.get("accuracy_a")),
+                "acc_b": fmt_pct(r.get("accuracy_b")),
+                "diff": fmt_points(r.get("difference")),
+                "ci": "-" if low is None else f"{fmt_points(low)} to {fmt_points(high)}",
+                "only_a": fmt_plain(r.get("b10")),
+                "only_b": fmt_plain(r.get("b01")),
+                "p": fmt_p(r.get("p_value")),
+                "verdict": str(r.get("verdict")),
+                "note": r.get("note"),
+                "compared": compared,
+                "significant": compared and float(r["p_value"]) < ALPHA,
+            }
+        )
+    return out
+
+
+def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The ``## Paired comparisons`` section of summary.md from ``collect_comparisons`` rows."""
+    from ferlab.evaluation.compare import ALPHA
+
+    display = _display_comparisons(rows)
+    lines = [
+        "## Paired comparisons",
+        "",
+        "Every two models trained on the same dataset and scored on the same test images, on "
+        "the summary's headline predictions (TTA where measured). `A - B` is the accuracy "
+        "difference in percentage points with its 95% paired bootstrap interval (the same "
+        "resampled images score both models); `only A` / `only B` count the images exactly one "
+        f"model gets right, and `p` is McNemar's exact test on them (significant below {ALPHA}).",
+        "",
+    ]
+    shown = [d for d in display if d["compared"]]
+    if shown:
+        head = ["trained on", "test set", "A", "B", "n", "acc A", "acc B", "A - B (pp)", "95% CI"]
+        head += ["only A", "only B", "p", "verdict"]
+        keys = ["dataset", "test", "model_a", "model_b", "n", "acc_a", "acc_b", "diff", "ci"]
+        keys += ["only_a", "only_b", "p", "verdict"]
+        right = {"n", "acc_a", "acc_b", "diff", "ci", "only_a", "only_b", "p"}
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join("---:" if k in right else ":---" for k in keys) + "|")
+        for d in shown:
+            lines.append("| " + " | ".join(_md_escape(str(d[k])) for k in keys) + " |")
+        lines.append("")
+    skipped = [d for d in display if not d["compared"]]
+    if skipped:
+        lines += ["Not compared:", ""]
+        lines += [
+            f"- {_md_escape(d['dataset'])} on {_md_escape(d['test'])}: {_md_escape(d['model_a'])} "
+            f"vs {_md_escape(d['model_b'])}: {_md_escape(str(d['note']))}"
+            for d in skipped
+        ]
+        lines.append("")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- cross-dataset

@@ -6,9 +6,15 @@ Run folder (written by global rank 0 only; file names from ``ferlab.layout``)::
     checkpoints/best.ckpt   weights of the best epoch on the monitored validation metric
     history.csv             one row per finished epoch, rewritten atomically each epoch
     logs/                   Lightning's CSV (and TensorBoard) logs (``ferlab.training.trainer``)
-    weights.safetensors, meta.json   the best weights and their metadata (ferlab.models)
-    fit.json                summary of the fit
+    weights.safetensors, meta.json   the best weights and their metadata (ferlab.models),
+                            with the temperature fitted on the validation split
+    fit.json                summary of the fit (``calibration``: how the temperature was fitted)
     DONE                    written last; without it the run is resumed, never reused
+
+After training, one temperature T is fitted on the validation split for the best weights
+(``ferlab.training.calibrate``: minimum NLL of ``softmax(logits / T)``) and stored in the
+metadata, so ``evaluate``, ``predict`` and ``export`` give calibrated probabilities; the test
+split is never read.
 
 The recipe (``TrainConfig``) decides what is learned; where and how fast it runs (device,
 precision, processes, threads, progress bar) is the ``RuntimeConfig``, and the ``Trainer`` is
@@ -42,6 +48,7 @@ from ferlab.data.base import ArraySplit, LoadedDataset
 from ferlab.labels import INDEX
 from ferlab.layout import BEST_CKPT, CHECKPOINTS, DONE, FIT_JSON, HISTORY, LAST_CKPT
 from ferlab.models import ModelMeta, create_model, default_norm, save_model
+from ferlab.training.calibrate import fit_on_split
 from ferlab.training.data import EvalBatches, TrainBatches, class_weights, remap_targets
 from ferlab.training.module import HISTORY_COLUMNS, FerModule
 from ferlab.training.trainer import PROGRESS_REFRESH_STEPS, TrainerSetup, build_trainer
@@ -355,6 +362,17 @@ def fit(
     best_ep = best_epoch_of(history, train_cfg.monitor)
     stopped_early = len(history) < train_cfg.epochs
     _load_best_weights(module, best_path, last_path)
+    # The temperature of the best weights, on the device they were trained on.
+    calibration = fit_on_split(
+        module.model,
+        dataset.splits.get("val"),
+        labels,
+        mean,
+        std,
+        device=trainer.strategy.root_device,
+        batch_size=max(train_cfg.batch_size, 256),
+    )
+    log(f"calibration: {calibration.note}")
     model = module.model.cpu().eval()
     meta = ModelMeta(
         architecture=model_cfg.name,
@@ -364,6 +382,7 @@ def fit(
         mean=mean,
         std=std,
         kwargs=dict(model_cfg.kwargs),
+        temperature=calibration.temperature,
         ferlab_version=__version__,
         extra={
             **extra,
@@ -383,7 +402,7 @@ def fit(
         train_seconds=train_seconds,
         stopped_early=stopped_early,
         resumed=resumed,
-        extra={"wall_seconds_this_call": wall_seconds},
+        extra={"wall_seconds_this_call": wall_seconds, "calibration": calibration.to_dict()},
     )
     if trainer.is_global_zero:
         _write_outputs(run_dir, result, model_cfg, train_cfg, setup, runtime, extra)
@@ -451,6 +470,8 @@ def _write_outputs(
         "train_config": train_cfg.model_dump(mode="json"),
         "runtime": runtime.model_dump(mode="json"),
         "extra": extra,
+        "temperature": result.meta.temperature,
+        "calibration": result.extra.get("calibration"),
     }
     layout.write_json(run_dir / FIT_JSON, summary)
     layout.atomic_write(run_dir / DONE, f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
