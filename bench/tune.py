@@ -145,11 +145,11 @@ def run_arm(args: argparse.Namespace, data: Path) -> dict[str, Any]:
 
 def _study_trials(out: Path, name: str) -> list[dict[str, Any]]:
     import optuna
-    from optuna.storages.journal import JournalFileBackend
 
     from ferlab.layout import Layout
+    from ferlab.tuning import open_storage
 
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(Layout(out).tune_journal)))
+    storage, _ = open_storage(None, Layout(out))  # the study's journal file in tune/
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     start = min((t.datetime_start for t in trials if t.datetime_start), default=None)
     rows = []

@@ -25,7 +25,7 @@ optuna = pytest.importorskip("optuna")
 
 from ferlab.config import ConfigError, load_config  # noqa: E402
 from ferlab.layout import DONE, Layout  # noqa: E402
-from ferlab.tuning import tune  # noqa: E402
+from ferlab.tuning import open_storage, tune  # noqa: E402
 
 SMALL = "{n_train: 70, n_val: 35, n_test: 35}"
 NET = "{widths: [8, 16, 16, 32], depths: [1, 1, 1, 1]}"
@@ -71,9 +71,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def _journal_study(out: Path, name: str = "workers") -> optuna.Study:
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(Layout(out).tune_journal)))
+    storage, _ = open_storage(None, Layout(out))  # the journal file in tune/
     return optuna.load_study(study_name=name, storage=storage)
 
 

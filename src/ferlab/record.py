@@ -214,7 +214,10 @@ class ExperimentLockedError(RuntimeError):
     """Another live process is running an experiment in this folder."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is alive (this process counts as alive)."""
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -262,7 +265,7 @@ def hold_lock(path: Path, busy: Callable[[str], str], *, wait_s: float = 0.0) ->
     while not _try_create(path, text):
         holder = _lock_holder(path)
         pid, host = holder.get("pid"), holder.get("host")
-        if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+        if isinstance(pid, int) and host == me["host"] and not pid_alive(pid):
             path.unlink(missing_ok=True)  # stale: its process is gone
             continue
         if not holder and not path.exists():

@@ -70,7 +70,7 @@ from ferlab.pipeline import (
     set_threads,
 )
 from ferlab.provenance import stamp
-from ferlab.record import hold_lock
+from ferlab.record import hold_lock, pid_alive
 
 if TYPE_CHECKING:
     import optuna
@@ -295,9 +295,7 @@ def _is_lost(t: optuna.trial.FrozenTrial, now: float, grace: float) -> str | Non
     """Why a RUNNING trial has no live worker any more, or None when it may be alive."""
     worker = t.user_attrs.get("worker") or {}
     if worker.get("host") == socket.gethostname() and isinstance(worker.get("pid"), int):
-        from ferlab.record import _alive
-
-        if worker["pid"] != os.getpid() and not _alive(worker["pid"]):
+        if not pid_alive(worker["pid"]):
             return f"its worker (process {worker['pid']} on this host) is gone"
         return None
     last = t.user_attrs.get("heartbeat")
@@ -542,7 +540,6 @@ def tune(
                 pruner=pruner or make_pruner(tune_cfg, cfg.train_for(m).epochs),
             )
             _check_study(s, tune_cfg)
-            fail_lost_trials(s, retries)
         done = _counted(s.get_trials(deepcopy=False))
         log.info(
             "ferlab tune: study %r in %s: %d of %d trials finished; %s",

@@ -38,6 +38,7 @@ import numpy as np
 from ferlab.data import decode
 from ferlab.data.base import ArraySplit, BadFile, DatasetError, Record
 from ferlab.labels import CANONICAL
+from ferlab.record import pid_alive
 
 if TYPE_CHECKING:
     from ferlab.data.facecrop import FaceCrop
@@ -395,24 +396,12 @@ def _is_stale(tmp: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         host, pid = None, None
     if host == socket.gethostname() and pid is not None:
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
     try:
         age = time.time() - tmp.stat().st_mtime
     except OSError:
         return False
     return age > STALE_TMP_SECONDS
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_json(path: Path, obj: Any) -> None:

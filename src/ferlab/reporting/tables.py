@@ -90,6 +90,7 @@ class Evaluation:
     test_dataset: str
     directory: Path
     data: dict[str, Any]
+    relative: str = ""  # the folder as plan.json names it, relative to the experiment
 
     def result(self, use_tta: bool) -> dict[str, Any] | None:
         """The TTA block when asked for and present, else the plain block."""
@@ -152,6 +153,7 @@ def load_record(exp_dir: Path | Layout) -> Record:
                         planned.test,
                         layout.resolve(planned.dir),
                         data,
+                        planned.dir,
                     )
                 )
     return Record(layout, plan, status, evaluations)
@@ -482,11 +484,8 @@ def headline_correctness(e: Evaluation) -> Correctness | str:
     """
     from ferlab.evaluation.evaluate import load_result
 
-    # Named inside the experiment folder (eval/<pair>/on_<test>/probs.npz): a moved or copied
-    # experiment gives the same report.
-    parts = e.directory.parts
-    start = len(parts) - 1 - parts[::-1].index("eval") if "eval" in parts else len(parts) - 1
-    shown = Path(*parts[start:]) / PROBS
+    # Named inside the experiment folder: a moved or copied experiment gives the same report.
+    shown = Path(e.relative or e.directory) / PROBS
     if not (e.directory / PROBS).is_file():
         return f"no per-image predictions ({shown}); rerun the evaluation"
     use_tta = bool(e.data.get("tta"))
