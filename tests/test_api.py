@@ -58,3 +58,28 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"accuracy \d+\.\d%", out.stdout), out.stdout
     assert (tmp_path / "runs" / "train_synthetic_lab" / "report.html").is_file()
+
+
+def test_run_data_points_the_files_datasets_elsewhere(tmp_path: Path) -> None:
+    from ferlab.api import with_data
+    from ferlab.cli import build_parser
+    from ferlab.config import ConfigError, load_config
+    from ferlab.data.base import DatasetError
+
+    cfg = load_config("fer2013_cpu", ["datasets.0.options={class_map: {contempt: neutral}}"])
+    out = with_data(cfg, [f"FER2013:{tmp_path}", "folder:/c", "folder:/d"])
+    assert [(d.name, d.path) for d in out.datasets] == [
+        ("fer2013", str(tmp_path)),
+        ("folder", "/d"),  # the second folder: spec names the entry the first one added
+    ]
+    assert out.datasets[0].options == cfg.datasets[0].options  # only the path moves
+    assert [d.path for d in cfg.datasets] == ["../shared/datasets/fer2013"]  # a copy
+    with pytest.raises(DatasetError, match="not NAME:PATH"):
+        with_data(cfg, ["fer2013"])
+    # The demo's synthetic-lab moved to the wild domain would share the other entry's name.
+    with pytest.raises(ConfigError, match="both named 'synthetic-wild'"):
+        with_data(load_config("default"), ["synthetic-lab:wild"])
+    args = build_parser().parse_args(
+        ["run", "fer2013_cpu", "--data", "fer2013:/x", "--data", "a:b"]
+    )
+    assert args.data == ["fer2013:/x", "a:b"]

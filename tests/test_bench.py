@@ -107,3 +107,41 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
             assert name == "cache_load_s" and target["met"] is None
             continue
         assert target["met"] is (value >= threshold if m["op"] == ">=" else value < threshold)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_accuracy_smoke_runs_the_shipped_recipe_and_scores_the_references(tmp_path: Path) -> None:
+    data = shared_dataset("fer2013")
+    cmd = [
+        sys.executable, str(REPO / "bench" / "accuracy.py"), "--smoke", "--json",
+        "--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "exp"),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    from ferlab.config import load_config
+    from ferlab.evaluation.tta import n_views
+
+    recipe = load_config("fer2013_cpu")
+    test = res["test"]
+    # The headline is the recipe's own TTA, scored by the experiment (the same numbers as its
+    # summary), and no reference variant repeats it.
+    assert test["headline_tta"] == recipe.eval.tta.model_dump(mode="json")
+    assert test["headline_views"] == n_views(recipe.eval.tta)
+    assert test["headline"]["accuracy"] == pytest.approx(res["summary_row"]["tta_accuracy"])
+    assert test["plain"]["accuracy"] == pytest.approx(res["summary_row"]["accuracy"])
+    assert test["headline"]["n"] == 3589  # PrivateTest
+    refs = test["reference_tta_variants"]
+    assert refs and all(v["views"] != test["headline_views"] for v in refs.values())
+    # The smoke trains one short epoch: the budget is off, and the record says so.
+    assert res["epochs_run"] == res["epochs_planned"] == 1 and res["time_budget"] is None
+    assert res["minutes"]["headline"] <= res["budget_min"] and res["within_budget"]
+    for name in ("ferplus", "expw"):
+        g = res["generalisation"][name]
+        if "skipped" in g:
+            continue
+        assert g["split"] == "test" and 0 < g["scored"] <= g["images"]
+        assert 0 <= g["tta"]["accuracy"] <= 1
+    (key,) = res["target"]
+    assert key.startswith("headline accuracy >= 0.73") and res["target"][key]["met"] is False

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ferlab.config import ExperimentConfig, TTAConfig
+from ferlab.config import ConfigError, ExperimentConfig, TTAConfig
 from ferlab.data.base import ArraySplit, DatasetError, LoadedDataset, parse_spec, relative_key
 from ferlab.layout import SPLITS, read_json
 from ferlab.pipeline import ExperimentResult
@@ -22,6 +22,8 @@ def run(
     experiment: str | Path | None = None,
     *,
     overrides: Sequence[str] = (),
+    seeds: int | None = None,
+    data: Sequence[str] = (),
     out: str | Path | None = None,
     force: bool = False,
     progress: bool | None = None,
@@ -31,7 +33,11 @@ def run(
 
     Every (dataset, model) pair is trained (or reused from the run cache), evaluated with and
     without TTA on its own test split and on the other datasets', then ensembles and the
-    report. ``overrides`` are ``--set`` items.
+    report. ``overrides`` are ``--set`` items. ``seeds=K`` (``ferlab run --seeds K``) trains
+    every pair with the K seeds ``seed, seed + 1, ..., seed + K - 1`` (``seed`` after the
+    overrides; it replaces the file's ``seeds:``), and the report gives mean and standard
+    deviation across them (``with_seed_count``). ``data`` (``ferlab run --data NAME:PATH``)
+    points the file's datasets at other folders (``with_data``).
 
     >>> import tempfile, ferlab
     >>> tmp = tempfile.mkdtemp()
@@ -48,8 +54,65 @@ def run(
     from ferlab.config import load_config
     from ferlab.pipeline import run_experiment
 
+    if seeds is not None:
+        check_seed_count(seeds, overrides)
     cfg = load_config(experiment, list(overrides))
+    if seeds is not None:
+        cfg = with_seed_count(cfg, seeds)
+    if data:
+        cfg = with_data(cfg, data)
     return run_experiment(cfg, out=out, force=force, progress=progress, console=console)
+
+
+def check_seed_count(count: Any, overrides: Sequence[str] = ()) -> int:
+    """``count`` as the number of training seeds (``--seeds``), or a ``ConfigError`` that says
+    what is wrong: not a whole number of at least 1, or given beside ``--set seeds=...``."""
+    from ferlab.config import parse_override
+
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(
+            f"--seeds (seeds=) is the number of training seeds, a whole number of at least 1; "
+            f"got {count!r}. --seeds 3 trains every pair with seeds seed, seed + 1, seed + 2; "
+            "leave it out for one seed."
+        )
+    for item in overrides:
+        if parse_override(item)[0] == ["seeds"]:
+            raise ConfigError(
+                f"--seeds {count} and --set {item} both set the training seeds; give one of "
+                "them (--set seed=N picks the first seed of --seeds)."
+            )
+    return count
+
+
+def with_seed_count(cfg: ExperimentConfig, count: int) -> ExperimentConfig:
+    """``cfg`` with ``seeds`` = ``[seed, seed + 1, ..., seed + count - 1]`` (``--seeds K``)."""
+    count = check_seed_count(count)
+    return cfg.model_copy(update={"seeds": list(range(cfg.seed, cfg.seed + count))})
+
+
+def with_data(cfg: ExperimentConfig, specs: Sequence[str]) -> ExperimentConfig:
+    """``cfg`` with each ``NAME:PATH`` of ``specs`` as a dataset's path: the entry whose display
+    name (its ``label:``, else its adapter name) is NAME gets PATH, keeping its options; a
+    NAME the file does not list is added as a new training dataset.
+
+    >>> from ferlab.config import load_config
+    >>> cfg = with_data(load_config("fer2013_cpu"), ["fer2013:/data/fer2013"])
+    >>> [(d.name, d.path) for d in cfg.datasets]
+    [('fer2013', '/data/fer2013')]
+    """
+    from ferlab.config import DatasetConfig, check_names
+
+    datasets = list(cfg.datasets)
+    for spec in specs:
+        name, path = parse_spec(spec)
+        hits = [i for i, d in enumerate(datasets) if d.display.lower() == name]
+        if hits:
+            datasets[hits[0]] = datasets[hits[0]].model_copy(update={"path": path})
+        else:
+            datasets.append(DatasetConfig(name=name, path=path))
+    out = cfg.model_copy(update={"datasets": datasets})
+    check_names(out)
+    return out
 
 
 def train_config(

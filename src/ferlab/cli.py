@@ -1,6 +1,6 @@
 """The ``ferlab`` command: a thin layer over functions a user can import.
 
-ferlab run [EXPERIMENT] [--set key=value ...] [--out DIR] [--force]
+ferlab run [EXPERIMENT] [--data NAME:PATH ...] [--set key=value ...] [--seeds K] [--out DIR] [--force]
 ferlab train --data NAME:PATH --model NAME [--set key=value ...]
 ferlab evaluate --weights RUN_OR_FILE --data NAME:PATH [--split test|val|train|all] [--tta] [--json]
 ferlab data inspect NAME:PATH [--json] [--out DIR]
@@ -62,6 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="experiment YAML file, or a shipped name: default, fer2013_cpu, seed_gpu, tune_demo",
     )
     _add_set(p)
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME:PATH",
+        help="point the file's dataset NAME (its label, else its adapter) at PATH, e.g. "
+        "ferlab run fer2013_cpu --data fer2013:/data/fer2013; a NAME the file lacks is added "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="train every pair with K seeds: seed, seed+1, ..., seed+K-1 (seed from the file or "
+        "--set seed=N; replaces the file's seeds: list); the report gives mean and standard "
+        "deviation across seeds beside one run's bootstrap interval",
+    )
     p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
     p.add_argument(
@@ -188,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run a trial whose worker died (kill -9, lost machine) again, up to N times",
     )
+    # Refused with a message (not argparse's "unrecognized arguments"): see cmd_tune.
+    p.add_argument("--seeds", type=int, default=None, help=argparse.SUPPRESS)
     _add_set(p)
     p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
     p.add_argument(
@@ -249,6 +269,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(
         args.experiment,
         overrides=args.overrides,
+        seeds=args.seeds,
+        data=args.data,
         out=args.out,
         force=args.force,
         progress=False if args.no_progress else None,
@@ -343,9 +365,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ferlab.config import load_config
     from ferlab.tuning import tune
 
+    if args.seeds is not None:
+        raise ConfigError(
+            "ferlab tune does not take --seeds: each trial trains once, with the experiment's "
+            "seed, and is scored on the validation split. Tune, then measure the spread over "
+            "seeds with ferlab run <experiment>/tune/best.yaml --seeds K."
+        )
     overrides = list(args.overrides) + (["runtime.progress=false"] if args.no_progress else [])
+    cfg = load_config(args.experiment, overrides)
+    if len(cfg.seed_list) > 1 or cfg.seed_list != [cfg.seed]:
+        print(
+            f"ferlab tune: note: seeds {cfg.seed_list} are ignored here; every trial trains "
+            f"once with seed {cfg.seed}. tune/best.yaml keeps them, so ferlab run on it trains "
+            "the best configuration with each seed.",
+            file=sys.stderr,
+        )
     result = tune(
-        load_config(args.experiment, overrides),
+        cfg,
         trials=args.trials,
         timeout=args.timeout,
         storage=args.storage,

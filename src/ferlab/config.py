@@ -65,7 +65,13 @@ class AugmentConfig(_Strict):
 class TrainConfig(_Strict):
     """The training recipe: everything here can change what is learned (all of it is keyed)."""
 
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1)  # with time_budget_min: the most epochs the plan may take
+    # Minutes of training (train and validation epochs, from the fit's start; the decode and
+    # the test evaluation are not in it). The schedule (one-cycle or cosine, annealing phase
+    # included) is planned from the rate measured on the training path after a warm-up,
+    # re-planned once the first epochs are timed, and ends complete within the budget
+    # (``ferlab.training.budget``). The epochs it gives are recorded in fit.json.
+    time_budget_min: float | None = Field(None, gt=0)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
@@ -75,6 +81,10 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = 5.0
+    # Exponential moving average of the weights (and BatchNorm statistics), updated after every
+    # optimizer step with decay min(ema_decay, (1 + step) / (10 + step)); validation, the best
+    # epoch and the saved weights are the average's. None: off.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     monitor: Literal["balanced_accuracy", "accuracy", "macro_f1", "loss"] = "balanced_accuracy"
     patience: int = Field(8, ge=1)
     min_delta: float = Field(0.0, ge=0)
@@ -306,6 +316,10 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     output_dir: str = "runs"
     seed: int = 0
+    # Train every (dataset, model) pair once per seed (``ferlab run --seeds K`` gives
+    # seed, seed + 1, ..., seed + K - 1); reports give mean and standard deviation across seeds.
+    # None: the one seed ``seed``.
+    seeds: list[int] | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     datasets: list[DatasetConfig]
     models: list[ModelConfig]
@@ -321,6 +335,23 @@ class ExperimentConfig(_Strict):
         if not v:
             raise ValueError("must list at least one entry")
         return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must list at least one seed, e.g. [0, 1, 2]; or drop `seeds:`")
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds must be distinct; {dup} appear more than once")
+        return v
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds every pair is trained with: ``seeds``, else ``[seed]``."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
     def train_for(self, model: ModelConfig) -> TrainConfig:
         """The experiment's training settings with the model's overrides applied."""

@@ -17,6 +17,12 @@ Everything that writes or reads an experiment folder goes through ``Layout`` (pa
       tune/journal.log  study.json  trials.csv  best.yaml  importances.json  history.png  intermediate.png
            importances.png   (``ferlab tune``; its trials are ordinary run folders in runs/)
 
+    with several training seeds (``seeds:``, ``ferlab run --seeds K``), per seed <k>:
+      runs/<dataset>/<model>-<key8>/             (the run key covers the seed: one folder each)
+      eval/<dataset>__<model>/seed<k>/on_<test dataset>/   (the same files as above)
+      plots/<dataset>_<model>_seed<k>_cm.png ...           (the first seed's, shown in the report)
+      per_seed.csv  across_seeds.csv             (every seed's numbers; mean and std per test set)
+
 Names in paths are ``safe_name`` of the display names; the experiment's ``plan.json`` holds
 the display names and the folders they map to, so nothing ever parses a folder name back.
 """
@@ -75,6 +81,11 @@ def safe_name(text: str) -> str:
     """A file-name-safe version of a dataset or model name (``tv:resnet50`` -> ``tv_resnet50``)."""
     cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._")
     return cleaned or "unnamed"
+
+
+def seed_name(seed: int) -> str:
+    """The folder level (and plot-name part) of one training seed of several: ``seed3``."""
+    return f"seed{int(seed)}"
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -206,6 +217,16 @@ class Layout:
         return self.root / "comparisons.csv"
 
     @property
+    def per_seed_csv(self) -> Path:
+        """Several training seeds: one row per (pair, seed, test set) (``reporting.tables``)."""
+        return self.root / "per_seed.csv"
+
+    @property
+    def across_seeds_csv(self) -> Path:
+        """Several training seeds: mean and std across seeds per (pair, test set)."""
+        return self.root / "across_seeds.csv"
+
+    @property
     def cross_csv(self) -> Path:
         return self.root / "cross_dataset.csv"
 
@@ -247,26 +268,35 @@ class Layout:
         return self.root / "runs"
 
     def run_dir(self, dataset: str, model: str, key: str) -> Path:
+        """A training run's folder. The run key covers the training seed, so each seed of a
+        pair has its own folder, and a seed's run is the same folder (reused) whether the
+        experiment trains it alone or beside other seeds."""
         return self.runs_dir / safe_name(dataset) / f"{safe_name(model)}-{key[:8]}"
 
     @property
     def eval_root(self) -> Path:
         return self.root / "eval"
 
-    def eval_dir(self, dataset: str, model: str, test: str) -> Path:
-        return (
-            self.eval_root / f"{safe_name(dataset)}__{safe_name(model)}" / f"on_{safe_name(test)}"
-        )
+    def eval_dir(self, dataset: str, model: str, test: str, seed: int | None = None) -> Path:
+        """A pair's evaluation on ``test``; ``seed``: one seed's of several (its own level)."""
+        pair = self.eval_root / f"{safe_name(dataset)}__{safe_name(model)}"
+        if seed is not None:
+            pair = pair / seed_name(seed)
+        return pair / f"on_{safe_name(test)}"
 
     # plots
     @property
     def plots_dir(self) -> Path:
         return self.root / "plots"
 
-    def pair_plot(self, dataset: str, model: str, kind: str) -> Path:
-        """``kind``: ``cm`` (plain), ``cm_tta`` (the seed's ``_cm_TTA.png``) or ``curves``."""
+    def pair_plot(self, dataset: str, model: str, kind: str, seed: int | None = None) -> Path:
+        """``kind``: ``cm`` (plain), ``cm_tta`` (the seed's ``_cm_TTA.png``) or ``curves``;
+        ``seed``: one training seed's of several."""
         suffix = {"cm": "cm", "cm_tta": "cm_TTA", "curves": "curves"}[kind]
-        return self.plots_dir / f"{safe_name(dataset)}_{safe_name(model)}_{suffix}.png"
+        name = f"{safe_name(dataset)}_{safe_name(model)}"
+        if seed is not None:
+            name += f"_{seed_name(seed)}"
+        return self.plots_dir / f"{name}_{suffix}.png"
 
     # tuning (ferlab tune)
     @property
@@ -305,7 +335,8 @@ class Layout:
         return sorted(p for p in self.runs_dir.glob("*/*") if p.is_dir())
 
     def eval_dirs_on_disk(self) -> list[Path]:
-        return sorted(p for p in self.eval_root.glob("*/on_*") if p.is_dir())
+        found = [*self.eval_root.glob("*/on_*"), *self.eval_root.glob("*/seed*/on_*")]
+        return sorted(p for p in found if p.is_dir())
 
     def relative(self, path: str | Path) -> str:
         """``path`` relative to the experiment folder (so a moved folder still works)."""

@@ -2,7 +2,9 @@
 
 A run first loads (and so validates) every dataset, then records its plan in ``plan.json``:
 every (train dataset, model) pair with its run key, every (pair, test set) evaluation with
-its evaluation key, and the ensembles. Training and evaluation then fill exactly the planned
+its evaluation key, and the ensembles; with several training seeds (``seeds:``) each pair and
+ensemble once per seed, each seed's evaluations in their own folders. Training and evaluation
+then fill exactly the planned
 folders, each result is written to files first, and the summary, cross-dataset matrix and
 HTML report are read back from the planned entries only (``ferlab.record``), so a report can
 be rebuilt without retraining and never shows a number this plan did not produce.
@@ -85,10 +87,13 @@ class ExperimentResult:
             )
         return Layout(self.exp_dir).resolve(str(trained[0].run_dir))
 
-    def run_dir(self, dataset: str, model: str) -> Path | None:
-        """The run folder of a trained pair (None for failed pairs and ensembles)."""
+    def run_dir(self, dataset: str, model: str, seed: int | None = None) -> Path | None:
+        """The run folder of a trained pair (None for failed pairs and ensembles); with several
+        training seeds, of ``seed`` (default: the first seed)."""
         for p in self.pairs:
-            if (p.dataset, p.model) == (dataset, model) and p.run_dir:
+            if (p.dataset, p.model) != (dataset, model) or not p.run_dir:
+                continue
+            if seed is None or p.seed == seed:
                 return Layout(self.exp_dir).resolve(p.run_dir)
         return None
 
@@ -258,7 +263,15 @@ def eval_key(run_key: str, test: LoadedDataset, cfg: ExperimentConfig) -> str:
 
 
 def make_plan(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> Plan:
-    """Every pair, evaluation and ensemble this run will produce, with their keys."""
+    """Every pair, evaluation and ensemble this run will produce, with their keys.
+
+    Each (dataset, model) pair is planned once per training seed (``cfg.seed_list``): only the
+    training seed changes between them (the data, its split and the evaluation's bootstrap
+    seed are the experiment's), so their run keys, and so their evaluation keys, differ by it.
+    With several seeds every seed's evaluations get a folder level of their own and each seed
+    has its ensemble of that seed's models; with one seed the plan is that of a run without
+    ``seeds:``.
+    """
 
     tests = _test_entries(cfg, store)
     size0, ch0 = model_geometry(cfg, cfg.models[0])
@@ -275,56 +288,69 @@ def make_plan(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> Plan:
                 splits={s: len(a) for s, a in d.splits.items()},
             )
         )
+    seeds = cfg.seed_list
+    several = len(seeds) > 1
     pairs: list[PlannedPair] = []
     for entry in _train_entries(cfg, store):
-        members: list[PlannedPair] = []
-        for m in cfg.models:
-            size, ch = model_geometry(cfg, m)
-            data = entry.data(store, size, ch)
-            key = pair_run_key(data, m, cfg)
-            pair = PlannedPair(
-                dataset=entry.name,
-                model=m.display,
-                run_key=key,
-                run_dir=layout.relative(layout.run_dir(entry.name, m.display, key)),
-            )
-            for t in tests:
-                own = t.name == entry.name
-                external = t.ds is not None and not store.get(t.ds, size, ch).trainable
-                if not (own or external or cfg.eval.cross_dataset):
-                    continue
-                test = t.data(store, size, ch)
-                if "test" not in test.splits:
-                    continue
-                pair.evals.append(
-                    PlannedEval(
-                        test=t.name,
-                        key=eval_key(key, test, cfg),
-                        dir=layout.relative(layout.eval_dir(entry.name, m.display, t.name)),
-                    )
+        for seed in seeds:
+            # The pair's seed is recorded unless it is the one seed ``seed`` (the plan, and so
+            # every file, of a run without ``seeds:``, of which ``--seeds 1`` is one).
+            recorded = seed if several or seed != cfg.seed else None
+            level = seed if several else None  # the seed's own evaluation folders
+            members: list[PlannedPair] = []
+            for m in cfg.models:
+                size, ch = model_geometry(cfg, m)
+                data = entry.data(store, size, ch)
+                key = pair_run_key(data, m, cfg, seed=seed)
+                pair = PlannedPair(
+                    dataset=entry.name,
+                    model=m.display,
+                    run_key=key,
+                    run_dir=layout.relative(layout.run_dir(entry.name, m.display, key)),
+                    seed=recorded,
                 )
-            members.append(pair)
-        pairs += members
-        if cfg.eval.ensembles and len(members) > 1:
-            ens = PlannedPair(
-                dataset=entry.name,
-                model=ENSEMBLE,
-                kind="ensemble",
-                members=[p.model for p in members],
-            )
-            for t in tests:
-                keys = [p.eval_on(t.name) for p in members]
-                if all(k is not None for k in keys):
-                    ens.evals.append(
+                for t in tests:
+                    own = t.name == entry.name
+                    external = t.ds is not None and not store.get(t.ds, size, ch).trainable
+                    if not (own or external or cfg.eval.cross_dataset):
+                        continue
+                    test = t.data(store, size, ch)
+                    if "test" not in test.splits:
+                        continue
+                    pair.evals.append(
                         PlannedEval(
                             test=t.name,
-                            key=config_hash(
-                                {"members": [k.key for k in keys if k], "format": EVAL_FORMAT}
+                            key=eval_key(key, test, cfg),
+                            dir=layout.relative(
+                                layout.eval_dir(entry.name, m.display, t.name, level)
                             ),
-                            dir=layout.relative(layout.eval_dir(entry.name, ENSEMBLE, t.name)),
                         )
                     )
-            pairs.append(ens)
+                members.append(pair)
+            pairs += members
+            if cfg.eval.ensembles and len(members) > 1:
+                ens = PlannedPair(
+                    dataset=entry.name,
+                    model=ENSEMBLE,
+                    kind="ensemble",
+                    members=[p.model for p in members],
+                    seed=recorded,
+                )
+                for t in tests:
+                    keys = [p.eval_on(t.name) for p in members]
+                    if all(k is not None for k in keys):
+                        ens.evals.append(
+                            PlannedEval(
+                                test=t.name,
+                                key=config_hash(
+                                    {"members": [k.key for k in keys if k], "format": EVAL_FORMAT}
+                                ),
+                                dir=layout.relative(
+                                    layout.eval_dir(entry.name, ENSEMBLE, t.name, level)
+                                ),
+                            )
+                        )
+                pairs.append(ens)
     return Plan(
         name=cfg.name,
         datasets=datasets,
@@ -489,13 +515,20 @@ def evaluate_planned(
     return metrics, False
 
 
-def pair_run_key(data: LoadedDataset, m: ModelConfig, cfg: ExperimentConfig) -> str:
-    """The run key of model ``m`` trained on ``data`` under ``cfg`` (``ferlab.training.run_key``)."""
+def pair_run_key(
+    data: LoadedDataset, m: ModelConfig, cfg: ExperimentConfig, *, seed: int | None = None
+) -> str:
+    """The run key of model ``m`` trained on ``data`` under ``cfg`` with training seed ``seed``
+    (default ``cfg.seed``; ``ferlab.training.run_key``)."""
     from ferlab.training import run_key
 
     size, ch = model_geometry(cfg, m)
     return run_key(
-        data.fingerprint, m, cfg.train_for(m), {"image_size": size, "channels": ch}, cfg.seed
+        data.fingerprint,
+        m,
+        cfg.train_for(m),
+        {"image_size": size, "channels": ch},
+        cfg.seed if seed is None else seed,
     )
 
 
@@ -517,19 +550,22 @@ def fit_or_reuse(
     run_key: str,
     cfg: ExperimentConfig,
     *,
+    seed: int | None = None,
     force: bool = False,
     callbacks: Sequence[Any] = (),
     name: str = "",
     where: str = "",
 ) -> Trained:
-    """Train ``m`` on ``data`` into ``run_dir``, or load its completed run (the run cache).
+    """Train ``m`` on ``data`` into ``run_dir`` with training seed ``seed`` (default
+    ``cfg.seed``; it must be the seed of ``run_key``), or load its completed run (the run cache).
 
     The one way a pair is trained, for ``ferlab run`` and ``ferlab tune`` (whose pruning
     callback comes in ``callbacks``). One trainer per run folder (``record.run_lock``): a
     tuning worker, or a ``ferlab run`` beside the workers, that wants a run another process is
     training waits for it, then reuses it."""
+    seed = cfg.seed if seed is None else seed
     with run_lock(run_dir):
-        return _fit_or_reuse(data, m, run_dir, run_key, cfg, force, callbacks, name, where)
+        return _fit_or_reuse(data, m, run_dir, run_key, cfg, seed, force, callbacks, name, where)
 
 
 def _fit_or_reuse(
@@ -538,6 +574,7 @@ def _fit_or_reuse(
     run_dir: Path,
     run_key: str,
     cfg: ExperimentConfig,
+    seed: int,
     force: bool,
     callbacks: Sequence[Any],
     name: str,
@@ -571,7 +608,7 @@ def _fit_or_reuse(
         cfg.train_for(m),
         run_dir,
         runtime=cfg.runtime,
-        seed=cfg.seed,
+        seed=seed,
         image_size=size,
         channels=ch,
         log=log.info,
@@ -685,10 +722,19 @@ def _run(
     if removed:
         log.info("Removed %d evaluation folder(s) left by another plan", removed)
     write_plan(layout, plan)
-    statuses = [PairStatus(dataset=p.dataset, model=p.model, run_dir=p.run_dir) for p in plan.pairs]
+    statuses = [
+        PairStatus(dataset=p.dataset, model=p.model, run_dir=p.run_dir, seed=p.seed)
+        for p in plan.pairs
+    ]
     write_status(layout, statuses)
     write_data_outputs(cfg, store, layout)
     write_leakage(cfg, store, layout, plan)
+    if plan.multi_seed:
+        log.info(
+            "Training every pair with %d seeds (%s); the report gives mean and std across them",
+            len(plan.seeds),
+            ", ".join(str(s) for s in plan.seeds),
+        )
     for ds in plan.datasets:
         if ds.use == "test":
             log.info("%s: evaluation only (no train split, or use: test)", ds.name)
@@ -697,7 +743,7 @@ def _run(
     models = {m.display: m for m in cfg.models}
     for pair, status in zip(plan.pairs, statuses, strict=True):
         if pair.kind == "ensemble":
-            _run_ensemble(pair, plan, statuses, layout, cfg)
+            _run_ensemble(pair, status, plan, statuses, layout, cfg)
         else:
             _run_pair(pair, status, entries, models, store, layout, cfg, force=force)
         write_status(layout, statuses)
@@ -708,13 +754,22 @@ def _run(
     result.report = build_report(layout.root)
     result.summary_rows = collect_summary(layout.root)
     table = format_console_table(result.summary_rows)
-    log.info("\nSummary (own test split; TTA columns use the configured views)\n%s", table)
+    log.info(
+        "\nSummary (own test split; TTA columns use the configured views%s)\n%s",
+        f"; mean ± std across seeds {', '.join(str(s) for s in plan.seeds)}"
+        if plan.multi_seed
+        else "",
+        table,
+    )
     if result.failed:
         log.warning(
             "%d of %d pairs failed: %s. Rerun the same command to retry them.",
             len(result.failed),
             len(result.pairs),
-            ", ".join(f"{p.dataset}/{p.model}" for p in result.failed),
+            ", ".join(
+                f"{p.dataset}/{p.model}" + ("" if p.seed is None else f" (seed {p.seed})")
+                for p in result.failed
+            ),
         )
     log.info("Report: %s", result.report.resolve())
     return result
@@ -733,6 +788,7 @@ def _run_pair(
 ) -> None:
     m = models[pair.model]
     size, ch = model_geometry(cfg, m)
+    name = pair_label(pair)
     try:
         data = entries[pair.dataset].data(store, size, ch)
         assert pair.run_dir is not None and pair.run_key is not None
@@ -742,8 +798,9 @@ def _run_pair(
             layout.resolve(pair.run_dir),
             pair.run_key,
             cfg,
+            seed=pair.seed,
             force=force,
-            name=f"{pair.dataset} / {pair.model}",
+            name=name,
             where=pair.run_dir,
         )
         model, meta, reused, produced = done.model, done.meta, done.reused, done.produced
@@ -757,9 +814,15 @@ def _run_pair(
         status.status = "failed"
         status.error = f"{type(e).__name__}: {e}"
         trace = "" if isinstance(e, WeightsError) else "\n" + traceback.format_exc()
-        log.error("[%s / %s] failed: %s%s", pair.dataset, pair.model, e, trace)
+        log.error("[%s] failed: %s%s", name, e, trace)
         return
-    ids = {"train_dataset": pair.dataset, "model": pair.model, "run_key": pair.run_key}
+    ids: dict[str, Any] = {
+        "train_dataset": pair.dataset,
+        "model": pair.model,
+        "run_key": pair.run_key,
+    }
+    if pair.seed is not None:
+        ids["seed"] = pair.seed
     for planned in pair.evals:
         test = entries[planned.test].data(store, size, ch)
         try:
@@ -770,7 +833,7 @@ def _run_pair(
             raise
         except Exception as e:
             status.evals.append(EvalStatus(planned.test, "failed", f"{type(e).__name__}: {e}"))
-            log.error("[%s / %s] on %s failed: %s", pair.dataset, pair.model, planned.test, e)
+            log.error("[%s] on %s failed: %s", name, planned.test, e)
             continue
         status.evals.append(
             EvalStatus(
@@ -782,9 +845,8 @@ def _run_pair(
         )
         best = metrics.get("tta") or metrics["plain"]
         log.info(
-            "[%s / %s] on %s: accuracy %.2f%%%s, balanced %.2f%%, macro-F1 %.2f%%%s",
-            pair.dataset,
-            pair.model,
+            "[%s] on %s: accuracy %.2f%%%s, balanced %.2f%%, macro-F1 %.2f%%%s",
+            name,
             planned.test,
             100 * best["accuracy"],
             f" (TTA, {metrics.get('tta_views')} views)" if metrics.get("tta") else " (no TTA)",
@@ -796,27 +858,36 @@ def _run_pair(
         )
 
 
+def pair_label(pair: PlannedPair) -> str:
+    """How the log names a planned pair: ``lab / ferlab_vgg``, ``lab / ferlab_vgg / seed 1``."""
+    label = f"{pair.dataset} / {pair.model}"
+    return label if pair.seed is None else f"{label} / seed {pair.seed}"
+
+
 def _run_ensemble(
     pair: PlannedPair,
+    status: PairStatus,
     plan: Plan,
     statuses: list[PairStatus],
     layout: Layout,
     cfg: ExperimentConfig,
 ) -> None:
-    """Soft-vote the planned members' saved evaluations; every member must have succeeded."""
+    """Soft-vote the planned members' saved evaluations; every member must have succeeded.
+    With several training seeds an ensemble combines the models of its own seed."""
     from ferlab.evaluation import ensemble_from_dirs
 
-    status = next(s for s in statuses if (s.dataset, s.model) == (pair.dataset, pair.model))
-    member_status = {s.model: s for s in statuses if s.dataset == pair.dataset}
+    name = pair_label(pair)
+    mine = (pair.dataset, pair.seed)
+    member_status = {s.model: s for s in statuses if (s.dataset, s.seed) == mine}
     broken = [m for m in pair.members if not member_status[m].ok]
     if broken:  # not a failure of its own: the planned ensemble needs every member
         status.status = "skipped"
         status.error = (
             f"member(s) {', '.join(broken)} failed; the ensemble needs all of {pair.members}"
         )
-        log.warning("[%s / %s] not built: %s", pair.dataset, ENSEMBLE, status.error)
+        log.warning("[%s] not built: %s", name, status.error)
         return
-    plan_pairs = {p.model: p for p in plan.pairs if p.dataset == pair.dataset}
+    plan_pairs = {p.model: p for p in plan.pairs if (p.dataset, p.seed) == mine}
     for planned in pair.evals:
         member_evals = {m: plan_pairs[m].eval_on(planned.test) for m in pair.members}
         missing = [
@@ -834,16 +905,19 @@ def _run_ensemble(
             )
             continue
         try:
+            ids: dict[str, Any] = {
+                "train_dataset": pair.dataset,
+                "model": ENSEMBLE,
+                "test_dataset": planned.test,
+                "eval_key": planned.key,
+                "produced_by": stamp("eval"),
+            }
+            if pair.seed is not None:
+                ids["seed"] = pair.seed
             ensemble_from_dirs(
                 {m: layout.resolve(e.dir) for m, e in member_evals.items() if e},
                 layout.resolve(planned.dir),
-                ids={
-                    "train_dataset": pair.dataset,
-                    "model": ENSEMBLE,
-                    "test_dataset": planned.test,
-                    "eval_key": planned.key,
-                    "produced_by": stamp("eval"),
-                },
+                ids=ids,
                 bootstrap=cfg.eval.bootstrap,
                 seed=cfg.seed,
             )
@@ -851,7 +925,7 @@ def _run_ensemble(
             raise
         except Exception as e:
             status.evals.append(EvalStatus(planned.test, "failed", f"{type(e).__name__}: {e}"))
-            log.error("[%s / %s] on %s failed: %s", pair.dataset, ENSEMBLE, planned.test, e)
+            log.error("[%s] on %s failed: %s", name, planned.test, e)
             continue
         status.evals.append(EvalStatus(planned.test, "computed", None, stamp("eval")))
     failed = [e for e in status.evals if e.status == "failed"]
@@ -863,4 +937,4 @@ def _run_ensemble(
         status.status, status.produced_by = "reused", status.evals[0].produced_by
     else:
         status.status = "computed"
-    log.info("[%s / %s] soft vote over %d models", pair.dataset, ENSEMBLE, len(pair.members))
+    log.info("[%s] soft vote over %d models", name, len(pair.members))

@@ -3,7 +3,10 @@
 
 The plan lists every (train dataset, model) pair with its run key and run folder, every
 (pair, test set) evaluation with its evaluation key and folder, and the ensembles with their
-members. Summary, cross-dataset matrix, ensembles and the report read exactly these entries;
+members. With several training seeds (``seeds:``) every pair and ensemble is planned once per
+seed, each entry carrying its ``seed``; with one seed the entries carry none and the files are
+those of a single-seed run. Summary, cross-dataset matrix, ensembles and the report read
+exactly these entries;
 an evaluation's numbers count only when its ``metrics.json`` carries the planned key, so a
 file left by an earlier plan (or by a failed pair) never shows as current. Folders on disk that
 the plan does not name are listed apart (``unplanned_folders``), never read for numbers.
@@ -48,6 +51,10 @@ class PlannedPair:
     run_dir: str | None = None  # relative to the experiment; None for ensembles
     members: list[str] = field(default_factory=list)  # ensemble members (model names)
     evals: list[PlannedEval] = field(default_factory=list)
+    # The training seed (an ensemble: its members'), recorded when the experiment trains with
+    # several seeds or with one ``seeds: [k]`` other than ``seed``; None: trained with the
+    # experiment's ``seed`` alone (and not written to plan.json, as before seeds existed).
+    seed: int | None = None
 
     def eval_on(self, test: str) -> PlannedEval | None:
         return next((e for e in self.evals if e.test == test), None)
@@ -71,8 +78,22 @@ class Plan:
     provenance: dict[str, Any]  # ferlab version and code digests of this run
     format: int = PLAN_FORMAT
 
-    def pair(self, dataset: str, model: str) -> PlannedPair | None:
-        return next((p for p in self.pairs if (p.dataset, p.model) == (dataset, model)), None)
+    def pair(self, dataset: str, model: str, seed: int | None = None) -> PlannedPair | None:
+        """The planned pair (of ``seed``; None: of the first planned seed)."""
+        want = self.seeds[0] if seed is None and self.seeds else seed
+        return next(
+            (p for p in self.pairs if (p.dataset, p.model, p.seed) == (dataset, model, want)), None
+        )
+
+    @property
+    def seeds(self) -> list[int | None]:
+        """The training seeds of the plan, in order (``[None]`` for a plan of one ``seed``)."""
+        return list(dict.fromkeys(p.seed for p in self.pairs))
+
+    @property
+    def multi_seed(self) -> bool:
+        """Every pair is trained with several seeds (reports give mean and std across them)."""
+        return len(self.seeds) > 1
 
     @property
     def train_datasets(self) -> list[str]:
@@ -86,7 +107,11 @@ class Plan:
         return [n for n in dict.fromkeys(order) if n in used]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for p in data["pairs"]:  # a plan of one seed is written as before seeds existed
+            if p.get("seed") is None:
+                p.pop("seed", None)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
@@ -147,6 +172,7 @@ class PairStatus:
     run_dir: str | None = None  # relative to the experiment
     produced_by: dict[str, Any] = field(default_factory=dict)  # of the weights
     evals: list[EvalStatus] = field(default_factory=list)
+    seed: int | None = None  # the planned pair's seed (None: not written to status.json)
 
     @property
     def ok(self) -> bool:
@@ -166,25 +192,30 @@ def produced_by_text(produced: dict[str, Any] | None) -> str | None:
 
 
 def write_status(layout: Layout, pairs: list[PairStatus]) -> None:
-    write_json(layout.status, {"pairs": [asdict(p) for p in pairs]})
+    entries = [asdict(p) for p in pairs]
+    for e in entries:  # a run of one seed is written as before seeds existed
+        if e.get("seed") is None:
+            e.pop("seed", None)
+    write_json(layout.status, {"pairs": entries})
 
 
-def read_status(layout: Layout) -> dict[tuple[str, str], PairStatus]:
-    """(dataset, model) -> status; empty when the run has not written one yet."""
+def read_status(layout: Layout) -> dict[tuple[str, str, int | None], PairStatus]:
+    """(dataset, model, seed) -> status (seed None for a run of one seed); empty when the run
+    has not written one yet."""
     if not layout.status.is_file():
         return {}
     data = read_json(layout.status)
     pairs = data.get("pairs") if isinstance(data, dict) else None
     if not isinstance(pairs, list):
         raise ReportInputError(f"{layout.status} has no 'pairs' list; expected {{'pairs': [...]}}")
-    out: dict[tuple[str, str], PairStatus] = {}
+    out: dict[tuple[str, str, int | None], PairStatus] = {}
     for p in pairs:
         try:
             evals = [EvalStatus(**e) for e in p.get("evals", [])]
             st = PairStatus(**{k: v for k, v in p.items() if k != "evals"}, evals=evals)
         except TypeError as e:
             raise ReportInputError(f"{layout.status}: an entry has the wrong shape ({e})") from e
-        out[(st.dataset, st.model)] = st
+        out[(st.dataset, st.model, st.seed)] = st
     return out
 
 

@@ -10,7 +10,11 @@ the difference itself:
 - ``mcnemar_exact``: McNemar's exact test, a two-sided binomial test on the images exactly one
   of the two models gets right;
 - ``compare_pairs``: both, for every unordered pair of models scored on one test split, with
-  the images aligned by key, and a verdict in plain words.
+  the images aligned by key, and a verdict in plain words;
+- ``seed_differences`` and ``mean_std``: with several training seeds, the accuracy difference
+  of seed s of A against seed s of B for every seed, and its mean and standard deviation across
+  seeds: how much of a difference the choice of seed alone moves (the paired interval above is
+  one run's and knows nothing of it).
 
 Pure numpy and the standard library, no file access: ``ferlab.reporting.tables`` reads the
 planned evaluations and calls these.
@@ -243,3 +247,35 @@ def compare_pairs(
             row.update(verdict="not compared", note=reason)
         rows.append(row)
     return rows
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (divisor n - 1) of one quantity across training
+    seeds; ``(None, None)`` without values, the std None with a single value."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return None, None
+    mean = float(arr.mean())
+    return mean, float(arr.std(ddof=1)) if arr.size > 1 else None
+
+
+def seed_differences(
+    per_seed: Sequence[Mapping[str, tuple[Sequence[str], Any]]],
+) -> dict[tuple[str, str], list[float]]:
+    """The accuracy difference A - B of every unordered pair of models, one value per seed.
+
+    ``per_seed`` holds one mapping per training seed, model name -> ``(image keys,
+    right-or-wrong per image)`` of that seed's model, in the order models should be paired
+    (model A before model B, as in ``compare_pairs``). Seed s of A is paired with seed s of B;
+    a seed whose two models were not scored on the same images adds no value for that pair.
+    """
+    out: dict[tuple[str, str], list[float]] = {}
+    for correct in per_seed:
+        for model_a, model_b in itertools.combinations(list(correct), 2):
+            aligned = align_by_key(*correct[model_a], *correct[model_b])
+            if isinstance(aligned, str) or aligned[0].shape[0] == 0:
+                continue
+            a, b = aligned
+            d = a.astype(np.int64) - b.astype(np.int64)  # (N,) as in paired_bootstrap_diff
+            out.setdefault((model_a, model_b), []).append(float(d.mean()))
+    return out

@@ -6,6 +6,11 @@ cross-dataset heatmaps, reliability diagrams) and tables from the planned entrie
 data URIs and inline CSS: it can be mailed, archived or opened offline. It says which runs and
 evaluations were reused and from which ferlab version, and lists folders on disk that the plan
 does not name apart, without their numbers. No model is loaded and nothing is retrained.
+
+With several training seeds the tables and the cross-dataset heatmaps give means and standard
+deviations across seeds, labelled as such, beside one run's (the first seed's) bootstrap
+intervals; a model's plots, per-class table and calibration are that first seed's run, and a
+table lists every seed's own numbers.
 """
 
 from __future__ import annotations
@@ -31,17 +36,20 @@ from ferlab.reporting.tables import (
     METRICS,
     Evaluation,
     Record,
+    collect_across_seeds,
     collect_dropped_labels,
     collect_summary,
     comparison_rows,
     fmt_ci,
     fmt_count,
+    fmt_mean_std,
     fmt_pct,
     fmt_plain,
     fmt_seconds,
     headline,
     load_record,
     read_csv_rows,
+    summary_row,
     write_cross_dataset,
     write_summary,
 )
@@ -65,9 +73,12 @@ def render_pair_plots(
     row: Mapping[str, Any],
     evaluation: Evaluation | None,
 ) -> dict[str, Path]:
-    """Regenerate the confusion matrices and learning curves of one pair from its files."""
+    """Regenerate the confusion matrices and learning curves of one pair from its files (with
+    several training seeds, of the row's ``seed``: the first seed's run)."""
     dataset, model = str(row["dataset"]), str(row["model"])
-    paths = {k: layout.pair_plot(dataset, model, k) for k in ("cm", "cm_tta", "curves")}
+    seed = row.get("seed")  # only rows of several seeds have one
+    paths = {k: layout.pair_plot(dataset, model, k, seed) for k in ("cm", "cm_tta", "curves")}
+    of_seed = "" if seed is None else f" (seed {seed})"
     for path in paths.values():  # an earlier plan's picture must not outlive its numbers
         path.unlink(missing_ok=True)
     written: dict[str, Path] = {}
@@ -77,7 +88,9 @@ def render_pair_plots(
             if not block or block.get("confusion_matrix") is None:
                 continue
             labels = block.get("labels") or evaluation.data.get("labels") or []
-            title = f"{model} on {dataset}{suffix}: accuracy {fmt_pct(block.get('accuracy'))}"
+            title = (
+                f"{model} on {dataset}{suffix}{of_seed}: accuracy {fmt_pct(block.get('accuracy'))}"
+            )
             written[key] = plot_confusion_matrix(
                 block["confusion_matrix"], labels, paths[key], title, normalize=True
             )
@@ -89,7 +102,7 @@ def render_pair_plots(
             written["curves"] = plot_learning_curves(
                 rows,
                 paths["curves"],
-                f"{model} trained on {dataset}",
+                f"{model} trained on {dataset}{of_seed}",
                 best_epoch=_as_int(row.get("best_epoch")),
             )
     return written
@@ -122,6 +135,7 @@ def calibration_entry(
     return {
         "dataset": dataset,
         "model": model,
+        "seed": row.get("seed"),
         "temperature": cal.get("temperature"),
         "member_temperatures": cal.get("member_temperatures"),
         "n": (evaluation.data.get("plain") or {}).get("n"),
@@ -238,10 +252,11 @@ def reused_entries(record: Record) -> list[dict[str, Any]]:
     out = []
     for pair in record.plan.pairs:
         st = record.pair_status(pair)
+        seed = f" (seed {pair.seed})" if record.multi_seed else ""
         if st.status == "reused":
             out.append(
                 {
-                    "what": f"weights of {pair.model} trained on {pair.dataset}",
+                    "what": f"weights of {pair.model} trained on {pair.dataset}{seed}",
                     "where": pair.run_dir,
                     "produced_by": produced_by_text(st.produced_by),
                 }
@@ -251,7 +266,7 @@ def reused_entries(record: Record) -> list[dict[str, Any]]:
             if e.status == "reused":
                 out.append(
                     {
-                        "what": f"evaluation of {pair.dataset} / {pair.model} on {e.test}",
+                        "what": f"evaluation of {pair.dataset} / {pair.model}{seed} on {e.test}",
                         "where": planned.dir if planned else None,
                         "produced_by": produced_by_text(e.produced_by),
                     }
@@ -288,6 +303,7 @@ def _environment() -> jinja2.Environment:
         seconds=fmt_seconds,
         count=fmt_count,
         plain=fmt_plain,
+        ms=fmt_mean_std,
     )
     return env
 
@@ -300,6 +316,11 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
     write_summary(rows, layout, record=record)
     cross_files = {p.name: p for p in write_cross_dataset(record)}
     test_order = {t: i for i, t in enumerate(record.plan.test_sets)}
+    multi = record.multi_seed
+    groups = {(g[0].dataset, g[0].model): g for g in record.pair_groups()}
+    across: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in collect_across_seeds(record) if multi else []:
+        across.setdefault((r["dataset"], r["model"]), []).append(r)
 
     pairs = []
     calibration = []
@@ -316,6 +337,14 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
             record.evaluations_of(dataset, model),
             key=lambda e: (e.test_dataset != dataset, test_order.get(e.test_dataset, 0)),
         )
+        evaluations = [_evaluation_row(e) for e in others]
+        seed_rows: list[dict[str, Any]] = []
+        if multi:  # every test set's mean across seeds, and every seed's own run
+            means = {r["test_dataset"]: r for r in across.get((dataset, model), [])}
+            evaluations = [_mean_row(means[e.test_dataset], e) for e in others]
+            seed_rows = [summary_row(record, p) for p in groups[(dataset, model)]]
+            for seed_row, p in zip(seed_rows, groups[(dataset, model)], strict=True):
+                seed_row["seed"] = p.seed
         pairs.append(
             {
                 "anchor": f"pair-{i}",
@@ -325,7 +354,8 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
                 "cm_tta": data_uri(plots["cm_tta"]) if "cm_tta" in plots else None,
                 "per_class": per_class_table(evaluation),
                 "has_tta": bool(evaluation and evaluation.data.get("tta")),
-                "evaluations": [_evaluation_row(e) for e in others],
+                "evaluations": evaluations,
+                "seed_rows": seed_rows,
             }
         )
 
@@ -370,6 +400,8 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
         "tuning": tuning_section(layout, {p.run_dir for p in record.plan.pairs if p.run_dir}),
         "data": data_sections(record),
         "metrics": METRICS,
+        "seeds": list(record.plan.seeds) if multi else [],
+        "first_seed": record.first_seed,
         "provenance": record.plan.provenance,
         "reused": reused_entries(record),
         "unplanned": unplanned_folders(layout, record.plan),
@@ -389,7 +421,7 @@ def leakage_rows(record: Record) -> list[dict[str, Any]]:
         if isinstance(r, dict)
     }
     out = []
-    for e in record.evaluations:
+    for e in record.first_seed_evaluations():  # the data, not the seed, decide what was seen
         r = seen.get((e.train_dataset, e.test_dataset))
         if r is None:
             continue
@@ -431,6 +463,17 @@ def _evaluation_row(e: Evaluation) -> dict[str, Any]:
         "tta_macro_f1": tta.get("macro_f1"),
         "dropped": list(e.data.get("dropped_labels") or []),
     }
+
+
+def _mean_row(mean: Mapping[str, Any], e: Evaluation) -> dict[str, Any]:
+    """A test set's row of the "All test sets" table with several seeds: means across seeds
+    (``collect_across_seeds``) with their std; ``n`` and the classes left out are the data's."""
+    row = _evaluation_row(e)
+    for key in ("accuracy", "tta_accuracy", "macro_f1", "tta_macro_f1"):
+        row[key] = mean.get(f"{key}_mean")
+        row[f"{key}_std"] = mean.get(f"{key}_std")
+    row["n_seeds"] = mean.get("n_seeds")
+    return row
 
 
 def render_report(context: Mapping[str, Any]) -> str:

@@ -9,6 +9,15 @@ the tables a run printed, and a result left by another plan never shows as curre
 The paired comparisons (``comparisons.csv`` and a section of ``summary.md``) read the per-image
 predictions (``probs.npz``) of the same planned evaluations, and test every two models trained
 on one dataset and scored on one test split (``ferlab.evaluation.compare``).
+
+With several training seeds (``seeds:``) the plan holds every pair once per seed. Then a summary
+row is one (dataset, model): the mean and sample standard deviation across seeds of each metric
+(``*_mean``, ``*_std``, ``n_seeds``) beside one run's numbers, bootstrap intervals and training
+facts, those of the first seed (``seed``); ``per_seed.csv`` keeps every seed's numbers and
+``across_seeds.csv`` the mean and std on every test set. The cross-dataset matrix holds means
+across seeds, and a paired comparison is the first seed's, with the mean and std across seeds
+of the accuracy difference (seed s of A against seed s of B). With one seed every file is as
+before seeds existed.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from ferlab.layout import FIT_JSON, META, PROBS, Layout, atomic_write, read_json
 from ferlab.record import (
     PairStatus,
     Plan,
+    PlannedEval,
     PlannedPair,
     planned_metrics,
     produced_by_text,
@@ -39,6 +49,18 @@ METRIC_TITLES: dict[str, str] = {
     "macro_f1": "macro-F1",
 }
 
+# One run's metrics (plain, then TTA) with their 95% bootstrap intervals.
+METRIC_FIELDS: tuple[str, ...] = tuple(
+    name
+    for prefix in ("", "tta_")
+    for metric in METRICS
+    for name in (
+        f"{prefix}{metric}",
+        f"{prefix}{metric}_ci_low",
+        f"{prefix}{metric}_ci_high",
+    )
+)
+
 # Columns of summary.csv, in order. Metrics are fractions in [0, 1] written at full precision.
 SUMMARY_FIELDS: tuple[str, ...] = (
     "dataset",
@@ -46,16 +68,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "status",
     "error",
     "n_test",
-    *(
-        name
-        for prefix in ("", "tta_")
-        for metric in METRICS
-        for name in (
-            f"{prefix}{metric}",
-            f"{prefix}{metric}_ci_low",
-            f"{prefix}{metric}_ci_high",
-        )
-    ),
+    *METRIC_FIELDS,
     "log_loss",
     "tta_log_loss",
     "tta_views",
@@ -69,6 +82,61 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "produced_by",
     "run_dir",
 )
+
+
+# Several training seeds: the columns summary.csv gains (after SUMMARY_FIELDS, whose metrics,
+# intervals and training facts are then one run's: that of ``seed``, the first seed). The mean
+# and the sample standard deviation (n - 1) are over the ``n_seeds`` seeds ``seeds`` that gave
+# a result; the std is empty with fewer than two.
+SEED_STAT_FIELDS: tuple[str, ...] = tuple(
+    f"{prefix}{metric}_{stat}"
+    for prefix in ("", "tta_")
+    for metric in METRICS
+    for stat in ("mean", "std")
+)
+SEED_FIELDS: tuple[str, ...] = ("seed", "n_seeds", "seeds", *SEED_STAT_FIELDS)
+
+# per_seed.csv: one row per planned (pair, seed, test set), every seed's own numbers.
+PER_SEED_FIELDS: tuple[str, ...] = (
+    "dataset",
+    "model",
+    "seed",
+    "test_dataset",
+    "status",
+    "n_test",
+    *METRIC_FIELDS,
+    "log_loss",
+    "tta_log_loss",
+    "tta_views",
+    "train_seconds",
+    "epochs",
+    "best_epoch",
+    "reused",
+    "run_dir",
+    "eval_dir",
+)
+
+# across_seeds.csv: one row per planned (pair, test set): mean and std across seeds, then the
+# first seed's numbers with their bootstrap intervals.
+ACROSS_SEEDS_FIELDS: tuple[str, ...] = (
+    "dataset",
+    "model",
+    "test_dataset",
+    "n_seeds",
+    "seeds",
+    *SEED_STAT_FIELDS,
+    "seed",
+    "n_test",
+    *METRIC_FIELDS,
+)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """``ferlab.evaluation.compare.mean_std``, imported when needed (``ferlab.evaluation``
+    brings torch, which reading an experiment folder does not need)."""
+    from ferlab.evaluation.compare import mean_std as compute
+
+    return compute(values)
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
@@ -91,6 +159,7 @@ class Evaluation:
     directory: Path
     data: dict[str, Any]
     relative: str = ""  # the folder as plan.json names it, relative to the experiment
+    seed: int | None = None  # the planned pair's training seed (None: the experiment's one seed)
 
     def result(self, use_tta: bool) -> dict[str, Any] | None:
         """The TTA block when asked for and present, else the plain block."""
@@ -106,24 +175,53 @@ class Record:
 
     layout: Layout
     plan: Plan
-    status: dict[tuple[str, str], PairStatus]
+    status: dict[tuple[str, str, int | None], PairStatus]  # (dataset, model, seed)
     evaluations: list[Evaluation]
     # collect_comparisons' rows, kept so the summary and the report bootstrap only once
     comparison_cache: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def multi_seed(self) -> bool:
+        """Every pair was planned with several training seeds."""
+        return self.plan.multi_seed
+
+    @property
+    def first_seed(self) -> int | None:
+        """The seed whose run gives the single-run numbers (None: the experiment's one seed)."""
+        seeds = self.plan.seeds
+        return seeds[0] if seeds else None
+
     def pair_status(self, pair: PlannedPair) -> PairStatus:
         return self.status.get(
-            (pair.dataset, pair.model), PairStatus(pair.dataset, pair.model, run_dir=pair.run_dir)
+            (pair.dataset, pair.model, pair.seed),
+            PairStatus(pair.dataset, pair.model, run_dir=pair.run_dir, seed=pair.seed),
         )
 
-    def evaluation(self, dataset: str, model: str, test: str) -> Evaluation | None:
+    def evaluation(
+        self, dataset: str, model: str, test: str, seed: int | None = None
+    ) -> Evaluation | None:
+        """The pair's evaluation on ``test`` (of ``seed``; None: of the first seed)."""
+        want = (dataset, model, test, self.first_seed if seed is None else seed)
         for e in self.evaluations:
-            if (e.train_dataset, e.model, e.test_dataset) == (dataset, model, test):
+            if (e.train_dataset, e.model, e.test_dataset, e.seed) == want:
                 return e
         return None
 
-    def evaluations_of(self, dataset: str, model: str) -> list[Evaluation]:
-        return [e for e in self.evaluations if (e.train_dataset, e.model) == (dataset, model)]
+    def evaluations_of(self, dataset: str, model: str, seed: int | None = None) -> list[Evaluation]:
+        """The pair's evaluations (of ``seed``; None: of the first seed)."""
+        want = (dataset, model, self.first_seed if seed is None else seed)
+        return [e for e in self.evaluations if (e.train_dataset, e.model, e.seed) == want]
+
+    def first_seed_evaluations(self) -> list[Evaluation]:
+        """The evaluations of the first seed (all of them with one seed)."""
+        return [e for e in self.evaluations if e.seed == self.first_seed]
+
+    def pair_groups(self) -> list[list[PlannedPair]]:
+        """The planned pairs per (dataset, model), one per seed, in plan order."""
+        groups: dict[tuple[str, str], list[PlannedPair]] = {}
+        for p in self.plan.pairs:
+            groups.setdefault((p.dataset, p.model), []).append(p)
+        return list(groups.values())
 
 
 def load_record(exp_dir: Path | Layout) -> Record:
@@ -137,7 +235,7 @@ def load_record(exp_dir: Path | Layout) -> Record:
     status = read_status(layout)
     evaluations = []
     for pair in plan.pairs:
-        st = status.get((pair.dataset, pair.model))
+        st = status.get((pair.dataset, pair.model, pair.seed))
         if st is None or not st.ok:
             continue
         failed = {e.test for e in st.evals if e.status == "failed"}
@@ -154,6 +252,7 @@ def load_record(exp_dir: Path | Layout) -> Record:
                         layout.resolve(planned.dir),
                         data,
                         planned.dir,
+                        pair.seed,
                     )
                 )
     return Record(layout, plan, status, evaluations)
@@ -184,7 +283,7 @@ def _metric_fields(block: Mapping[str, Any] | None, prefix: str) -> dict[str, An
 def summary_row(record: Record, pair: PlannedPair) -> dict[str, Any]:
     """One summary row: status, own-test metrics (plain and TTA, with CIs) and training facts."""
     st = record.pair_status(pair)
-    evaluation = record.evaluation(pair.dataset, pair.model, pair.dataset)
+    evaluation = record.evaluation(pair.dataset, pair.model, pair.dataset, pair.seed)
     fit = fit_summary(record.layout, pair) if st.ok else None
     data = evaluation.data if evaluation else {}
     plain = data.get("plain")
@@ -222,20 +321,156 @@ def _params(layout: Layout, pair: PlannedPair, fit: Mapping[str, Any] | None) ->
     return int(value) if value is not None else None
 
 
+def seed_stats(first_seed: int | None, results: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
+    """``SEED_FIELDS`` of one pair on one test set from ``(seed, metrics.json data or None)``
+    per seed: the mean and sample std across the seeds with a result, and which they are."""
+    scored = [(seed, data) for seed, data in results if data and data.get("plain")]
+    out: dict[str, Any] = {
+        "seed": first_seed,
+        "n_seeds": len(scored),
+        "seeds": [seed for seed, _ in scored],
+    }
+    for prefix, block in (("", "plain"), ("tta_", "tta")):
+        for metric in METRICS:
+            values = [
+                float(v)
+                for _, data in scored
+                if (v := (data.get(block) or {}).get(metric)) is not None
+            ]
+            out[f"{prefix}{metric}_mean"], out[f"{prefix}{metric}_std"] = mean_std(values)
+    return out
+
+
+def _combined_status(statuses: Sequence[str]) -> str:
+    """One status for a pair trained with several seeds: theirs when they agree, else the
+    first that needs attention (failed, skipped, pending), else ``trained`` or ``computed``."""
+    distinct = list(dict.fromkeys(statuses))
+    if len(distinct) == 1:
+        return distinct[0]
+    for status in ("failed", "skipped", "pending", "trained", "computed"):
+        if status in distinct:
+            return status
+    return distinct[0]
+
+
+def seed_summary_row(record: Record, pairs: Sequence[PlannedPair]) -> dict[str, Any]:
+    """One summary row of a (dataset, model) trained with several seeds (``pairs``, one per
+    seed): the first seed's row (one run's numbers, intervals and training facts) with the
+    combined status, every seed's error, and ``SEED_FIELDS`` on its own test set."""
+    first = pairs[0]
+    row = summary_row(record, first)
+    statuses = [record.pair_status(p) for p in pairs]
+    row["status"] = _combined_status([st.status for st in statuses])
+    errors = [
+        f"seed {p.seed}: {st.error}" for p, st in zip(pairs, statuses, strict=True) if st.error
+    ]
+    row["error"] = "; ".join(errors) or None
+    row["reused"] = all(st.status == "reused" for st in statuses)
+    row["produced_by"] = produced_by_text(statuses[0].produced_by) if row["reused"] else None
+    results = []
+    for p in pairs:
+        e = record.evaluation(p.dataset, p.model, p.dataset, p.seed)
+        results.append((p.seed, e.data if e else None))
+    row.update(seed_stats(first.seed, results))
+    return row
+
+
 def collect_summary(exp_dir: Path | Record) -> list[dict[str, Any]]:
     """One row per planned (dataset, model) pair, ensembles and failed pairs included, in the
     plan's order. Metrics are from the pair's own test set; a failed pair has its error and no
     metrics (an evaluation-only dataset has no own test: its models are scored in the matrix).
-    Keys are ``SUMMARY_FIELDS``; missing values are None.
+    Keys are ``SUMMARY_FIELDS``; missing values are None. With several training seeds, one row
+    per (dataset, model) with ``SEED_FIELDS`` too (``seed_summary_row``).
     """
     record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
+    if record.multi_seed:
+        return [seed_summary_row(record, group) for group in record.pair_groups()]
     return [summary_row(record, p) for p in record.plan.pairs]
 
 
+def _eval_fields(e: Evaluation | None) -> dict[str, Any]:
+    data = e.data if e else {}
+    plain, tta = data.get("plain"), data.get("tta")
+    return {
+        "n_test": (plain or {}).get("n"),
+        **_metric_fields(plain, ""),
+        **_metric_fields(tta, "tta_"),
+        "tta_views": data.get("tta_views"),
+    }
+
+
+def collect_per_seed(exp_dir: Path | Record) -> list[dict[str, Any]]:
+    """One row per planned (pair, seed, test set) in plan order (``PER_SEED_FIELDS``): every
+    seed's own numbers with its bootstrap intervals; a failed seed's rows have no numbers."""
+    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
+    rows = []
+    for pair in record.plan.pairs:
+        st = record.pair_status(pair)
+        fit = fit_summary(record.layout, pair) if st.ok else None
+        common = {
+            "dataset": pair.dataset,
+            "model": pair.model,
+            "seed": pair.seed,
+            "status": st.status,
+            "train_seconds": (fit or {}).get("train_seconds"),
+            "epochs": (fit or {}).get("epochs_run"),
+            "best_epoch": (fit or {}).get("best_epoch"),
+            "reused": st.status == "reused",
+            "run_dir": pair.run_dir,
+        }
+        planned_evals: list[PlannedEval | None] = [*pair.evals] or [None]
+        for planned in planned_evals:
+            test = planned.test if planned else None
+            e = record.evaluation(pair.dataset, pair.model, test, pair.seed) if test else None
+            rows.append(
+                {
+                    **common,
+                    "test_dataset": test,
+                    **_eval_fields(e),
+                    "eval_dir": planned.dir if planned else None,
+                }
+            )
+    return rows
+
+
+def collect_across_seeds(exp_dir: Path | Record) -> list[dict[str, Any]]:
+    """One row per planned (dataset, model, test set) (``ACROSS_SEEDS_FIELDS``): the mean and
+    std across seeds of every metric, and the first seed's numbers with their intervals."""
+    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
+    rows = []
+    for group in record.pair_groups():
+        first = group[0]
+        tests = list(dict.fromkeys(e.test for p in group for e in p.evals))
+        for test in tests:
+            per_seed = [(p, record.evaluation(p.dataset, p.model, test, p.seed)) for p in group]
+            stats = seed_stats(first.seed, [(p.seed, e.data if e else None) for p, e in per_seed])
+            rows.append(
+                {
+                    "dataset": first.dataset,
+                    "model": first.model,
+                    "test_dataset": test,
+                    **stats,
+                    **_eval_fields(per_seed[0][1]),
+                }
+            )
+    return rows
+
+
 def headline(row: Mapping[str, Any], metric: str = "accuracy") -> float | None:
-    """The metric with TTA when it was measured, else without."""
-    value = row.get(f"tta_{metric}")
-    return value if value is not None else row.get(metric)
+    """The metric with TTA when it was measured, else without; with several training seeds,
+    its mean across seeds."""
+    names = (f"tta_{metric}", metric)
+    if "n_seeds" in row:
+        names = (f"tta_{metric}_mean", f"{metric}_mean")
+    for name in names:
+        if row.get(name) is not None:
+            return row[name]
+    return None
+
+
+def is_multi_seed(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Summary rows of an experiment trained with several seeds (they carry ``SEED_FIELDS``)."""
+    return any("n_seeds" in r for r in rows)
 
 
 def _csv_value(value: Any) -> str:
@@ -248,14 +483,21 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-def summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary as CSV text (header ``SUMMARY_FIELDS``)."""
+def rows_csv(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
+    """Rows as CSV text with the header ``fields`` (fractions at full precision)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SUMMARY_FIELDS)
+    writer.writerow(fields)
     for row in rows:
-        writer.writerow([_csv_value(row.get(k)) for k in SUMMARY_FIELDS])
+        writer.writerow([_csv_value(row.get(k)) for k in fields])
     return buf.getvalue()
+
+
+def summary_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The summary as CSV text (header ``SUMMARY_FIELDS``; with several training seeds,
+    ``SUMMARY_FIELDS`` then ``SEED_FIELDS``)."""
+    fields = SUMMARY_FIELDS + SEED_FIELDS if is_multi_seed(rows) else SUMMARY_FIELDS
+    return rows_csv(rows, fields)
 
 
 def fmt_pct(value: Any, digits: int = 1) -> str:
@@ -271,6 +513,16 @@ def fmt_ci(low: Any, high: Any) -> str:
     if low is None or high is None:
         return "-"
     return f"{100 * float(low):.1f}-{100 * float(high):.1f}"
+
+
+def fmt_mean_std(mean: Any, std: Any) -> str:
+    """A mean across seeds with its standard deviation in percentage points
+    (``83.4% ± 1.2``); the mean alone when there is no std (one seed); ``-`` when missing."""
+    if mean is None or mean == "":
+        return "-"
+    if std is None or std == "":
+        return fmt_pct(mean)
+    return f"{fmt_pct(mean)} ± {100 * float(std):.1f}"
 
 
 def fmt_seconds(value: Any) -> str:
@@ -312,6 +564,53 @@ class Column:
     header: str
     render: Any  # Callable[[Mapping[str, Any]], str]
     right: bool = True
+
+
+def seed_summary_columns(with_ci: bool, first_seed: Any) -> list[Column]:
+    """The console and Markdown summary columns with several training seeds: mean ± std across
+    seeds (std in percentage points), the seed count, and the first seed's intervals and
+    training facts (one run's)."""
+    short = {"accuracy": "acc", "balanced_accuracy": "bal acc", "macro_f1": "macro-F1"}
+
+    def ms(name: str) -> Column:
+        tta = " TTA" if name.startswith("tta_") else ""
+        return Column(
+            f"{short[name.removeprefix('tta_')]}{tta} mean ± sd",
+            lambda r: fmt_mean_std(r.get(f"{name}_mean"), r.get(f"{name}_std")),
+        )
+
+    def ci(name: str, header: str) -> Column:
+        return Column(
+            f"{header} 95% CI (seed {first_seed})",
+            lambda r: fmt_ci(r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high")),
+        )
+
+    cols = [
+        Column("dataset", lambda r: fmt_plain(r.get("dataset")), right=False),
+        Column("model", lambda r: fmt_plain(r.get("model")), right=False),
+        Column("status", lambda r: fmt_plain(r.get("status")), right=False),
+        Column("seeds", lambda r: fmt_plain(r.get("n_seeds"))),
+        ms("accuracy"),
+        ms("tta_accuracy"),
+    ]
+    if with_ci:
+        cols += [ci("accuracy", "acc"), ci("tta_accuracy", "acc TTA")]
+    cols += [ms("balanced_accuracy"), ms("tta_balanced_accuracy")]
+    cols += [ms("macro_f1"), ms("tta_macro_f1")]
+    if with_ci:
+        cols.append(ci("macro_f1", "F1"))
+    cols += [
+        Column(f"train time (seed {first_seed})", lambda r: fmt_seconds(r.get("train_seconds"))),
+        Column(f"epochs (seed {first_seed})", lambda r: fmt_plain(r.get("epochs"))),
+        Column("params", lambda r: fmt_count(r.get("params"))),
+    ]
+    return cols
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], with_ci: bool) -> list[Column]:
+    if is_multi_seed(rows):
+        return seed_summary_columns(with_ci, rows[0].get("seed") if rows else None)
+    return summary_columns(with_ci)
 
 
 def summary_columns(with_ci: bool) -> list[Column]:
@@ -359,7 +658,7 @@ def _cells(rows: Sequence[Mapping[str, Any]], cols: Sequence[Column]) -> list[li
 
 def format_console_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary as aligned plain-text columns for the terminal (percentages, 1 decimal)."""
-    cols = summary_columns(with_ci=False)
+    cols = _columns(rows, with_ci=False)
     body = _cells(rows, cols)
     widths = [max([len(c.header)] + [len(line[i]) for line in body]) for i, c in enumerate(cols)]
 
@@ -381,7 +680,7 @@ def _md_escape(text: str) -> str:
 
 def format_markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a GitHub-flavoured Markdown table, with 95% confidence intervals."""
-    cols = summary_columns(with_ci=True)
+    cols = _columns(rows, with_ci=True)
     lines = [
         "| " + " | ".join(c.header for c in cols) + " |",
         "|" + "|".join("---:" if c.right else ":---" for c in cols) + "|",
@@ -401,14 +700,26 @@ def write_summary(
     if record is None and layout.plan.is_file():
         record = load_record(layout)
     csv_path = atomic_write(layout.summary_csv, summary_csv(rows))
-    notes = [
-        "# Summary",
-        "",
+    multi = is_multi_seed(rows)
+    intro = (
         "Metrics on each training dataset's own test split; `TTA` columns use test-time "
-        "augmentation. Confidence intervals are 95% bootstrap intervals.",
-        "",
-        format_markdown_table(rows),
-    ]
+        "augmentation. Confidence intervals are 95% bootstrap intervals."
+    )
+    if multi:
+        seeds = (record.plan.seeds if record else None) or sorted(
+            {s for r in rows for s in (r.get("seeds") or [])}
+        )
+        intro = (
+            f"Every pair was trained with {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
+            "Metrics on each training dataset's own test split: `mean ± sd` is the mean across "
+            "the seeds with its sample standard deviation in percentage points (`seeds`: how "
+            "many gave a result); `TTA` columns use test-time augmentation. The 95% bootstrap "
+            f"intervals, training time and epochs are one run's, seed {rows[0].get('seed')}'s. "
+            "An ensemble is built per seed, from that seed's models. "
+            "Every seed's numbers: `per_seed.csv`; mean and sd on every test set: "
+            "`across_seeds.csv`."
+        )
+    notes = ["# Summary", "", intro, "", format_markdown_table(rows)]
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         notes += ["", "## Failed pairs", ""]
@@ -417,6 +728,16 @@ def write_summary(
         ]
         notes.append("")
     reused = [r for r in rows if r.get("reused")]
+    if multi and record is not None:  # every seed's run that was reused
+        reused = [
+            {
+                "dataset": p.dataset,
+                "model": f"{p.model} (seed {p.seed})",
+                "produced_by": produced_by_text(st.produced_by),
+            }
+            for p in record.plan.pairs
+            if (st := record.pair_status(p)).status == "reused"
+        ]
     if reused:
         notes += ["", "## Reused runs", ""]
         notes += [
@@ -424,6 +745,14 @@ def write_summary(
             for r in reused
         ]
         notes.append("")
+    if multi and record is not None:
+        across = collect_across_seeds(record)
+        atomic_write(layout.per_seed_csv, rows_csv(collect_per_seed(record), PER_SEED_FIELDS))
+        atomic_write(layout.across_seeds_csv, rows_csv(across, ACROSS_SEEDS_FIELDS))
+        notes += ["", format_across_seeds_markdown(across)]
+    else:  # never an earlier plan's seeds
+        layout.per_seed_csv.unlink(missing_ok=True)
+        layout.across_seeds_csv.unlink(missing_ok=True)
     if record is not None:
         comparisons = collect_comparisons(record)
         comparisons_path = layout.comparisons_csv
@@ -434,6 +763,36 @@ def write_summary(
             comparisons_path.unlink(missing_ok=True)  # never an earlier plan's comparisons
     md_path = atomic_write(layout.summary_md, "\n".join(notes))
     return csv_path, md_path
+
+
+def format_across_seeds_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The ``## Across seeds, every test set`` section of summary.md (``collect_across_seeds``)."""
+    seed = rows[0].get("seed") if rows else None
+    lines = [
+        "## Across seeds, every test set",
+        "",
+        "Mean ± sample standard deviation across the training seeds (percentage points), with "
+        f"TTA where measured; the 95% bootstrap interval is one run's (seed {seed}).",
+        "",
+        "| trained on | model | test set | seeds | acc mean ± sd | acc 95% CI (seed "
+        f"{seed}) | bal acc mean ± sd | macro-F1 mean ± sd |",
+        "|:---|:---|:---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        p = "tta_" if r.get("tta_accuracy_mean") is not None else ""
+        cells = [
+            _md_escape(str(r["dataset"])),
+            _md_escape(str(r["model"])),
+            _md_escape(str(r["test_dataset"])),
+            fmt_plain(r.get("n_seeds")),
+            fmt_mean_std(r.get(f"{p}accuracy_mean"), r.get(f"{p}accuracy_std")),
+            fmt_ci(r.get(f"{p}accuracy_ci_low"), r.get(f"{p}accuracy_ci_high")),
+            fmt_mean_std(r.get(f"{p}balanced_accuracy_mean"), r.get(f"{p}balanced_accuracy_std")),
+            fmt_mean_std(r.get(f"{p}macro_f1_mean"), r.get(f"{p}macro_f1_std")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- paired comparisons
@@ -461,6 +820,17 @@ COMPARISON_FIELDS: tuple[str, ...] = (
     "p_value",
     "verdict",
     "note",
+)
+# Several training seeds: the columns comparisons.csv gains. The row's other numbers are one
+# run's, the first seed's (``seed``); ``difference_mean``/``difference_std`` are the mean and
+# sample std across the ``n_seeds`` seeds ``seeds`` of the accuracy difference A - B, seed s of A
+# against seed s of B.
+COMPARISON_SEED_FIELDS: tuple[str, ...] = (
+    "seed",
+    "n_seeds",
+    "seeds",
+    "difference_mean",
+    "difference_std",
 )
 COMPARISON_SEED = 0  # the paired bootstrap's seed, so a report rebuilds the same intervals
 DEFAULT_BOOTSTRAP = 1000  # resamples when the metrics do not record how many were used
@@ -533,20 +903,48 @@ def _bootstrap_count(evaluations: Sequence[Evaluation]) -> int:
     return max(counts) if counts else DEFAULT_BOOTSTRAP
 
 
+def _correctness(
+    evaluations: Sequence[Evaluation],
+) -> tuple[dict[str, tuple[list[str], Any]], dict[str, str], dict[str, str]]:
+    """Per model: its headline flags ``(keys, correct)``, why it has none, and its variant."""
+    correct: dict[str, tuple[list[str], Any]] = {}
+    unavailable: dict[str, str] = {}
+    variants: dict[str, str] = {}
+    for e in evaluations:
+        got = headline_correctness(e)
+        if isinstance(got, str):
+            unavailable[e.model] = got
+        else:
+            correct[e.model] = (got.keys, got.correct)
+            variants[e.model] = got.variant
+    return correct, unavailable, variants
+
+
 def collect_comparisons(record: Record) -> list[dict[str, Any]]:
     """One row per unordered pair of planned models trained on the same dataset and scored on
     the same test split (keys ``COMPARISON_FIELDS``), own test split first, models in plan
     order. Only evaluations the record holds count (planned, of pairs that completed, with the
     planned key); a pair that cannot be compared (no per-image predictions, different test
     images) has a row with the reason in ``note`` and no numbers.
+
+    With several training seeds a row is the first seed's comparison (its paired interval and
+    McNemar p), with ``COMPARISON_SEED_FIELDS``: the mean and std across seeds of the accuracy
+    difference, seed s of A against seed s of B.
     """
     if record.comparison_cache is not None:
         return record.comparison_cache
-    from ferlab.evaluation.compare import compare_pairs
+    from ferlab.evaluation.compare import compare_pairs, seed_differences
 
+    multi = record.multi_seed
+    fields = COMPARISON_FIELDS + COMPARISON_SEED_FIELDS if multi else COMPARISON_FIELDS
+    first_seed = record.first_seed
+    by_seed: dict[tuple[str, str, int | None], list[Evaluation]] = {}
+    for e in record.evaluations:
+        by_seed.setdefault((e.train_dataset, e.test_dataset, e.seed), []).append(e)
     groups: dict[tuple[str, str], list[Evaluation]] = {}
     for e in record.evaluations:
-        groups.setdefault((e.train_dataset, e.test_dataset), []).append(e)
+        if e.seed == first_seed:
+            groups.setdefault((e.train_dataset, e.test_dataset), []).append(e)
     test_order = {t: i for i, t in enumerate(record.plan.test_sets)}
     ordered = sorted(
         groups,
@@ -561,16 +959,7 @@ def collect_comparisons(record: Record) -> list[dict[str, Any]]:
         evaluations = groups[(dataset, test)]
         if len(evaluations) < 2:
             continue
-        correct: dict[str, tuple[list[str], Any]] = {}
-        unavailable: dict[str, str] = {}
-        variants: dict[str, str] = {}
-        for e in evaluations:
-            got = headline_correctness(e)
-            if isinstance(got, str):
-                unavailable[e.model] = got
-            else:
-                correct[e.model] = (got.keys, got.correct)
-                variants[e.model] = got.variant
+        correct, unavailable, variants = _correctness(evaluations)
         pairs = compare_pairs(
             correct,
             dataset=dataset,
@@ -580,22 +969,40 @@ def collect_comparisons(record: Record) -> list[dict[str, Any]]:
             unavailable=unavailable,
             order=[e.model for e in evaluations],
         )
+        spread: dict[tuple[str, str], list[float]] = {}
+        used: dict[tuple[str, str], list[Any]] = {}
+        if multi:
+            for seed in record.plan.seeds:
+                flags = (
+                    correct
+                    if seed == first_seed
+                    else _correctness(by_seed.get((dataset, test, seed), []))[0]
+                )
+                for models, values in seed_differences([flags]).items():
+                    spread.setdefault(models, []).extend(values)
+                    used.setdefault(models, []).append(seed)
         for row in pairs:
             row["variant_a"] = variants.get(row["model_a"])
             row["variant_b"] = variants.get(row["model_b"])
-            rows.append({k: row.get(k) for k in COMPARISON_FIELDS})
+            if multi:
+                models = (row["model_a"], row["model_b"])
+                values = spread.get(models, [])
+                row["seed"] = first_seed
+                row["n_seeds"] = len(values)
+                row["seeds"] = used.get(models, [])
+                row["difference_mean"], row["difference_std"] = mean_std(values)
+            rows.append({k: row.get(k) for k in fields})
     record.comparison_cache = rows
     return rows
 
 
 def comparisons_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The comparisons as CSV text (header ``COMPARISON_FIELDS``, fractions at full precision)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COMPARISON_FIELDS)
-    for row in rows:
-        writer.writerow([_csv_value(row.get(k)) for k in COMPARISON_FIELDS])
-    return buf.getvalue()
+    """The comparisons as CSV text (header ``COMPARISON_FIELDS``, with several training seeds
+    then ``COMPARISON_SEED_FIELDS``; fractions at full precision)."""
+    multi = any("n_seeds" in r for r in rows)
+    return rows_csv(
+        rows, COMPARISON_FIELDS + COMPARISON_SEED_FIELDS if multi else COMPARISON_FIELDS
+    )
 
 
 def fmt_points(value: Any) -> str:
@@ -619,9 +1026,20 @@ def comparison_rows(record: Record) -> list[dict[str, Any]]:
     Each dict: ``dataset, test, model_a, model_b`` (with `` (TTA)`` when TTA predictions were
     compared), ``n, acc_a, acc_b, diff`` (percentage points, signed), ``ci``, ``only_a``,
     ``only_b``, ``p``, ``verdict``, ``note`` (why a pair was not compared, else None), and the
-    flags ``compared`` and ``significant``.
+    flags ``compared`` and ``significant``. With several training seeds also ``seed`` (whose run
+    the other numbers are), ``n_seeds`` and ``diff_seeds`` (the difference's mean ± std across
+    seeds, in percentage points); else these are None.
     """
     return _display_comparisons(collect_comparisons(record))
+
+
+def fmt_points_std(mean: Any, std: Any) -> str:
+    """A mean difference across seeds with its std, in percentage points (``+1.2 ± 0.8``)."""
+    if mean is None or mean == "":
+        return "-"
+    if std is None or std == "":
+        return fmt_points(mean)
+    return f"{fmt_points(mean)} ± {100 * float(std):.1f}"
 
 
 def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -634,6 +1052,7 @@ def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
     for r in rows:
         compared = r.get("note") is None
         low, high = r.get("difference_ci_low"), r.get("difference_ci_high")
+        multi = "n_seeds" in r
         out.append(
             {
                 "dataset": str(r["dataset"]),
@@ -652,6 +1071,11 @@ def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
                 "note": r.get("note"),
                 "compared": compared,
                 "significant": compared and float(r["p_value"]) < ALPHA,
+                "seed": r.get("seed") if multi else None,
+                "n_seeds": fmt_plain(r.get("n_seeds")) if multi else None,
+                "diff_seeds": fmt_points_std(r.get("difference_mean"), r.get("difference_std"))
+                if multi
+                else None,
             }
         )
     return out
@@ -662,6 +1086,7 @@ def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     from ferlab.evaluation.compare import ALPHA
 
     display = _display_comparisons(rows)
+    multi = any("n_seeds" in r for r in rows)
     lines = [
         "## Paired comparisons",
         "",
@@ -672,6 +1097,15 @@ def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         f"model gets right, and `p` is McNemar's exact test on them (significant below {ALPHA}).",
         "",
     ]
+    if multi:
+        seed = rows[0].get("seed") if rows else None
+        lines[-1:-1] = [
+            "",
+            f"Trained with several seeds: these numbers are one run's, seed {seed}'s. "
+            "`A - B across seeds` is the mean ± sample standard deviation (pp) of the accuracy "
+            "difference over the seeds (`seeds`: how many), seed s of A against seed s of B; a "
+            "difference smaller than that spread may be the seed's doing, not the model's.",
+        ]
     shown = [d for d in display if d["compared"]]
     if shown:
         head = ["trained on", "test set", "A", "B", "n", "acc A", "acc B", "A - B (pp)", "95% CI"]
@@ -679,6 +1113,10 @@ def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         keys = ["dataset", "test", "model_a", "model_b", "n", "acc_a", "acc_b", "diff", "ci"]
         keys += ["only_a", "only_b", "p", "verdict"]
         right = {"n", "acc_a", "acc_b", "diff", "ci", "only_a", "only_b", "p"}
+        if multi:
+            head += ["A - B across seeds (pp)", "seeds"]
+            keys += ["diff_seeds", "n_seeds"]
+            right |= {"diff_seeds", "n_seeds"}
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join("---:" if k in right else ":---" for k in keys) + "|")
         for d in shown:
@@ -704,7 +1142,9 @@ class CrossDataset:
     """A train x test matrix of one metric.
 
     ``values`` maps (row name, test set) to a fraction; a row name is ``"<dataset> / <model>"``
-    and ``rows`` gives the (dataset, model) behind each row name, in order.
+    and ``rows`` gives the (dataset, model) behind each row name, in order. With several
+    training seeds a value is the mean across the seeds with a result (``counts`` of them,
+    ``seeds`` the plan's); with one seed ``seeds`` is empty.
     """
 
     metric: str
@@ -714,6 +1154,13 @@ class CrossDataset:
     test_names: list[str] = field(default_factory=list)
     rows: list[tuple[str, str]] = field(default_factory=list)
     tta_used: bool = False  # at least one cell is a TTA result
+    seeds: list[Any] = field(default_factory=list)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def fewer_seeds(self) -> bool:
+        """Some cell averages fewer seeds than the plan has (a seed failed there)."""
+        return any(n < len(self.seeds) for n in self.counts.values())
 
     def __iter__(self) -> Any:  # unpack as (values, train_names, test_names)
         return iter((self.values, self.train_names, self.test_names))
@@ -729,22 +1176,34 @@ def collect_cross_dataset(
 ) -> CrossDataset:
     """The planned cross-dataset matrix of ``metric`` (TTA where measured): one row per planned
     pair that completed, one column per planned test set; a cell is blank unless its planned
-    evaluation produced a result in this plan."""
+    evaluation produced a result in this plan. With several training seeds a cell is the mean
+    across the seeds whose evaluation produced a result."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
     record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
     out = CrossDataset(metric=metric, use_tta=use_tta)
-    out.rows = [
-        (p.dataset, p.model) for p in record.plan.pairs if record.pair_status(p).ok and p.evals
-    ]
+    out.rows = list(
+        dict.fromkeys(
+            (p.dataset, p.model) for p in record.plan.pairs if record.pair_status(p).ok and p.evals
+        )
+    )
     out.train_names = [row_name(d, m) for d, m in out.rows]
     out.test_names = record.plan.test_sets
+    out.seeds = list(record.plan.seeds) if record.multi_seed else []
+    cells: dict[tuple[str, str], list[float]] = {}
     for e in record.evaluations:
         block = e.result(use_tta)
         if block is None or block.get(metric) is None:
             continue
-        out.values[(row_name(e.train_dataset, e.model), e.test_dataset)] = float(block[metric])
+        cells.setdefault((row_name(e.train_dataset, e.model), e.test_dataset), []).append(
+            float(block[metric])
+        )
         out.tta_used = out.tta_used or (use_tta and bool(e.data.get("tta")))
+    for cell, values in cells.items():
+        mean = values[0] if len(values) == 1 else mean_std(values)[0]
+        assert mean is not None
+        out.values[cell] = mean
+        out.counts[cell] = len(values)
     return out
 
 
@@ -753,7 +1212,7 @@ def collect_dropped_labels(exp_dir: Path | Record) -> list[dict[str, Any]]:
     images."""
     record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
     out = []
-    for e in record.evaluations:
+    for e in record.first_seed_evaluations():  # the labels, not the seed, decide what is left out
         dropped = list(e.data.get("dropped_labels") or [])
         if dropped:
             out.append(
@@ -782,7 +1241,8 @@ def cross_dataset_csv(cross: CrossDataset) -> str:
 
 def write_cross_dataset(exp_dir: Path | Record) -> list[Path]:
     """Write ``cross_dataset.csv`` (accuracy), ``cross_dataset_evaluation.png`` and the
-    balanced-accuracy heatmap; returns the files written (none when nothing was evaluated)."""
+    balanced-accuracy heatmap; returns the files written (none when nothing was evaluated).
+    With several training seeds they hold the means across seeds (the heatmaps say so)."""
     from ferlab.reporting.plots import plot_cross_dataset
 
     record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
@@ -796,6 +1256,8 @@ def write_cross_dataset(exp_dir: Path | Record) -> list[Path]:
         if metric == "accuracy":
             written.append(atomic_write(layout.cross_csv, cross_dataset_csv(cross)))
         suffix = " (TTA where measured)" if cross.tta_used else ""
+        if cross.seeds:
+            suffix = f", mean over {len(cross.seeds)} seeds{suffix}"
         title = f"Cross-dataset {METRIC_TITLES[metric]}{suffix}"
         written.append(
             plot_cross_dataset(

@@ -48,6 +48,7 @@ from ferlab.data.base import ArraySplit, LoadedDataset
 from ferlab.labels import INDEX
 from ferlab.layout import BEST_CKPT, CHECKPOINTS, DONE, FIT_JSON, HISTORY, LAST_CKPT
 from ferlab.models import ModelMeta, create_model, default_norm, save_model
+from ferlab.training.budget import TimeBudget
 from ferlab.training.calibrate import fit_on_split
 from ferlab.training.data import EvalBatches, TrainBatches, class_weights, remap_targets
 from ferlab.training.module import HISTORY_COLUMNS, FerModule
@@ -198,6 +199,18 @@ def _read_ckpt_state(path: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+def _read_callback_state(path: Path, cls: type) -> dict[str, Any] | None:
+    """The saved state of the callback of type ``cls`` in a Lightning checkpoint, if any."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    for key, state in (ck.get("callbacks") or {}).items():
+        if str(key).split("{")[0] == cls.__qualname__ and isinstance(state, dict):
+            return state
+    return None
+
+
 def _load_best_weights(module: FerModule, best: Path, last: Path) -> None:
     """Copy the best epoch's weights into the wrapped model (last epoch's if no best file)."""
     path = best if best.is_file() else last
@@ -266,7 +279,7 @@ def fit(
         layout.atomic_write(run_dir / HISTORY, history_csv(history))
         r = history[-1]
         log(
-            f"epoch {int(r['epoch'])}/{train_cfg.epochs}: train_loss {r['train_loss']:.4f} "
+            f"epoch {int(r['epoch'])}/{planned_epochs()}: train_loss {r['train_loss']:.4f} "
             f"train_acc {r['train_acc']:.4f} val_loss {r['val_loss']:.4f} "
             f"val_acc {r['val_accuracy']:.4f} val_bal_acc {r['val_balanced_accuracy']:.4f} "
             f"val_f1 {r['val_macro_f1']:.4f} lr {r['lr']:.3g} ({r['epoch_seconds']:.1f}s)"
@@ -285,6 +298,26 @@ def fit(
         log_every=PROGRESS_REFRESH_STEPS if runtime.show_progress else 0,
     )
     datamodule = FerDataModule(train, val, labels, train_cfg, seed, soft)
+
+    def planned_epochs() -> int:
+        return module.planned_epochs or train_cfg.epochs
+
+    budget: TimeBudget | None = None
+    if train_cfg.time_budget_min is not None:
+
+        def on_plan(epochs: int) -> None:
+            module.planned_epochs = epochs
+
+        n_val = len(val)
+        if isinstance(train_cfg.limit_val_batches, int):
+            n_val = min(n_val, train_cfg.limit_val_batches * max(train_cfg.batch_size, 256))
+        budget = TimeBudget(
+            train_cfg.time_budget_min * 60,
+            train_cfg.epochs,
+            val_images=n_val,
+            log=log,
+            on_plan=on_plan,
+        )
 
     monitor = f"val_{train_cfg.monitor}"
     mode = "min" if train_cfg.monitor == "loss" else "max"
@@ -309,7 +342,13 @@ def fit(
         runtime,
         run_dir,
         max_epochs=train_cfg.epochs,
-        callbacks=[*callbacks, early, best_cb, LastCheckpoint(last_path)],
+        callbacks=[
+            *callbacks,
+            *([budget] if budget else []),
+            early,
+            best_cb,
+            LastCheckpoint(last_path),
+        ],
         gradient_clip_val=train_cfg.grad_clip,
         limit_train_batches=train_cfg.limit_train_batches,
         limit_val_batches=train_cfg.limit_val_batches,
@@ -326,7 +365,9 @@ def fit(
         # Never a torn file (writes are atomic) but perhaps one from another ferlab or torch.
         log(f"{last_path} does not load as a ferlab checkpoint; starting this run from scratch")
     finished = resume_state is not None and (
-        bool(resume_state["should_stop"]) or int(resume_state["epoch"]) + 1 >= train_cfg.epochs
+        bool(resume_state["should_stop"])
+        or int(resume_state["epoch"]) + 1
+        >= (resume_state.get("planned_epochs") or train_cfg.epochs)
     )
     if finished and not best_path.is_file():
         # A finished run whose outputs were damaged after DONE: the best weights are gone
@@ -347,6 +388,9 @@ def fit(
     if finished:
         assert resume_state is not None
         module.history = list(resume_state["history"])
+        module.planned_epochs = resume_state.get("planned_epochs")
+        if budget is not None:
+            budget.load_state_dict(_read_callback_state(last_path, TimeBudget) or {})
         log("the checkpoint already holds the finished training; writing its outputs")
     else:
         setup.fit(module, datamodule, ckpt_path=last_path if resumed else None)
@@ -360,11 +404,11 @@ def fit(
     # Summed over sessions, so a resumed run reports its whole training time.
     train_seconds = float(sum(r["epoch_seconds"] for r in history))
     best_ep = best_epoch_of(history, train_cfg.monitor)
-    stopped_early = len(history) < train_cfg.epochs
+    stopped_early = len(history) < planned_epochs()
     _load_best_weights(module, best_path, last_path)
     # The temperature of the best weights, on the device they were trained on.
     calibration = fit_on_split(
-        module.model,
+        module.eval_model,
         dataset.splits.get("val"),
         labels,
         mean,
@@ -373,7 +417,7 @@ def fit(
         batch_size=max(train_cfg.batch_size, 256),
     )
     log(f"calibration: {calibration.note}")
-    model = module.model.cpu().eval()
+    model = module.eval_model.cpu().eval()
     meta = ModelMeta(
         architecture=model_cfg.name,
         labels=labels,
@@ -402,7 +446,12 @@ def fit(
         train_seconds=train_seconds,
         stopped_early=stopped_early,
         resumed=resumed,
-        extra={"wall_seconds_this_call": wall_seconds, "calibration": calibration.to_dict()},
+        extra={
+            "wall_seconds_this_call": wall_seconds,
+            "calibration": calibration.to_dict(),
+            "planned_epochs": planned_epochs(),
+            "time_budget": budget.summary() if budget is not None else None,
+        },
     )
     if trainer.is_global_zero:
         _write_outputs(run_dir, result, model_cfg, train_cfg, setup, runtime, extra)
@@ -456,6 +505,9 @@ def _write_outputs(
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "max_epochs": train_cfg.epochs,
+        # The epochs the schedule was planned for: train.epochs, or what the time budget gave.
+        "planned_epochs": result.extra.get("planned_epochs", train_cfg.epochs),
+        "time_budget": result.extra.get("time_budget"),
         "stopped_early": result.stopped_early,
         "resumed": result.resumed,
         "train_seconds": round(result.train_seconds, 3),

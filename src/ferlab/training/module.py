@@ -9,7 +9,7 @@ uninterrupted run exactly on CPU.
 
 from __future__ import annotations
 
-import math
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +22,7 @@ from torch import nn
 from ferlab.config import TrainConfig
 from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
 from ferlab.training.augment import augment_batch, mixup_cutmix
+from ferlab.training.budget import ResizableOneCycleLR, WarmupCosine
 from ferlab.training.data import derive_seed
 
 HISTORY_COLUMNS = (
@@ -98,17 +99,40 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def warmup_cosine(total_steps: int, warmup_steps: int) -> WarmupCosine:
     """LR factor per optimizer step: linear warmup from ~0, then cosine decay to 0."""
+    return WarmupCosine(total_steps, warmup_steps)
 
-    def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return 0.5 * (1 + math.cos(math.pi * progress))
 
-    return factor
+class WeightEMA(nn.Module):
+    """An exponential moving average of a model's weights and buffers (timm's ModelEmaV2 rule).
+
+    ``update`` after every optimizer step: ``ema = d * ema + (1 - d) * live`` for every float
+    parameter and buffer (BatchNorm running statistics included), with the warm-up
+    ``d = min(decay, (1 + n) / (10 + n))`` at update ``n``; integer buffers are copied.
+    A submodule of the ``FerModule``, so checkpoints hold it and a resume continues it.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        self.module.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        ema_f, live_f = [], []
+        for e, v in zip(
+            self.module.state_dict().values(), model.state_dict().values(), strict=True
+        ):
+            if e.is_floating_point():
+                ema_f.append(e)
+                live_f.append(v.detach())
+            else:
+                e.copy_(v)
+        if ema_f:
+            torch._foreach_lerp_(ema_f, live_f, 1.0 - d)
 
 
 class FerModule(pl.LightningModule):
@@ -148,6 +172,9 @@ class FerModule(pl.LightningModule):
         )
         cw = class_weights if class_weights is not None else torch.zeros(0)
         self.register_buffer("class_weights", cw.float(), persistent=False)
+        self.ema = WeightEMA(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
+        # Set by the time budget (ferlab.training.budget); saved in checkpoints.
+        self.planned_epochs: int | None = None
         self.history: list[dict[str, float]] = []
         self._val_metrics: dict[str, float] = {}
         self._reset_train_stats()
@@ -169,6 +196,15 @@ class FerModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation scores and ``fit`` keeps: the EMA's when it is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:  # after the optimizer step of this batch
+            self.ema.update(self.model, self.global_step)
 
     def _step_generator(self, batch_idx: int) -> torch.Generator:
         g = torch.Generator()
@@ -252,7 +288,7 @@ class FerModule(pl.LightningModule):
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         x_u8, y, _ = batch
-        logits = self.model(self.model_input(x_u8))
+        logits = self.eval_model(self.model_input(x_u8))
         self._val_loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         pred = logits.argmax(1)
         k = self.num_classes
@@ -301,10 +337,13 @@ class FerModule(pl.LightningModule):
             "history": list(self.history),
             "should_stop": bool(self.trainer.should_stop),
             "epoch": int(self.current_epoch),
+            "planned_epochs": self.planned_epochs,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.history = list(checkpoint.get("ferlab", {}).get("history", []))
+        state = checkpoint.get("ferlab", {})
+        self.history = list(state.get("history", []))
+        self.planned_epochs = state.get("planned_epochs")
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -312,14 +351,18 @@ class FerModule(pl.LightningModule):
         opt = build_optimizer(self.model, cfg)
         if cfg.scheduler == "none":
             return opt
-        total = int(self.trainer.estimated_stepping_batches)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps_per_epoch = max(1, total // max(cfg.epochs, 1))
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
         if cfg.scheduler == "onecycle":
-            pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs > 0 else 0.25
-            sched: Any = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=min(max(pct, 0.01), 0.5)
-            )
+            if cfg.time_budget_min is not None and warmup > 0:
+                # The budget resizes the schedule: its warm-up is a number of steps, not a
+                # share of a total that is not known yet (ferlab.training.budget).
+                pct = min(warmup / total, 0.5)
+            else:
+                pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs > 0 else 0.25
+                pct = min(max(pct, 0.01), 0.5)
+            sched: Any = ResizableOneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
         else:
-            steps_per_epoch = max(1, total // max(cfg.epochs, 1))
-            warmup = round(cfg.warmup_epochs * steps_per_epoch)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,280 @@
+"""Training to a time budget (``train.time_budget_min``) and the schedules it resizes.
+
+A hard wall-clock stop would cut the schedule's annealing phase, where most of the accuracy is
+won; so the budget sets the schedule's *length* instead. ``TimeBudget`` (a Lightning callback)
+plans how many epochs fit from the rate measured on the real training path, three times:
+
+1. during epoch 1, after ``warmup_steps`` steps (first kernels, caches), from the next
+   ``probe_steps`` steps; validation is estimated at a third of a training step per image;
+2. at the end of epoch 1, from that epoch's steady steps and its measured validation;
+3. at the end of epoch 2, from that epoch end to end (checkpoint writes included): the plan is
+   now fixed.
+
+Planned epochs = epochs done + floor((budget - elapsed - reserve) / seconds per epoch), capped
+at ``train.epochs``; the reserve (2% of the budget, at least 10 s or a tenth of a short budget,
+plus one validation pass for the temperature fit) keeps the end inside the budget.
+
+Later epochs guard the plan. When the median of the last three epochs projects an end past the
+budget minus half the reserve (the machine got slower), the plan is shortened to fit, and the
+schedule, resized, still anneals to its end. Until half of the plan is done, a machine that got
+faster (a load that went away) lengthens it, by at least two epochs and a tenth; after that it
+only shortens.
+
+With ``warmup_epochs >= 2`` the plan of epoch 2 is made before the warm-up ends, and the
+schedule depends on the plan only through its total length, so a run whose plan did not
+change after epoch 2 is the run ``train.epochs = <planned>`` without a budget (``fit.json``
+records the plans). The plan is part of the checkpoint: a resumed run keeps it, and counts the
+time of earlier sessions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+def _now() -> float:
+    """The budget's clock (a module function, so tests can drive it)."""
+    return time.perf_counter()
+
+
+class WarmupCosine:
+    """LR factor per optimizer step: linear warmup from ~0, then cosine decay to 0.
+
+    A callable object (not a closure) so that ``LambdaLR`` saves its ``total_steps`` with the
+    scheduler state, and ``TimeBudget`` can resize it.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int) -> None:
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ResizableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
+    """torch's two-phase ``OneCycleLR`` whose total length can change while it runs.
+
+    ``resize`` moves the end of the annealing phase; the warm-up phase keeps its steps (so the
+    learning rates already taken stay as they were). Both live in the scheduler's state dict.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float
+    ) -> None:
+        super().__init__(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+        if len(self._schedule_phases) != 2 or "end_step" not in self._schedule_phases[-1]:
+            raise RuntimeError(
+                "this torch's OneCycleLR has an unexpected phase layout; ResizableOneCycleLR "
+                "needs its two-phase form (three_phase=False)"
+            )
+
+    def resize(self, total_steps: int) -> None:
+        warm_end = float(self._schedule_phases[0]["end_step"])
+        total = max(int(total_steps), math.ceil(warm_end) + 2, self.last_epoch + 1)
+        self.total_steps = total
+        self._schedule_phases[-1]["end_step"] = float(total - 1)
+
+
+def resize_schedule(scheduler: Any, total_steps: int) -> None:
+    """Give ``scheduler`` (ferlab's one-cycle or warmup-cosine) a new total length in steps."""
+    if isinstance(scheduler, ResizableOneCycleLR):
+        scheduler.resize(total_steps)
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        for fn in scheduler.lr_lambdas:
+            if isinstance(fn, WarmupCosine):
+                fn.total_steps = max(int(total_steps), fn.warmup_steps + 1)
+        return
+    raise TypeError(f"cannot resize a {type(scheduler).__name__} to a time budget")
+
+
+class TimeBudget(Callback):
+    """Plan (and guard) the number of epochs so that training ends within ``budget_s``.
+
+    ``t_start`` is the ``time.perf_counter()`` the budget counts from (default: now);
+    ``val_images`` the images one validation pass scores (for the first estimate).
+    ``on_plan(epochs)`` is told every plan (the module uses it for the checkpoint and logs).
+    """
+
+    def __init__(
+        self,
+        budget_s: float,
+        max_epochs: int,
+        *,
+        t_start: float | None = None,
+        val_images: int = 0,
+        log: Callable[[str], None] = print,
+        on_plan: Callable[[int], None] | None = None,
+        warmup_steps: int = 5,
+        probe_steps: int = 20,
+    ) -> None:
+        self.budget_s = float(budget_s)
+        self.max_epochs = int(max_epochs)
+        self.t_start = _now() if t_start is None else t_start
+        self.val_images = val_images
+        self.say = log  # not ``self.log``: Lightning sets that to the module's ``log``
+        self.on_plan = on_plan
+        self.warmup_steps = warmup_steps
+        self.probe_steps = probe_steps
+        # state saved in checkpoints
+        self.plans: list[dict[str, Any]] = []
+        self.planned_epochs: int | None = None
+        self.epoch_seconds: list[float] = []  # per finished epoch, all sessions
+        self.elapsed_before = 0.0  # seconds of earlier sessions (a resumed run)
+        # this session
+        self._session_t0 = self.t_start
+        self._last_end: float | None = None  # when the previous epoch of this session ended
+        self._steady_t0: float | None = None
+        self._steady_steps = 0
+        self._train_end = 0.0
+        self._val_t0 = 0.0
+        self._val_s: float | None = None
+        self._steps_per_epoch = 1
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "plans": list(self.plans),
+            "planned_epochs": self.planned_epochs,
+            "epoch_seconds": list(self.epoch_seconds),
+            "elapsed": self.elapsed(),
+            "budget_s": self.budget_s,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.plans = list(state_dict.get("plans", []))
+        self.planned_epochs = state_dict.get("planned_epochs")
+        self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
+        self.elapsed_before = float(state_dict.get("elapsed", 0.0))
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (_now() - self._session_t0)
+
+    def summary(self) -> dict[str, Any]:
+        """For fit.json: the budget, every plan, and the epochs the last one gave."""
+        return {
+            "minutes": round(self.budget_s / 60, 3),
+            "planned_epochs": self.planned_epochs,
+            "plans": list(self.plans),
+            "shortened": any(p["reason"] == "shortened" for p in self.plans),
+            "lengthened": any(p["reason"] == "lengthened" for p in self.plans),
+            "seconds_used": round(self.elapsed(), 1),
+        }
+
+    # -- planning ----------------------------------------------------------------------------
+    def _reserve(self, val_s: float) -> float:
+        return max(0.02 * self.budget_s, min(10.0, 0.1 * self.budget_s)) + val_s
+
+    def _apply(
+        self, trainer: pl.Trainer, epochs: int, epoch_s: float, reason: str, done: int
+    ) -> None:
+        epochs = max(done, min(self.max_epochs, epochs))
+        self.planned_epochs = epochs
+        trainer.fit_loop.max_epochs = max(epochs, 1)
+        for cfg in trainer.lr_scheduler_configs:
+            resize_schedule(cfg.scheduler, epochs * self._steps_per_epoch)
+        if epochs <= done:
+            trainer.should_stop = True
+        self.plans.append(
+            {
+                "after_epoch": done,
+                "reason": reason,
+                "epoch_seconds": round(epoch_s, 2),
+                "elapsed_s": round(self.elapsed(), 1),
+                "epochs": epochs,
+            }
+        )
+        if self.on_plan is not None:
+            self.on_plan(epochs)
+        self.say(
+            f"time budget {self.budget_s / 60:.1f} min: {epochs} epochs planned ({reason}; "
+            f"{epoch_s:.1f} s per epoch, {self.elapsed() / 60:.1f} min used)"
+        )
+
+    def _fit(self, epoch_s: float, val_s: float, done: int) -> int:
+        left = self.budget_s - self.elapsed() - self._reserve(val_s)
+        return done + max(0, math.floor(left / max(epoch_s, 1e-6)))
+
+    # -- hooks -------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._session_t0 = _now() if self.plans else self.t_start
+        n = trainer.num_training_batches
+        self._steps_per_epoch = int(n) if math.isfinite(n) and n > 0 else 1
+        if self.planned_epochs is not None:  # resumed: keep the plan of the checkpoint
+            trainer.fit_loop.max_epochs = max(self.planned_epochs, 1)
+            if self.on_plan is not None:
+                self.on_plan(self.planned_epochs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._steady_t0, self._steady_steps, self._val_s = None, 0, None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        if batch_idx + 1 == self.warmup_steps:
+            self._steady_t0 = _now()
+        elif self._steady_t0 is not None:
+            self._steady_steps = batch_idx + 1 - self.warmup_steps
+        self._train_end = _now()
+        if (
+            not self.plans
+            and self._steady_t0 is not None
+            and self._steady_steps == self.probe_steps
+        ):
+            step_s = (self._train_end - self._steady_t0) / self._steady_steps
+            bs = max(1, int(batch[0].shape[0]))
+            val_s = (
+                self.val_images * step_s / bs / 3
+            )  # a forward pass costs about a third of a step
+            epoch_s = step_s * self._steps_per_epoch + val_s
+            self._apply(trainer, self._fit(epoch_s, val_s, 0), epoch_s, "probe", 0)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._val_t0 = _now()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._val_s = _now() - self._val_t0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        now = _now()
+        done = trainer.current_epoch + 1
+        val_s = self._val_s if self._val_s is not None else 0.0
+        if self._last_end is not None:  # end to end: checkpoint writes and hooks included
+            steady = now - self._last_end
+        elif self._steady_t0 is not None and self._steady_steps:
+            # The first epoch of a session pays the warm-up: scale its steady steps instead.
+            train_s = (self._train_end - self._steady_t0) / self._steady_steps
+            steady = train_s * self._steps_per_epoch + val_s
+        else:
+            steady = now - self._session_t0
+        self._last_end = now
+        self.epoch_seconds.append(steady)
+        if done == 1 or self.planned_epochs is None:  # (no probe when an epoch is that short)
+            self._apply(trainer, self._fit(steady, val_s, done), steady, f"epoch {done}", done)
+        elif done == 2:  # epoch 2, end to end: warm caches, checkpoint writes included
+            self._apply(trainer, self._fit(steady, val_s, done), steady, "epochs 1-2", done)
+        elif done < self.planned_epochs:
+            recent = sorted(self.epoch_seconds[-3:])[len(self.epoch_seconds[-3:]) // 2]
+            projected = self.elapsed() + (self.planned_epochs - done) * recent
+            if projected > self.budget_s - self._reserve(val_s) / 2:
+                self._apply(trainer, self._fit(recent, val_s, done), recent, "shortened", done)
+            elif 2 * done <= self.planned_epochs:
+                # Early on, a machine that got faster (a load gone) may lengthen the plan; by
+                # half way the annealing is under way and the plan only shortens.
+                more = min(self._fit(recent, val_s, done), self.max_epochs)
+                if more >= self.planned_epochs + max(2, self.planned_epochs // 10):
+                    self._apply(trainer, more, recent, "lengthened", done)

@@ -1,0 +1,238 @@
+"""``train.time_budget_min`` (ferlab.training.budget), the resizable schedules, and weight EMA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from ferlab.layout import FIT_JSON
+from ferlab.models import load_model
+from ferlab.training import budget as budget_mod
+from ferlab.training.budget import ResizableOneCycleLR, WarmupCosine, resize_schedule
+from ferlab.training.module import WeightEMA
+from test_training import quiet_fit, tcfg, toy_dataset
+
+
+def lrs(sched: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:
+    opt = sched.optimizer
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def one_param_opt() -> torch.optim.Optimizer:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+def test_resized_one_cycle_matches_one_built_with_that_length() -> None:
+    warm, total, new_total = 20, 400, 120
+    built = ResizableOneCycleLR(one_param_opt(), 0.01, new_total, warm / new_total)
+    resized = ResizableOneCycleLR(one_param_opt(), 0.01, total, warm / total)
+    first = lrs(resized, 10)  # inside the warm-up: the length is not used yet
+    resized.resize(new_total)
+    got = first + lrs(resized, new_total - 10)
+    want = lrs(built, new_total)
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert got[-1] == pytest.approx(0.01 / 25 / 1e4)  # annealed to the end (OneCycleLR's min)
+
+
+def test_resize_survives_the_scheduler_state_dict() -> None:
+    a = ResizableOneCycleLR(one_param_opt(), 0.01, 500, 0.1)
+    lrs(a, 5)
+    a.resize(90)
+    b = ResizableOneCycleLR(one_param_opt(), 0.01, 500, 0.1)
+    b.optimizer.load_state_dict(a.optimizer.state_dict())  # as a resume restores both
+    b.load_state_dict(a.state_dict())
+    assert b.total_steps == 90 and lrs(b, 20) == lrs(a, 20)
+
+    opt = one_param_opt()
+    cos = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(1000, 10))
+    resize_schedule(cos, 50)
+    again = torch.optim.lr_scheduler.LambdaLR(one_param_opt(), WarmupCosine(1000, 10))
+    again.load_state_dict(cos.state_dict())
+    assert again.lr_lambdas[0].total_steps == 50  # type: ignore[attr-defined]
+    assert lrs(again, 50)[-1] == pytest.approx(0.0, abs=2e-3)
+
+
+def test_resize_never_goes_behind_the_steps_taken() -> None:
+    s = ResizableOneCycleLR(one_param_opt(), 0.01, 100, 0.1)
+    lrs(s, 40)
+    s.resize(10)
+    assert s.total_steps == 41  # the next step is still inside the schedule
+    with pytest.raises(TypeError, match="cannot resize"):
+        resize_schedule(torch.optim.lr_scheduler.StepLR(one_param_opt(), 5), 10)
+
+
+class FakeClock(pl.Callback):
+    """The budget's clock: ``dt`` fake seconds pass with every training step and nothing else,
+    so the plans do not depend on this machine's speed or load. Pass it to fit as a callback."""
+
+    def __init__(self, dt: float) -> None:
+        self.t, self.dt = 0.0, dt
+
+    def __call__(self) -> float:
+        return self.t
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        self.t += self.dt
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    c = FakeClock(0.25)
+    monkeypatch.setattr(budget_mod, "_now", c)
+    return c
+
+
+def budget_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / FIT_JSON).read_text())["time_budget"]
+
+
+@pytest.mark.slow
+def test_budget_run_equals_the_fixed_run_of_its_planned_epochs(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    data = toy_dataset(n_train=512)
+    cfg = tcfg(epochs=40, time_budget_min=1.0, scheduler="onecycle", warmup_epochs=2)
+    budget = quiet_fit(data, cfg, tmp_path / "budget", callbacks=[clock])
+    tb = budget_of(tmp_path / "budget")
+    planned = json.loads((tmp_path / "budget" / FIT_JSON).read_text())["planned_epochs"]
+    assert [p["reason"] for p in tb["plans"]] == ["epoch 1", "epochs 1-2"]  # 16 steps: no probe
+    assert planned == tb["plans"][-1]["epochs"] == budget.epochs_run
+    assert 4 <= planned < 40 and not tb["shortened"]
+    assert tb["seconds_used"] <= 60
+    assert budget.history[-1]["lr"] < 1e-3 * cfg.lr  # the schedule ran to its end
+    # The record reproduces it: the same recipe with train.epochs = planned and no budget.
+    fixed_cfg = cfg.model_copy(update={"epochs": planned, "time_budget_min": None})
+    fixed = quiet_fit(data, fixed_cfg, tmp_path / "fixed")
+    for a, b in zip(
+        budget.model.state_dict().values(), fixed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_probe_plans_inside_the_first_epoch(tmp_path: Path, clock: FakeClock) -> None:
+    data = toy_dataset(n_train=1024)  # 32 steps: the probe fits in epoch 1
+    cfg = tcfg(epochs=40, time_budget_min=1.5, limit_val_batches=1)
+    quiet_fit(data, cfg.model_copy(update={"epochs": 3}), tmp_path / "run", callbacks=[clock])
+    tb = budget_of(tmp_path / "run")
+    assert [p["reason"] for p in tb["plans"]][:2] == ["probe", "epoch 1"]
+    assert tb["plans"][0]["after_epoch"] == 0
+
+
+class SlowDown(pl.Callback):
+    """From epoch ``start`` (0-based) on, the fake clock runs ``factor`` times faster."""
+
+    def __init__(self, clock: FakeClock, start: int, factor: float) -> None:
+        self.clock, self.start, self.factor = clock, start, factor
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        if trainer.current_epoch == self.start:
+            self.clock.dt *= self.factor
+
+
+@pytest.mark.slow
+def test_a_slower_machine_shortens_the_plan_and_still_ends_in_budget(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    data = toy_dataset(n_train=512)
+    cfg = tcfg(epochs=400, time_budget_min=1.0, scheduler="cosine", warmup_epochs=1)
+    r = quiet_fit(
+        data, cfg, tmp_path / "run", callbacks=[clock, SlowDown(clock, start=3, factor=2)]
+    )
+    tb = budget_of(tmp_path / "run")
+    assert tb["shortened"], tb["plans"]
+    fixed = next(p["epochs"] for p in tb["plans"] if p["reason"] == "epochs 1-2")
+    assert r.epochs_run == tb["planned_epochs"] < fixed
+    assert tb["seconds_used"] <= 60
+    assert r.history[-1]["lr"] < 0.05 * cfg.lr  # the shortened schedule still annealed
+
+
+class StopAt(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.slow
+def test_ema_run_resumes_to_the_same_weights_and_saves_the_average(tmp_path: Path) -> None:
+    data = toy_dataset(n_train=256)
+    cfg = tcfg(epochs=4, ema_decay=0.9)
+    straight = quiet_fit(data, cfg, tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        quiet_fit(data, cfg, tmp_path / "killed", callbacks=[StopAt(2)])
+    resumed = quiet_fit(data, cfg, tmp_path / "killed")
+    assert resumed.resumed
+    for a, b in zip(
+        straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    # What is saved is the average, not the last live weights.
+    model, _ = load_model(tmp_path / "straight")
+    plain = quiet_fit(data, cfg.model_copy(update={"ema_decay": None}), tmp_path / "plain")
+    saved = dict(model.state_dict())
+    assert all(torch.equal(saved[k], v) for k, v in straight.model.state_dict().items())
+    assert any(not torch.equal(saved[k], v) for k, v in plain.model.state_dict().items())
+
+
+def test_weight_ema_follows_the_rule_and_copies_integer_buffers() -> None:
+    torch.manual_seed(0)
+    live = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(live, decay=0.5)
+    before = [t.clone() for t in ema.module.state_dict().values()]
+    with torch.no_grad():
+        for p in live.parameters():
+            p.add_(1.0)
+    live.train()(torch.randn(4, 3))  # BN statistics and num_batches_tracked move
+    ema.update(live, step=100)  # warm-up factor (101/110) > 0.5: the decay is 0.5
+    for (name, e), b, v in zip(
+        ema.module.state_dict().items(), before, live.state_dict().values(), strict=True
+    ):
+        if e.is_floating_point():
+            torch.testing.assert_close(e, 0.5 * b + 0.5 * v, msg=name)
+        else:
+            assert torch.equal(e, v), name
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+@pytest.mark.slow
+def test_budget_resume_keeps_the_plan_of_the_checkpoint(tmp_path: Path, clock: FakeClock) -> None:
+    data = toy_dataset(n_train=1024)
+    cfg = tcfg(epochs=40, time_budget_min=2.0, scheduler="onecycle", warmup_epochs=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        quiet_fit(data, cfg, tmp_path / "run", callbacks=[clock, StopAt(3)])
+    resumed = quiet_fit(data, cfg, tmp_path / "run", callbacks=[clock])
+    tb = budget_of(tmp_path / "run")
+    assert resumed.resumed
+    assert [p["reason"] for p in tb["plans"][-3:]] == ["probe", "epoch 1", "epochs 1-2"]
+    assert resumed.epochs_run == tb["planned_epochs"]
+    first = next(p["elapsed_s"] for p in tb["plans"] if p["reason"] == "epochs 1-2")
+    assert tb["seconds_used"] > first + 2  # the second session counts on from the first
+    assert resumed.history[-1]["lr"] < 1e-3 * cfg.lr
+
+
+@pytest.mark.slow
+def test_a_faster_machine_lengthens_the_plan_only_in_its_first_half(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    data = toy_dataset(n_train=512)
+    cfg = tcfg(epochs=400, time_budget_min=1.0, scheduler="onecycle", warmup_epochs=2)
+    r = quiet_fit(data, cfg, tmp_path / "run", callbacks=[clock, SlowDown(clock, 3, 0.5)])
+    tb = budget_of(tmp_path / "run")
+    fixed = next(p for p in tb["plans"] if p["reason"] == "epochs 1-2")
+    grown = [p for p in tb["plans"] if p["reason"] == "lengthened"]
+    assert grown and not tb["shortened"], tb["plans"]
+    assert all(2 * p["after_epoch"] <= fixed["epochs"] for p in grown)
+    assert r.epochs_run == tb["planned_epochs"] > fixed["epochs"]
+    assert tb["seconds_used"] <= 60
+    assert r.history[-1]["lr"] < 1e-3 * cfg.lr
