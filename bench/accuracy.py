@@ -156,6 +156,7 @@ def reference_scores(
 # -- main ----------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ferlab.config import load_config
+    from ferlab.device import cpu_threads
     from ferlab.layout import FIT_JSON, read_json
     from ferlab.pipeline import run_experiment
 
@@ -169,6 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"runtime.threads={args.threads}")
     overrides.append("runtime.progress=false")
     cfg = load_config(args.config, overrides)
+    machine = C.machine_info(cpu_threads(cfg.runtime.threads))  # load average at the start
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ferlab-accuracy-"))
     C.log(f"ferlab run {args.config} into {out}")
     t0 = elapsed_s()
@@ -202,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model_kwargs": dict(mcfg.kwargs),
         "params": fit.get("params"),
         "train_config": train_cfg.model_dump(mode="json"),
-        "machine": C.machine_info(fit.get("threads") or 0),
+        "machine": machine,
         "budget_min": args.budget_min,
         "time_budget": fit.get("time_budget"),
         "epochs_planned": fit.get("planned_epochs"),
