@@ -25,6 +25,7 @@ from ferlab.training import (
     run_key,
 )
 from ferlab.training import trainer as trainer_mod
+from ferlab.training.budget import WarmupCosine
 from ferlab.training.data import (
     EvalBatches,
     TrainBatches,
@@ -40,7 +41,6 @@ from ferlab.training.module import (
     metrics_from_confusion,
     param_groups,
     soft_cross_entropy,
-    warmup_cosine,
 )
 
 LABELS = ["angry", "happy", "sad", "neutral"]
@@ -243,7 +243,7 @@ def test_module_input_helpers_agree() -> None:
 
 
 def test_warmup_cosine_schedule() -> None:
-    f = warmup_cosine(total_steps=100, warmup_steps=10)
+    f = WarmupCosine(total_steps=100, warmup_steps=10)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5)

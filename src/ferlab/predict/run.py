@@ -171,12 +171,28 @@ def _setup(
     *,
     detector: str,
     min_face: int,
+    margin: float,
     align: bool,
+    frame_step: int,
     tta: bool,
     batch_size: int,
     backend: str | None,
     device: str | None,
+    fmt: str = "jsonl",
+    out: str | os.PathLike[str] | None = None,
+    annotate: bool = False,
 ) -> _Setup:
+    """The options checked, the inputs listed, then the classifier and the detector loaded."""
+    check_options(
+        detector=detector,
+        min_face=min_face,
+        margin=margin,
+        frame_step=frame_step,
+        batch_size=batch_size,
+        fmt=fmt,
+        out=out,
+        annotate=annotate,
+    )
     found = expand_inputs(inputs)  # missing inputs fail before the model is loaded
     t = time.perf_counter()
     classifier = load_classifier(
@@ -225,22 +241,14 @@ def iter_predictions(
 ) -> Iterator[dict[str, Any]]:
     """The rows of ``predict`` (one per face; see ``ferlab.predict.outputs``), one by one,
     without writing anything. Unreadable files give ``error`` rows and a ``PredictWarning``."""
-    check_options(
-        detector=detector,
-        min_face=min_face,
-        margin=margin,
-        frame_step=frame_step,
-        batch_size=batch_size,
-        fmt="jsonl",
-        out=None,
-        annotate=False,
-    )
     s = _setup(
         weights,
         inputs,
         detector=detector,
         min_face=min_face,
+        margin=margin,
         align=align,
+        frame_step=frame_step,
         tta=tta,
         batch_size=batch_size,
         backend=backend,
@@ -297,26 +305,21 @@ def predict(
     Without ``out`` the rows go to ``stream`` (stdout) as JSON lines. Unreadable files give
     ``error`` rows and a ``PredictWarning``; the run goes on.
     """
-    check_options(
-        detector=detector,
-        min_face=min_face,
-        margin=margin,
-        frame_step=frame_step,
-        batch_size=batch_size,
-        fmt=format,
-        out=out,
-        annotate=annotate,
-    )
     s = _setup(
         weights,
         inputs,
         detector=detector,
         min_face=min_face,
+        margin=margin,
         align=align,
+        frame_step=frame_step,
         tta=tta,
         batch_size=batch_size,
         backend=backend,
         device=device,
+        fmt=format,
+        out=out,
+        annotate=annotate,
     )
     labels = s.classifier.labels
     summary = PredictSummary(

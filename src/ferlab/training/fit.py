@@ -190,25 +190,21 @@ class FerDataModule(pl.LightningDataModule):
 
 # -- resume ------------------------------------------------------------------------------------
 def _read_ckpt_state(path: Path) -> dict[str, Any] | None:
-    """The ferlab section of a checkpoint, or None when the file does not load (torn)."""
+    """The ferlab section of a checkpoint, or None when the file does not load (torn); under
+    ``"budget"`` the saved state of its ``TimeBudget`` callback (None without one)."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return None
     state = ck.get("ferlab") if isinstance(ck, dict) else None
-    return state if isinstance(state, dict) else None
-
-
-def _read_callback_state(path: Path, cls: type) -> dict[str, Any] | None:
-    """The saved state of the callback of type ``cls`` in a Lightning checkpoint, if any."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
+    if not isinstance(state, dict):
         return None
-    for key, state in (ck.get("callbacks") or {}).items():
-        if str(key).split("{")[0] == cls.__qualname__ and isinstance(state, dict):
-            return state
-    return None
+    budgets = [
+        v
+        for k, v in (ck.get("callbacks") or {}).items()
+        if str(k).split("{")[0] == TimeBudget.__qualname__ and isinstance(v, dict)
+    ]
+    return {**state, "budget": budgets[0] if budgets else None}
 
 
 def _load_best_weights(module: FerModule, best: Path, last: Path) -> None:
@@ -390,7 +386,7 @@ def fit(
         module.history = list(resume_state["history"])
         module.planned_epochs = resume_state.get("planned_epochs")
         if budget is not None:
-            budget.load_state_dict(_read_callback_state(last_path, TimeBudget) or {})
+            budget.load_state_dict(resume_state.get("budget") or {})
         log("the checkpoint already holds the finished training; writing its outputs")
     else:
         setup.fit(module, datamodule, ckpt_path=last_path if resumed else None)

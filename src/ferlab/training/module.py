@@ -99,11 +99,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> WarmupCosine:
-    """LR factor per optimizer step: linear warmup from ~0, then cosine decay to 0."""
-    return WarmupCosine(total_steps, warmup_steps)
-
-
 class WeightEMA(nn.Module):
     """An exponential moving average of a model's weights and buffers (timm's ModelEmaV2 rule).
 
@@ -364,5 +359,5 @@ class FerModule(pl.LightningModule):
                 pct = min(max(pct, 0.01), 0.5)
             sched: Any = ResizableOneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
         else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, warmup))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
