@@ -29,6 +29,28 @@ def _few_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_kernel_probe_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """In-process ``fit`` calls skip the CPU kernel probe (a child process per new model and
+    geometry, and on a bf16 CPU a timing): they train in fp32 with oneDNN on, as before the
+    probe. Tests marked ``kernel_probe`` (and every test that starts ferlab in a subprocess)
+    run the real one."""
+    if request.node.get_closest_marker("kernel_probe"):
+        yield
+        return
+    import importlib
+
+    from ferlab.probe import CpuKernels
+
+    fit_module = importlib.import_module("ferlab.training.fit")  # (the package exports fit())
+    monkeypatch.setattr(
+        fit_module,
+        "cpu_kernels_for",
+        lambda *a, **k: CpuKernels(reason="kernel probe off in tests"),
+    )
+    yield
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     d = tmp_path / "cache"

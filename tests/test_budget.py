@@ -239,3 +239,107 @@ def test_a_faster_machine_lengthens_the_plan_only_in_its_first_half(
     assert r.epochs_run == tb["planned_epochs"] > fixed["epochs"]
     assert tb["seconds_used"] <= 60
     assert r.history[-1]["lr"] < 1e-3 * cfg.lr
+
+
+# -- budgets that cannot hand back a half-trained model -----------------------------------------
+def plan_reasons(run_dir: Path) -> list[str]:
+    return [p["reason"] for p in budget_of(run_dir)["plans"]]
+
+
+@pytest.mark.parametrize("n_train", [512, 1024])  # first plan at epoch 1's end / from the probe
+def test_a_budget_below_one_annealed_epoch_is_refused_with_the_minimum(
+    tmp_path: Path, clock: FakeClock, n_train: int
+) -> None:
+    cfg = tcfg(epochs=40, time_budget_min=0.1, scheduler="onecycle", warmup_epochs=1)
+    with pytest.raises(budget_mod.TimeBudgetTooSmall) as err:
+        quiet_fit(toy_dataset(n_train=n_train), cfg, tmp_path / "run", callbacks=[clock])
+    text = str(err.value)
+    assert "train.time_budget_min = 0.1 is too small" in text
+    minimum = float(text.split("allows is about ")[1].split(" min")[0])
+    assert minimum > 0.1
+    # The named minimum is accepted, and its run ends annealed.
+    clock.t = 0.0
+    ok = quiet_fit(
+        toy_dataset(n_train=n_train),
+        cfg.model_copy(update={"time_budget_min": minimum}),
+        tmp_path / "enough",
+        callbacks=[clock],
+    )
+    # annealed: the last step's rate is near the floor (a short schedule's last cosine step)
+    assert ok.epochs_run >= 1 and ok.history[-1]["lr"] < 0.05 * cfg.lr
+
+
+def test_a_short_accepted_budget_shrinks_the_warmup_and_anneals(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # 16 steps of 0.25 s an epoch: 0.18 min plans 2 epochs, less than warm-up (2) + 1 epoch.
+    for scheduler in ("onecycle", "cosine"):
+        cfg = tcfg(epochs=40, time_budget_min=0.18, scheduler=scheduler, warmup_epochs=2)
+        clock.t = 0.0
+        r = quiet_fit(toy_dataset(n_train=512), cfg, tmp_path / scheduler, callbacks=[clock])
+        assert r.epochs_run == budget_of(tmp_path / scheduler)["planned_epochs"] == 2
+        assert r.history[-1]["lr"] < 0.05 * cfg.lr, (scheduler, r.history)
+        stop = json.loads((tmp_path / scheduler / FIT_JSON).read_text())["stop"]
+        assert stop["completed"] is True
+
+
+@pytest.mark.slow
+def test_no_warmup_epochs_warms_up_over_a_quarter_of_the_plan_not_of_the_cap(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    cfg = tcfg(epochs=300, time_budget_min=1.0, scheduler="onecycle", warmup_epochs=0)
+    r = quiet_fit(toy_dataset(n_train=512), cfg, tmp_path / "run", callbacks=[clock])
+    planned = budget_of(tmp_path / "run")["planned_epochs"]
+    assert 8 <= planned < 40 and r.epochs_run == planned
+    lrs_ = [row["lr"] for row in r.history]
+    peak = lrs_.index(max(lrs_)) + 1  # 1-based epoch of the highest learning rate
+    assert peak <= planned // 4 + 1, lrs_
+    assert max(lrs_) > 0.5 * cfg.lr and lrs_[-1] < 1e-3 * cfg.lr
+
+
+class Burst(pl.Callback):
+    """The fake clock runs ``factor`` times faster during epochs ``start`` .. ``stop - 1``."""
+
+    def __init__(self, clock: FakeClock, start: int, stop: int, factor: float) -> None:
+        self.clock, self.start, self.stop, self.factor = clock, start, stop, factor
+        self.base = clock.dt
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        fast = self.start <= trainer.current_epoch < self.stop
+        self.clock.dt = self.base * (self.factor if fast else 1.0)
+
+
+@pytest.mark.slow
+def test_a_transient_speed_up_does_not_lengthen_the_plan(tmp_path: Path, clock: FakeClock) -> None:
+    cfg = tcfg(epochs=400, time_budget_min=1.0, scheduler="onecycle", warmup_epochs=2)
+    r = quiet_fit(
+        toy_dataset(n_train=512), cfg, tmp_path / "run", callbacks=[clock, Burst(clock, 3, 5, 0.5)]
+    )
+    reasons = plan_reasons(tmp_path / "run")
+    assert "lengthened" not in reasons and "shortened" not in reasons, reasons
+    assert r.epochs_run == budget_of(tmp_path / "run")["planned_epochs"]
+
+
+def test_a_run_stopped_before_its_plan_is_recorded_as_stopped(tmp_path: Path) -> None:
+    # min_delta 1.0: no epoch counts as an improvement, so patience 1 stops after epoch 2.
+    cfg = tcfg(epochs=6, patience=1, min_delta=1.0)
+    said: list[str] = []
+    r = quiet_fit(toy_dataset(), cfg, tmp_path / "run", log=said.append)
+    fit_json = json.loads((tmp_path / "run" / FIT_JSON).read_text())
+    assert r.epochs_run < 6 and fit_json["stopped_early"]
+    assert fit_json["stop"]["completed"] is False
+    assert "did not improve for 1 epochs" in fit_json["stop"]["reason"]
+    assert fit_json["stop"]["reason"] in fit_json["notes"]
+    assert any(fit_json["stop"]["reason"] in s for s in said)
+
+
+def test_the_record_names_the_machine_dependent_epoch_count_and_its_reproduction(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    cfg = tcfg(epochs=40, time_budget_min=0.5, scheduler="onecycle", warmup_epochs=1)
+    r = quiet_fit(toy_dataset(n_train=512), cfg, tmp_path / "run", callbacks=[clock])
+    fit_json = json.loads((tmp_path / "run" / FIT_JSON).read_text())
+    note = fit_json["time_budget"]["note"]
+    assert "depends on the machine" in note
+    assert f"--set train.time_budget_min=null --set train.epochs={r.epochs_run}" in note
+    assert note in fit_json["notes"]

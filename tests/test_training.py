@@ -98,8 +98,8 @@ def quiet_fit(
         seed=seed,
         image_size=16,
         channels=1,
-        runtime=CPU,
-        log=lambda s: None,
+        runtime=kw.pop("runtime", CPU),
+        log=kw.pop("log", lambda s: None),
         **kw,
     )
 

@@ -2,8 +2,9 @@
 
 Training (``ferlab.training.trainer``), loading (``ferlab.models.load_model``) and prediction
 (``ferlab.evaluation``) all call ``pick_device``: CUDA first, then Apple's MPS, else the CPU.
-Mixed precision only on a GPU: on a CPU it is slower and changes results, and determinism on
-CPU is what resume relies on. ``cpu_threads`` is the one rule for torch's thread count.
+``resolve_precision("auto", "cpu")`` is fp32; on a CPU, ``fit`` asks the kernel probe
+(``ferlab.probe``) instead, which picks bf16-mixed only where measured faster on CPUs with
+native bf16. ``cpu_threads`` is the one rule for torch's thread count.
 
 This module sits at the package top (not in ``ferlab.training``) so that models and evaluation
 can use it without importing Lightning.
@@ -73,8 +74,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
         if accelerator == "cpu" and precision == "16-mixed":
             raise ValueError(
-                "runtime.precision '16-mixed' needs a GPU; on CPU use '32' (or 'auto') "
-                "or 'bf16-mixed' if you accept slower, non-reproducible CPU training."
+                "runtime.precision '16-mixed' needs a GPU; on CPU use '32', 'bf16-mixed' "
+                "or 'auto' (bf16-mixed where this CPU measures it faster)."
             )
         return precision
     if accelerator == "cuda":

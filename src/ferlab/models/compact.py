@@ -176,11 +176,21 @@ class SeparableConv(nn.Sequential):
 
 
 class XceptionBlock(nn.Module):
-    """sepconv-BN-ReLU-sepconv-BN-maxpool(s2) plus a strided 1x1 conv residual (Arriaga 2017)."""
+    """sepconv-BN-ReLU-sepconv-BN-maxpool(s2) plus a strided 1x1 conv residual (Arriaga 2017).
+
+    The residual's stride 2 is taken by subsampling *before* a stride-1 1x1 conv, which is the
+    same function (a 1x1 kernel sees one pixel: ``conv_s2(x) == conv_s1(x[..., ::2, ::2])``)
+    with the same parameters. A stride-2 1x1 conv in channels_last takes oneDNN's
+    ``brgconv_strided`` kernel, whose weight-gradient pass crashes the process (SIGSEGV,
+    heap corruption) with torch 2.14 on AVX-512 CPUs for 8 input channels and batches whose
+    size is not a multiple of 4 (measured: 3, 5, 37, 63 crash; 16, 64, 100 pass), e.g.
+    FER2013's last training batch (28,709 = 448 x 64 + 37). The stride-1 form takes the plain
+    1x1 kernel, which passed every batch size.
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.residual = ConvBNAct(cin, cout, k=1, stride=2, act=False)
+        self.residual = ConvBNAct(cin, cout, k=1, stride=1, act=False)
         self.body = nn.Sequential(
             SeparableConv(cin, cout),
             nn.ReLU(inplace=True),
@@ -189,7 +199,7 @@ class XceptionBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.residual(x)
+        return self.body(x) + self.residual(x[:, :, ::2, ::2])  # (B, cout, ceil(H/2), ceil(W/2))
 
 
 class FerMiniXception(nn.Module):

@@ -301,6 +301,7 @@ def summary_row(record: Record, pair: PlannedPair) -> dict[str, Any]:
         "epochs": (fit or {}).get("epochs_run"),
         "best_epoch": (fit or {}).get("best_epoch"),
         "stopped_early": (fit or {}).get("stopped_early"),
+        "training_notes": (fit or {}).get("notes") or [],  # report only (not a CSV column)
         "params": _params(record.layout, pair, fit),
         "throughput_ips": data.get("throughput_ips"),
         "reused": st.status == "reused",

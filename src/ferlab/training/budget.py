@@ -17,8 +17,14 @@ plus one validation pass for the temperature fit) keeps the end inside the budge
 Later epochs guard the plan. When the median of the last three epochs projects an end past the
 budget minus half the reserve (the machine got slower), the plan is shortened to fit, and the
 schedule, resized, still anneals to its end. Until half of the plan is done, a machine that got
-faster (a load that went away) lengthens it, by at least two epochs and a tenth; after that it
-only shortens.
+faster (a load that went away, for three epochs running) lengthens it, by at least two epochs
+and a tenth; after that it only shortens.
+
+Every plan is decided on rank 0 and broadcast (``_decide``), so DDP ranks, each timing its
+own clock, train one plan. The first plan must leave at least one epoch after those done (a
+budget that cannot is refused, ``TimeBudgetTooSmall``, naming the smallest one this rate
+allows), and the schedules cap their warm-up at ``MAX_WARMUP_FRACTION`` of the plan, so every
+accepted budget ends annealed. Lengthening trusts the slowest of the last three epochs.
 
 With ``warmup_epochs >= 2`` the plan of epoch 2 is made before the warm-up ends, and the
 schedule depends on the plan only through its total length, so a run whose plan did not
@@ -44,16 +50,32 @@ def _now() -> float:
     return time.perf_counter()
 
 
+# The warm-up never takes more than this share of the schedule, whatever train.warmup_epochs
+# says: a plan shortened by a time budget shortens its warm-up too, so that every accepted
+# budget ends with the learning rate annealed to its floor (one-cycle caps at 0.5 as well).
+MAX_WARMUP_FRACTION = 0.5
+
+
 class WarmupCosine:
     """LR factor per optimizer step: linear warmup from ~0, then cosine decay to 0.
 
     A callable object (not a closure) so that ``LambdaLR`` saves its ``total_steps`` with the
-    scheduler state, and ``TimeBudget`` can resize it.
+    scheduler state, and ``TimeBudget`` can resize it. The warm-up is the ``warmup_steps``
+    asked for, at most ``MAX_WARMUP_FRACTION`` of the total.
     """
 
     def __init__(self, total_steps: int, warmup_steps: int) -> None:
         self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
+        self.wanted_warmup = int(warmup_steps)
+        self.warmup_steps = min(self.wanted_warmup, int(MAX_WARMUP_FRACTION * self.total_steps))
+
+    def resize(self, total_steps: int, step: int) -> None:
+        """A new total; a warm-up not over yet follows it (never behind ``step``)."""
+        self.total_steps = max(int(total_steps), 2)
+        if step < self.warmup_steps:
+            cap = int(MAX_WARMUP_FRACTION * self.total_steps)
+            self.warmup_steps = max(min(self.wanted_warmup, cap), step)
+        self.total_steps = max(self.total_steps, self.warmup_steps + 1)
 
     def __call__(self, step: int) -> float:
         if self.warmup_steps > 0 and step < self.warmup_steps:
@@ -66,12 +88,20 @@ class WarmupCosine:
 class ResizableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
     """torch's two-phase ``OneCycleLR`` whose total length can change while it runs.
 
-    ``resize`` moves the end of the annealing phase; the warm-up phase keeps its steps (so the
-    learning rates already taken stay as they were). Both live in the scheduler's state dict.
+    ``resize`` moves the end of the annealing phase. The warm-up keeps its steps (so the
+    learning rates already taken stay as they were) unless they exceed
+    ``MAX_WARMUP_FRACTION`` of the new total, or ``warmup_share`` is set (the warm-up is that
+    share of whatever the total is: ``train.warmup_epochs: 0``); a warm-up already under way
+    then ends no earlier than the current step. All of it lives in the scheduler's state dict.
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_lr: float,
+        total_steps: int,
+        pct_start: float,
+        warmup_share: float | None = None,
     ) -> None:
         super().__init__(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
         if len(self._schedule_phases) != 2 or "end_step" not in self._schedule_phases[-1]:
@@ -79,10 +109,18 @@ class ResizableOneCycleLR(torch.optim.lr_scheduler.OneCycleLR):
                 "this torch's OneCycleLR has an unexpected phase layout; ResizableOneCycleLR "
                 "needs its two-phase form (three_phase=False)"
             )
+        self.warmup_share = warmup_share
+        self.wanted_warmup = float(self._schedule_phases[0]["end_step"]) + 1  # steps
 
     def resize(self, total_steps: int) -> None:
+        total = max(int(total_steps), self.last_epoch + 1, 3)
         warm_end = float(self._schedule_phases[0]["end_step"])
-        total = max(int(total_steps), math.ceil(warm_end) + 2, self.last_epoch + 1)
+        if self.last_epoch <= warm_end:  # still warming up: the warm-up follows the plan
+            want = self.wanted_warmup if self.warmup_share is None else self.warmup_share * total
+            warm = min(want, MAX_WARMUP_FRACTION * total)
+            warm_end = max(warm - 1, float(self.last_epoch))
+            self._schedule_phases[0]["end_step"] = warm_end
+        total = max(total, math.ceil(warm_end) + 2)
         self.total_steps = total
         self._schedule_phases[-1]["end_step"] = float(total - 1)
 
@@ -95,9 +133,13 @@ def resize_schedule(scheduler: Any, total_steps: int) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
         for fn in scheduler.lr_lambdas:
             if isinstance(fn, WarmupCosine):
-                fn.total_steps = max(int(total_steps), fn.warmup_steps + 1)
+                fn.resize(total_steps, scheduler.last_epoch)
         return
     raise TypeError(f"cannot resize a {type(scheduler).__name__} to a time budget")
+
+
+class TimeBudgetTooSmall(ValueError):
+    """``train.time_budget_min`` cannot hold one warmed-up, annealed epoch on this machine."""
 
 
 class TimeBudget(Callback):
@@ -171,11 +213,33 @@ class TimeBudget(Callback):
             "shortened": any(p["reason"] == "shortened" for p in self.plans),
             "lengthened": any(p["reason"] == "lengthened" for p in self.plans),
             "seconds_used": round(self.elapsed(), 1),
+            "note": self.note(),
         }
 
+    def note(self) -> str:
+        """What the record says of a budgeted run's length: it is this machine's."""
+        n = self.planned_epochs
+        if n is None:
+            return f"time budget {self.budget_s / 60:g} min: no plan was made"
+        changed = [p["reason"] for p in self.plans if p["reason"] in ("shortened", "lengthened")]
+        text = (
+            f"time budget {self.budget_s / 60:g} min: {n} epochs planned on this machine (the "
+            "count depends on the machine's speed and load). "
+        )
+        if changed:
+            return text + (
+                f"The plan was {' then '.join(changed)} during the run, so train.epochs={n} "
+                "without a budget gives a schedule of the same length, not the same one."
+            )
+        return text + (
+            f"--set train.time_budget_min=null --set train.epochs={n} reproduces this schedule "
+            "without a budget."
+        )
+
     # -- planning ----------------------------------------------------------------------------
-    def _reserve(self, val_s: float) -> float:
-        return max(0.02 * self.budget_s, min(10.0, 0.1 * self.budget_s)) + val_s
+    def _reserve(self, val_s: float, budget_s: float | None = None) -> float:
+        b = self.budget_s if budget_s is None else budget_s
+        return max(0.02 * b, min(10.0, 0.1 * b)) + val_s
 
     def _apply(
         self, trainer: pl.Trainer, epochs: int, epoch_s: float, reason: str, done: int
@@ -206,6 +270,33 @@ class TimeBudget(Callback):
     def _fit(self, epoch_s: float, val_s: float, done: int) -> int:
         left = self.budget_s - self.elapsed() - self._reserve(val_s)
         return done + max(0, math.floor(left / max(epoch_s, 1e-6)))
+
+    def _decide(
+        self, trainer: pl.Trainer, proposal: tuple[int, float, str] | None, done: int
+    ) -> None:
+        """Apply rank 0's proposal on every rank (DDP ranks measure their own clocks; one plan).
+
+        Called at the same points on every rank, so the broadcast always pairs up. The first
+        plan must leave at least one epoch to train after the ``done`` ones, else the schedule
+        could not anneal: the budget is refused, naming the smallest one this rate allows.
+        """
+        proposal = trainer.strategy.broadcast(proposal, src=0)
+        if proposal is None:
+            return
+        epochs, epoch_s, reason = proposal
+        if not self.plans and epochs < done + 1:
+            val_s = self._val_s or 0.0
+            need = self.elapsed() + epoch_s + val_s
+            for _ in range(20):  # the reserve grows with the budget: its fixed point
+                need = self.elapsed() + epoch_s + self._reserve(val_s, need)
+            raise TimeBudgetTooSmall(
+                f"train.time_budget_min = {self.budget_s / 60:g} is too small on this machine: "
+                f"one epoch takes about {epoch_s:.1f} s here (measured {reason}), so the "
+                f"schedule could not warm up and anneal within the budget. The smallest budget "
+                f"this rate allows is about {math.ceil(need / 6) / 10:g} min; raise "
+                "train.time_budget_min, or set train.epochs without a budget."
+            )
+        self._apply(trainer, epochs, epoch_s, reason, done)
 
     # -- hooks -------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -239,8 +330,9 @@ class TimeBudget(Callback):
             val_s = (
                 self.val_images * step_s / bs / 3
             )  # a forward pass costs about a third of a step
+            self._val_s = val_s
             epoch_s = step_s * self._steps_per_epoch + val_s
-            self._apply(trainer, self._fit(epoch_s, val_s, 0), epoch_s, "probe", 0)
+            self._decide(trainer, (self._fit(epoch_s, val_s, 0), epoch_s, "probe"), 0)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_t0 = _now()
@@ -263,18 +355,23 @@ class TimeBudget(Callback):
             steady = now - self._session_t0
         self._last_end = now
         self.epoch_seconds.append(steady)
+        proposal: tuple[int, float, str] | None = None
         if done == 1 or self.planned_epochs is None:  # (no probe when an epoch is that short)
-            self._apply(trainer, self._fit(steady, val_s, done), steady, f"epoch {done}", done)
+            proposal = (self._fit(steady, val_s, done), steady, f"epoch {done}")
         elif done == 2:  # epoch 2, end to end: warm caches, checkpoint writes included
-            self._apply(trainer, self._fit(steady, val_s, done), steady, "epochs 1-2", done)
+            proposal = (self._fit(steady, val_s, done), steady, "epochs 1-2")
         elif done < self.planned_epochs:
             recent = sorted(self.epoch_seconds[-3:])[len(self.epoch_seconds[-3:]) // 2]
             projected = self.elapsed() + (self.planned_epochs - done) * recent
             if projected > self.budget_s - self._reserve(val_s) / 2:
-                self._apply(trainer, self._fit(recent, val_s, done), recent, "shortened", done)
+                proposal = (self._fit(recent, val_s, done), recent, "shortened")
             elif 2 * done <= self.planned_epochs:
                 # Early on, a machine that got faster (a load gone) may lengthen the plan; by
-                # half way the annealing is under way and the plan only shortens.
-                more = min(self._fit(recent, val_s, done), self.max_epochs)
+                # half way the annealing is under way and the plan only shortens. Only a rate
+                # that held: the slowest of the last three epochs, so a speed-up of an epoch
+                # or two cannot lengthen the plan and then force it to be cut.
+                slowest = max(self.epoch_seconds[-3:])
+                more = min(self._fit(slowest, val_s, done), self.max_epochs)
                 if more >= self.planned_epochs + max(2, self.planned_epochs // 10):
-                    self._apply(trainer, more, recent, "lengthened", done)
+                    proposal = (more, slowest, "lengthened")
+        self._decide(trainer, proposal, done)

@@ -30,8 +30,10 @@ def split_logits(
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    bf16: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits (N, K) float32, targets (N,))`` of ``model`` on ``split``, in split order."""
+    """``(logits (N, K) float32, targets (N,))`` of ``model`` on ``split``, in split order
+    (``bf16``: under bf16 autocast on the device)."""
     targets = remap_targets(split.labels, labels, where="val split")
     dev = torch.device(device)
     m = torch.tensor(list(mean), dtype=torch.float32, device=dev).view(1, -1, 1, 1)
@@ -40,7 +42,10 @@ def split_logits(
     model.to(dev).eval()
     out: list[np.ndarray] = []
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16),
+        ):
             for x, _, _ in EvalBatches(split, targets, batch_size=batch_size):
                 logits = model(uint8_normalised(x.to(dev), m, s))  # (B, K)
                 out.append(logits.float().cpu().numpy())
@@ -67,3 +72,32 @@ def fit_on_split(
         model, split, labels, mean, std, device=device, batch_size=batch_size
     )
     return fit_temperature(logits, targets, split="val")
+
+
+def bf16_agreement(
+    model: nn.Module,
+    split: ArraySplit,
+    labels: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    temperature: float = 1.0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """How far bf16-autocast probabilities (``softmax(logits / T)``) are from fp32 ones on
+    ``split``: the largest and the mean absolute difference, and the argmax agreement."""
+    args = (model, split, labels, mean, std)
+    fp32, _ = split_logits(*args, device=device, batch_size=batch_size)
+    bf16, _ = split_logits(*args, device=device, batch_size=batch_size, bf16=True)
+    p = torch.from_numpy(fp32 / temperature).softmax(-1)
+    q = torch.from_numpy(bf16 / temperature).softmax(-1)
+    diff = (p - q).abs()
+    return {
+        "max_abs_prob_diff": float(diff.max()) if diff.numel() else 0.0,
+        "mean_abs_prob_diff": float(diff.mean()) if diff.numel() else 0.0,
+        "argmax_agreement": float((p.argmax(-1) == q.argmax(-1)).float().mean())
+        if diff.numel()
+        else 1.0,
+        "images": float(len(split)),
+    }

@@ -43,19 +43,30 @@ from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoi
 from torch import nn
 
 from ferlab import __version__, layout
-from ferlab.config import ModelConfig, RuntimeConfig, TrainConfig
+from ferlab.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ferlab.data.base import ArraySplit, LoadedDataset
+from ferlab.device import cpu_threads, pick_device
 from ferlab.labels import INDEX
 from ferlab.layout import BEST_CKPT, CHECKPOINTS, DONE, FIT_JSON, HISTORY, LAST_CKPT
 from ferlab.models import ModelMeta, create_model, default_norm, save_model
+from ferlab.probe import (
+    BF16_MIN_SPEEDUP,
+    BF16_PROB_TOLERANCE,
+    INFERENCE_PRECISION,
+    CpuKernels,
+    onednn_enabled,
+    probe_cpu_kernels,
+)
 from ferlab.training.budget import TimeBudget
-from ferlab.training.calibrate import fit_on_split
+from ferlab.training.calibrate import bf16_agreement, fit_on_split
 from ferlab.training.data import EvalBatches, TrainBatches, class_weights, remap_targets
 from ferlab.training.module import HISTORY_COLUMNS, FerModule
 from ferlab.training.trainer import PROGRESS_REFRESH_STEPS, TrainerSetup, build_trainer
 
 # ModelMeta.extra keys fit writes itself; ``extra_meta`` may not replace them.
-FIT_META_KEYS = ("train_dataset", "dataset_fingerprint", "best_epoch", "monitor", "seed")
+FIT_META_KEYS = (
+    "train_dataset", "dataset_fingerprint", "best_epoch", "monitor", "seed", INFERENCE_PRECISION
+)  # fmt: skip
 
 
 @dataclass
@@ -232,6 +243,7 @@ def fit(
     log: Callable[[str], None] = print,
     extra_meta: Mapping[str, Any] | None = None,
     callbacks: Sequence[pl.Callback] = (),
+    cache_dir: str | Path | None = None,
 ) -> FitResult:
     """Train ``model_cfg`` on ``dataset`` (early stopping on ``val``) into ``run_dir``.
 
@@ -242,10 +254,19 @@ def fit(
     into ``ModelMeta.extra`` in ``meta.json`` and written to ``fit.json`` under ``"extra"``.
     ``callbacks`` are added to the Trainer's (``ferlab tune``'s pruning callback); they see
     the validation metrics ``val_<name>`` after every validation.
+
+    On a CPU, the kernel probe (``ferlab.probe``, cached under ``cache_dir``, default
+    ``data.cache_dir``'s default) runs first: it decides oneDNN on or off and, with
+    ``runtime.precision: auto``, fp32 or bf16-mixed; ``fit.json`` records it (``cpu_kernels``).
     """
     runtime = runtime if runtime is not None else RuntimeConfig()
     extra = _check_extra_meta(extra_meta)
     _check_dataset(dataset)
+    kernels = cpu_kernels_for(
+        model_cfg, train_cfg, runtime, dataset, image_size, channels, cache_dir, log
+    )
+    if kernels is not None and runtime.precision == "auto":
+        runtime = runtime.model_copy(update={"precision": kernels.precision})
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CHECKPOINTS
     last_path, best_path = ckpt_dir / LAST_CKPT, ckpt_dir / BEST_CKPT
@@ -379,6 +400,10 @@ def fit(
         f"{setup.threads} threads, balance {train_cfg.balance}, monitor {monitor}"
         + (f"; resuming after epoch {int(resume_state['epoch']) + 1}" if resume_state else "")
     )
+    if kernels is not None:
+        for note in kernels.notes():
+            log(f"CPU kernels ({kernels.cpu}): {note}")
+    onednn = kernels.onednn if kernels is not None else bool(torch._C._get_mkldnn_enabled())
 
     t0 = time.perf_counter()
     if finished:
@@ -389,7 +414,8 @@ def fit(
             budget.load_state_dict(resume_state.get("budget") or {})
         log("the checkpoint already holds the finished training; writing its outputs")
     else:
-        setup.fit(module, datamodule, ckpt_path=last_path if resumed else None)
+        with onednn_enabled(onednn):
+            setup.fit(module, datamodule, ckpt_path=last_path if resumed else None)
         if trainer.interrupted:
             raise KeyboardInterrupt(
                 f"training of {model_cfg.display} interrupted; rerun to resume from {last_path}"
@@ -401,18 +427,32 @@ def fit(
     train_seconds = float(sum(r["epoch_seconds"] for r in history))
     best_ep = best_epoch_of(history, train_cfg.monitor)
     stopped_early = len(history) < planned_epochs()
+    stop = stop_record(len(history), planned_epochs(), early, budget, train_cfg)
+    notes = [*(kernels.notes() if kernels is not None else [])]
+    if budget is not None:
+        notes.append(budget.note())
+    if not stop["completed"]:
+        notes.append(stop["reason"])
+        log(f"{model_cfg.display}: {stop['reason']}")
     _load_best_weights(module, best_path, last_path)
     # The temperature of the best weights, on the device they were trained on.
-    calibration = fit_on_split(
-        module.eval_model,
-        dataset.splits.get("val"),
-        labels,
-        mean,
-        std,
-        device=trainer.strategy.root_device,
-        batch_size=max(train_cfg.batch_size, 256),
-    )
+    with onednn_enabled(onednn):
+        calibration = fit_on_split(
+            module.eval_model,
+            dataset.splits.get("val"),
+            labels,
+            mean,
+            std,
+            device=trainer.strategy.root_device,
+            batch_size=max(train_cfg.batch_size, 256),
+        )
     log(f"calibration: {calibration.note}")
+    inference = _inference_precision(
+        module.eval_model, dataset.splits["val"], labels, mean, std, kernels,
+        calibration.temperature, trainer.strategy.root_device,
+    )  # fmt: skip
+    if inference is not None:
+        log(f"inference precision: {inference['note']}")
     model = module.eval_model.cpu().eval()
     meta = ModelMeta(
         architecture=model_cfg.name,
@@ -431,6 +471,7 @@ def fit(
             "best_epoch": best_ep,
             "monitor": monitor,
             "seed": seed,
+            INFERENCE_PRECISION: (inference or {}).get("precision", "32"),
         },
     )
     result = FitResult(
@@ -447,6 +488,10 @@ def fit(
             "calibration": calibration.to_dict(),
             "planned_epochs": planned_epochs(),
             "time_budget": budget.summary() if budget is not None else None,
+            "cpu_kernels": kernels.to_dict() if kernels is not None else None,
+            "stop": stop,
+            "notes": notes,
+            "inference": inference,
         },
     )
     if trainer.is_global_zero:
@@ -457,6 +502,97 @@ def fit(
             f"{train_seconds / 60:.1f} min; weights in {run_dir}"
         )
     return result
+
+
+def _inference_precision(
+    model: nn.Module,
+    val: ArraySplit,
+    labels: list[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    kernels: CpuKernels | None,
+    temperature: float,
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """bf16 inference for the trained model, where the probe measured its forward pass faster
+    and its validation probabilities stay within ``BF16_PROB_TOLERANCE`` of fp32's."""
+    speed = kernels.bf16_infer_speedup if kernels is not None else None
+    if speed is None or device.type != "cpu":
+        return None
+    if speed < BF16_MIN_SPEEDUP:
+        note = f"fp32 (bf16 forward measured {speed:.2f}x, below {BF16_MIN_SPEEDUP}x)"
+        return {"precision": "32", "bf16_forward_speedup": speed, "note": note}
+    agree = bf16_agreement(model, val, labels, mean, std, temperature=temperature, device=device)
+    ok = agree["max_abs_prob_diff"] <= BF16_PROB_TOLERANCE
+    note = (
+        f"{'bf16' if ok else 'fp32'} (bf16 forward {speed:.2f}x faster; on validation its "
+        f"probabilities differ from fp32's by at most {agree['max_abs_prob_diff']:.4f}, "
+        f"tolerance {BF16_PROB_TOLERANCE}; argmax agreement {agree['argmax_agreement']:.2%})"
+    )
+    precision = "bf16" if ok else "32"
+    return {"precision": precision, "bf16_forward_speedup": speed, **agree, "note": note}
+
+
+def stop_record(
+    epochs_run: int,
+    planned: int,
+    early: EarlyStopping,
+    budget: TimeBudget | None,
+    train_cfg: TrainConfig,
+) -> dict[str, Any]:
+    """How training ended, for ``fit.json``: ``completed`` only when the planned schedule ran
+    to its end (its learning rate annealed)."""
+    cut = budget.plans[-1] if budget is not None and budget.plans else None
+    if cut is not None and cut["reason"] == "shortened" and cut["epochs"] <= cut["after_epoch"]:
+        return {
+            "completed": False,
+            "reason": (
+                f"stopped after epoch {epochs_run}: the time budget ran out and the plan was cut "
+                "to the epochs done, before the schedule annealed"
+            ),
+        }
+    if epochs_run >= planned:
+        return {"completed": True, "reason": f"completed the {planned} planned epochs"}
+    if early.stopped_epoch > 0:
+        return {
+            "completed": False,
+            "reason": (
+                f"stopped early after epoch {epochs_run} of {planned}: val_{train_cfg.monitor} "
+                f"did not improve for {train_cfg.patience} epochs (train.patience)"
+            ),
+        }
+    return {"completed": False, "reason": f"stopped after epoch {epochs_run} of {planned}"}
+
+
+def cpu_kernels_for(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    runtime: RuntimeConfig,
+    dataset: LoadedDataset,
+    image_size: int,
+    channels: int,
+    cache_dir: str | Path | None,
+    log: Callable[[str], None],
+) -> CpuKernels | None:
+    """The kernel probe's choice for this model on this CPU (None on a GPU)."""
+    if pick_device(runtime.accelerator).type != "cpu":
+        return None
+    devices = runtime.devices if isinstance(runtime.devices, int) else 1
+    n_train = len(dataset.splits["train"])
+    return probe_cpu_kernels(
+        model_cfg.name,
+        kwargs=dict(model_cfg.kwargs),
+        num_classes=len(dataset.labels),
+        in_chans=channels,
+        image_size=image_size,
+        batch_size=train_cfg.batch_size,
+        last_batch=n_train % train_cfg.batch_size,
+        threads=cpu_threads(runtime.threads, devices),
+        onednn=runtime.onednn,
+        precision=runtime.precision,
+        cache_dir=cache_dir if cache_dir is not None else DataConfig().cache_dir,
+        log=log,
+    )
 
 
 def _check_extra_meta(extra_meta: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -504,6 +640,12 @@ def _write_outputs(
         # The epochs the schedule was planned for: train.epochs, or what the time budget gave.
         "planned_epochs": result.extra.get("planned_epochs", train_cfg.epochs),
         "time_budget": result.extra.get("time_budget"),
+        "cpu_kernels": result.extra.get("cpu_kernels"),
+        # How training ended: {"completed": bool, "reason": ...}; a run stopped before its
+        # plan's end (early stopping, a budget that ran out) is never recorded as a normal run.
+        "stop": result.extra.get("stop"),
+        "notes": result.extra.get("notes", []),  # for the report: kernels, budget, stop
+        "inference": result.extra.get("inference"),  # bf16 or fp32 inference, and why
         "stopped_early": result.stopped_early,
         "resumed": result.resumed,
         "train_seconds": round(result.train_seconds, 3),

@@ -22,7 +22,7 @@ from torch import nn
 from ferlab.config import TrainConfig
 from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
 from ferlab.training.augment import augment_batch, mixup_cutmix
-from ferlab.training.budget import ResizableOneCycleLR, WarmupCosine
+from ferlab.training.budget import MAX_WARMUP_FRACTION, ResizableOneCycleLR, WarmupCosine
 from ferlab.training.data import derive_seed
 
 HISTORY_COLUMNS = (
@@ -86,14 +86,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, *, precision: str = "32"
+) -> torch.optim.Optimizer:
     """The optimizer of ``cfg`` over ``model``'s parameters (decay on weights only); AdamW is
-    fused where torch has the kernel for the parameters' device and dtype."""
+    fused where torch has the kernel for the parameters' device and dtype.
+
+    Not fused under mixed precision (``precision`` is Lightning's flag) with gradient clipping:
+    Lightning refuses to clip for an optimizer that could unscale gradients itself, as the fused
+    kernel can, even under bf16 where nothing is scaled.
+    """
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         params = [p for g in groups for p in g["params"]]
-        fused = bool(params) and all(
-            p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params
+        mixed_clipped = "mixed" in str(precision) and bool(cfg.grad_clip)
+        fused = (
+            not mixed_clipped
+            and bool(params)
+            and all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
         )
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
@@ -343,21 +353,28 @@ class FerModule(pl.LightningModule):
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
-        opt = build_optimizer(self.model, cfg)
+        opt = build_optimizer(self.model, cfg, precision=str(self.trainer.precision))
         if cfg.scheduler == "none":
             return opt
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         steps_per_epoch = max(1, total // max(cfg.epochs, 1))
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
         if cfg.scheduler == "onecycle":
+            share = None
             if cfg.time_budget_min is not None and warmup > 0:
                 # The budget resizes the schedule: its warm-up is a number of steps, not a
                 # share of a total that is not known yet (ferlab.training.budget).
-                pct = min(warmup / total, 0.5)
+                pct = min(warmup / total, MAX_WARMUP_FRACTION)
             else:
                 pct = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs > 0 else 0.25
-                pct = min(max(pct, 0.01), 0.5)
-            sched: Any = ResizableOneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
+                pct = min(max(pct, 0.01), MAX_WARMUP_FRACTION)
+                if cfg.time_budget_min is not None:
+                    # warmup_epochs 0: one-cycle's usual quarter, of the plan (not of the cap
+                    # train.epochs) once the budget has made one.
+                    share = pct
+            sched: Any = ResizableOneCycleLR(
+                opt, max_lr=cfg.lr, total_steps=total, pct_start=pct, warmup_share=share
+            )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
