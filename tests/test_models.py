@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -234,10 +232,11 @@ def test_pretrained_true_offline_fails_fast_naming_the_path_option(
     name: str, empty_caches, monkeypatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    t0 = time.perf_counter()
+    probed: list[str] = []
+    monkeypatch.setattr(pre, "_reachable", lambda host, *a, **k: probed.append(host) or False)
     with pytest.raises(PretrainedUnavailableError) as err:
         create_model(name, 7, in_chans=1, pretrained=True)
-    assert time.perf_counter() - t0 < 5
+    assert probed == []  # fast: offline said so, so not even the reachability probe ran
     msg = str(err.value)
     assert "pretrained: /path/to/weights.safetensors" in msg and "offline" in msg
     assert not any((empty_caches / "torch").rglob("*.pth"))
@@ -254,11 +253,9 @@ def test_pretrained_true_without_network_fails_fast(empty_caches, monkeypatch) -
         return False
 
     monkeypatch.setattr(pre, "_reachable", unreachable)
-    t0 = time.perf_counter()
     with pytest.raises(PretrainedUnavailableError, match="no network") as err:
         create_model("tv:resnet18", 7, pretrained=True)
-    assert time.perf_counter() - t0 < 5
-    assert probed == ["download.pytorch.org"]
+    assert probed == ["download.pytorch.org"]  # fast: one reachability probe, no download
     assert "pretrained: /path/to/weights.safetensors" in str(err.value)
 
 

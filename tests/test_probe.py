@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import threading
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -324,3 +325,20 @@ def test_runtime_onednn_is_a_documented_setting() -> None:
     assert RuntimeConfig(onednn="off").onednn == "off"
     with pytest.raises(ValueError):
         RuntimeConfig(onednn="sometimes")  # type: ignore[arg-type]
+
+
+def test_processes_probing_at_once_run_one_child_and_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_bf16: None
+) -> None:
+    # Two callers at once (as DDP ranks start): the second waits on the lock and reads the
+    # first one's outcome, so they cannot train at different settings.
+    calls = fake_child(monkeypatch, crash="onednn")
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(kernels(tmp_path))) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 2 and len(calls) == 2  # one probe: oneDNN on, then off
+    assert sorted(r.cached for r in results) == [False, True]
+    assert results[0].onednn is results[1].onednn is False

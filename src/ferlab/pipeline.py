@@ -614,7 +614,6 @@ def _fit_or_reuse(
         log=log.info,
         extra_meta={"run_key": run_key, "data": data.spec, "provenance": produced},
         callbacks=callbacks,
-        cache_dir=cfg.data.cache_dir,
     )
     return Trained(result.model, result.meta, run_dir, False, produced)
 

@@ -25,8 +25,10 @@ choice is measured, never assumed. ``runtime.onednn`` and ``runtime.precision`` 
 way and skip what they decide.
 
 Outcomes are cached per (architecture, its kwargs, geometry, batch sizes, threads, torch
-version, CPU model and flags, this file) under ``<cache folder>/probes/``, so the probe costs a
-few seconds once per machine and model, not once per run.
+version, CPU model and flags, this file) under ``<cache folder>/probes/`` (ferlab's cache
+folder ``~/.cache/ferlab`` for training: a fact of the machine, not of a dataset), so the probe
+costs a few seconds once per machine and model, not once per run; a lock makes processes that
+probe at once (DDP ranks, tuning workers) wait for the first and read its outcome.
 """
 
 from __future__ import annotations
@@ -390,35 +392,87 @@ def probe_cpu_kernels(
         "onednn": onednn != "off",
     }
     path = _cache_path(cache_dir, {**spec, "forced": onednn}, flags)
-    if path.is_file():
-        try:
-            cached = CpuKernels(**json.loads(path.read_text()))
-            cached.cached, cached.cpu, cached.seconds = True, cpu, time.perf_counter() - t0
+    # One probe at a time per key on this machine: processes started together (DDP ranks, a
+    # tuning worker beside a run) wait and read the first one's outcome, so they all agree.
+    with _probe_lock(path):
+        cached = _read_cached(path)
+        if cached is not None:
+            cached.cpu, cached.seconds = cpu, time.perf_counter() - t0
             return cached
-        except (OSError, ValueError, TypeError):
-            pass  # unreadable: probe again
-    result.probed = True
+        result.probed = _run_probe(result, spec, architecture, precision, measure, log)
+        result.seconds = time.perf_counter() - t0
+        if result.probed:
+            try:
+                layout.write_json(
+                    path, {k: v for k, v in result.to_dict().items() if k != "seconds"}
+                )
+            except OSError as e:
+                log(f"could not cache the CPU kernel probe in {path.parent} ({e}); it runs again")
+    return result
+
+
+def _read_cached(path: Path) -> CpuKernels | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = CpuKernels(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None  # unreadable: probe again
+    cached.cached = True
+    return cached
+
+
+@contextlib.contextmanager
+def _probe_lock(path: Path) -> Iterator[None]:
+    """An advisory lock beside ``path`` (released when the process dies); none where the
+    folder cannot be written or ``fcntl`` is missing (the probe then just runs)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the block)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
+def _run_probe(
+    result: CpuKernels,
+    spec: dict[str, Any],
+    architecture: str,
+    precision: str,
+    measure: bool,
+    log: Callable[[str], None],
+) -> bool:
+    """Run the child (and the retry without oneDNN) and fill ``result``; False when the probe
+    itself failed (a Python error or a hang: training meets and reports it, or passes)."""
     first = run_child(spec)
+    where = first.where or "the first step"
+    size = f"{spec['in_chans']}x{spec['image_size']}x{spec['image_size']}"
     if first.ok:
         _choose_precision(result, first.timings, measure)
     elif first.signal_name and first.phase in ("bf16", "timing"):
         result.precision = "32"
-        result.reason = f"bf16 crashed the probe ({first.signal_name} in {first.where}): fp32"
+        result.reason = f"bf16 crashed the probe ({first.signal_name} in {where}): fp32"
     elif first.signal_name and spec["onednn"]:
-        result.crash = f"{first.where or 'the first step'} ({first.signal_name})"
+        result.crash = f"{where} ({first.signal_name})"
         log(
             f"the CPU kernel probe of {architecture} died by {first.signal_name} with oneDNN "
-            f"on, in {first.where or 'the first step'}; trying again with oneDNN off"
+            f"on, in {where}; trying again with oneDNN off"
         )
         second = run_child({**spec, "onednn": False, "time_batch": 0})
         if not second.ok:
             why = second.signal_name or second.error or f"exit code {second.returncode}"
             raise KernelCrashError(
-                f"{architecture} cannot train on this CPU: one training step "
-                f"({in_chans}x{image_size}x{image_size}, batches {spec['batch_sizes']}) dies by "
-                f"{first.signal_name} with oneDNN (in {first.where}) and by {why} without it "
-                f"(in {second.where}). CPU: {cpu}; torch {torch.__version__}. Try another "
-                "architecture or torch version, or a GPU."
+                f"{architecture} cannot train on this CPU: one training step ({size}, batches "
+                f"{spec['batch_sizes']}) dies by {first.signal_name} with oneDNN (in {where}) "
+                f"and by {why} without it (in {second.where}). CPU: {result.cpu}; torch "
+                f"{torch.__version__}. Try another architecture or torch version, or a GPU."
             )
         result.onednn = False
         if precision == "auto":
@@ -426,21 +480,14 @@ def probe_cpu_kernels(
             result.reason = "oneDNN is off (bf16 is slow without it): fp32"
     elif first.signal_name:  # oneDNN was already off (forced)
         raise KernelCrashError(
-            f"{architecture} cannot train on this CPU: one training step dies by "
-            f"{first.signal_name} with oneDNN off (runtime.onednn: off), in {first.where}. "
-            f"CPU: {cpu}; torch {torch.__version__}."
+            f"{architecture} cannot train on this CPU: one training step ({size}) dies by "
+            f"{first.signal_name} with oneDNN off (runtime.onednn: off), in {where}. "
+            f"CPU: {result.cpu}; torch {torch.__version__}."
         )
     else:
-        # A Python error or a hang in the probe itself: training will meet (and report) it
-        # with its own message, or pass; nothing is cached.
         log(f"the CPU kernel probe of {architecture} did not finish ({first.error}); skipped")
-        result.probed = False
-        result.seconds = time.perf_counter() - t0
-        return result
-    result.seconds = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    layout.write_json(path, {k: v for k, v in result.to_dict().items() if k != "seconds"})
-    return result
+        return False
+    return True
 
 
 def _choose_precision(result: CpuKernels, timings: dict[str, float], measure: bool) -> None:

@@ -255,8 +255,8 @@ def fit(
     ``callbacks`` are added to the Trainer's (``ferlab tune``'s pruning callback); they see
     the validation metrics ``val_<name>`` after every validation.
 
-    On a CPU, the kernel probe (``ferlab.probe``, cached under ``cache_dir``, default
-    ``data.cache_dir``'s default) runs first: it decides oneDNN on or off and, with
+    On a CPU, the kernel probe (``ferlab.probe``, cached under ``cache_dir``, default ferlab's
+    cache folder ``~/.cache/ferlab``: one machine, one answer) runs first: it decides oneDNN on or off and, with
     ``runtime.precision: auto``, fp32 or bf16-mixed; ``fit.json`` records it (``cpu_kernels``).
     """
     runtime = runtime if runtime is not None else RuntimeConfig()
@@ -265,8 +265,9 @@ def fit(
     kernels = cpu_kernels_for(
         model_cfg, train_cfg, runtime, dataset, image_size, channels, cache_dir, log
     )
+    chosen = runtime  # the runtime as set (fit.json's "runtime"), with the probe's precision
     if kernels is not None and runtime.precision == "auto":
-        runtime = runtime.model_copy(update={"precision": kernels.precision})
+        chosen = runtime.model_copy(update={"precision": kernels.precision})
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CHECKPOINTS
     last_path, best_path = ckpt_dir / LAST_CKPT, ckpt_dir / BEST_CKPT
@@ -356,7 +357,7 @@ def fit(
         enable_version_counter=False,
     )
     setup = build_trainer(
-        runtime,
+        chosen,
         run_dir,
         max_epochs=train_cfg.epochs,
         callbacks=[
