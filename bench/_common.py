@@ -223,17 +223,6 @@ def current_rss_mb() -> float | None:
 
 
 # -- machine -------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers depend on: CPU, cores, threads, load, library versions, device."""
     import lightning
@@ -242,9 +231,13 @@ def machine_info(threads: int) -> dict[str, Any]:
     import torchvision
 
     import ferlab
+    from ferlab.probe import cpu_description, cpu_model, native_bf16
 
     info: dict[str, Any] = {
         "cpu": cpu_model(),
+        # torch's kernel level and the flags that pick kernels (AVX2 / AVX-512 / bf16 / AMX)
+        "cpu_kernels": cpu_description(),
+        "native_bf16": native_bf16(),
         "cores": os.cpu_count(),
         "torch_threads": threads,
         "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

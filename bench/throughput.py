@@ -3,6 +3,7 @@
 
     python bench/throughput.py                                   # default CPU model, 48x48
     python bench/throughput.py --model resnet18 --json
+    python bench/throughput.py --precision both                  # + bf16 autocast beside fp32
     python bench/throughput.py --smoke                           # wiring check (numbers meaningless)
 
 What each number measures (images/s, median of ``--windows`` windows of ``--window-s`` s after a
@@ -47,6 +48,14 @@ time_to_first_step_s  wall time from launching ``python -c "<hook>; ferlab.cli.m
                    optimizer). The hook patches ``FerModule.on_train_batch_end`` to print the
                    time and exit; it adds nothing to the path before that point.
 
+--precision both   every limit and ferlab path above (naive aside) runs again under bf16 autocast
+                   (``bf16-mixed``: Lightning's flag for ferlab's path; ``torch.autocast`` for the
+                   floor; ferlab's evaluation under the rule ``ferlab.probe.inference_bf16``
+                   applies, so it stays fp32 on a CPU without native bf16), each against the
+                   compute floor of its own precision (``bf16`` in the output), and the two floors
+                   take turns window by window for the paired bf16/fp32 speed-up
+                   (``bf16_speedup``). The machine block names the CPU flags that pick kernels.
+
 Prints one JSON object (``--json``: nothing else on stdout; progress goes to stderr).
 """
 
@@ -74,6 +83,7 @@ TTA_BY_VIEWS = {
     12: {"hflip": True, "crops": 10},
 }
 ALL_PARTS = ("cache", "limit", "ferlab", "naive", "rss", "first_step")
+PRECISIONS = {"32": ("32",), "both": ("32", "bf16-mixed")}
 
 
 # -- argument parsing ------------------------------------------------------------------------------
@@ -90,6 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--windows", type=int, default=20, help="timed windows per path")
     ap.add_argument("--window-s", type=float, default=3.0)
     ap.add_argument("--warmup-s", type=float, default=None, help="default: one window")
+    ap.add_argument(
+        "--precision",
+        default="32",
+        choices=sorted(PRECISIONS),
+        help="32: fp32; both: also bf16 autocast, and the paired bf16/fp32 floor speed-up",
+    )
     ap.add_argument("--tta-views", type=int, default=2, choices=sorted(TTA_BY_VIEWS))
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="naive DataLoader")
     ap.add_argument(
@@ -142,18 +158,22 @@ def fresh_model(name: str, kwargs: dict[str, Any], classes: int, channels: int, 
     return create_model(name, num_classes=classes, in_chans=channels, image_size=size, **kwargs)
 
 
-def make_train_step(model: Any, train_cfg: Any, device: Any) -> Any:
-    """One plain-PyTorch step on (x, y): the same loss, clipping and optimizer as ferlab's."""
+def make_train_step(model: Any, train_cfg: Any, device: Any, precision: str = "32") -> Any:
+    """One plain-PyTorch step on (x, y): the same loss, clipping and optimizer as ferlab's, under
+    bf16 autocast when ``precision`` is ``bf16-mixed``."""
     import torch
     import torch.nn.functional as F
 
     from ferlab.training.module import build_optimizer
 
     model.to(device).train()
-    opt = build_optimizer(model, train_cfg)  # FerModule's own, on the model's device
+    opt = build_optimizer(model, train_cfg, precision=precision)  # FerModule's own
+    bf16 = precision == "bf16-mixed"
 
     def step(x: Any, y: Any) -> int:
-        loss = F.cross_entropy(model(x), y, label_smoothing=train_cfg.label_smoothing)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if train_cfg.grad_clip:
@@ -184,7 +204,7 @@ def limit_train_timer(ctx: SimpleNamespace) -> C.WindowTimer:
     import torch
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
-    step = make_train_step(model, ctx.train_cfg, ctx.device)
+    step = make_train_step(model, ctx.train_cfg, ctx.device, ctx.precision)
     x = torch.randn(ctx.batch, ctx.channels, ctx.size, ctx.size, device=ctx.device)
     y = torch.randint(0, ctx.classes, (ctx.batch,), device=ctx.device)
     return C.WindowTimer(lambda: step(x, y), **ctx.timing)
@@ -226,9 +246,10 @@ def limit_eval_timer(ctx: SimpleNamespace) -> C.WindowTimer:
     model.to(ctx.device).eval()
     v, b = ctx.views, ctx.eval_batch
     x = torch.randn(v * b, ctx.channels, ctx.size, ctx.size, device=ctx.device)
+    bf16 = ctx.precision == "bf16-mixed"
 
     def step() -> int:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(ctx.device.type, torch.bfloat16, bf16):
             model(x).float().softmax(-1).view(v, b, -1).mean(0)
         return b
 
@@ -237,12 +258,15 @@ def limit_eval_timer(ctx: SimpleNamespace) -> C.WindowTimer:
 
 def ferlab_eval_timer(ctx: SimpleNamespace, dataset: Any) -> C.WindowTimer:
     from ferlab.evaluation.tta import predict_views
+    from ferlab.probe import INFERENCE_PRECISION
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
     mean, std = norm_of(model, ctx.channels)
+    inference = "bf16" if ctx.precision == "bf16-mixed" else "32"  # as fit records its choice
     meta = SimpleNamespace(
-        labels=list(dataset.labels), image_size=ctx.size, channels=ctx.channels, mean=mean, std=std
-    )
+        labels=list(dataset.labels), image_size=ctx.size, channels=ctx.channels, mean=mean,
+        std=std, extra={INFERENCE_PRECISION: inference},
+    )  # fmt: skip
     images = dataset.splits["test"].images  # memory-mapped uint8 (N, H, W, C)
     chunk = ctx.eval_batch  # one predict_views call per batch: fine-grained windows
     starts = itertools.cycle(range(0, max(1, images.shape[0] - chunk + 1), chunk))
@@ -263,6 +287,18 @@ def eval_pair(ctx: SimpleNamespace, dataset: Any, parts: set[str]) -> dict[str, 
     return pair_result(
         None if limit is None else limit.result(), None if ferlab is None else ferlab.result()
     )
+
+
+def floors_by_precision(ctx: SimpleNamespace, bf16: SimpleNamespace) -> dict[str, Any]:
+    """The compute floor in fp32 (``ctx``) and under bf16 autocast (``bf16``), taking turns
+    window by window (A B B A): the paired bf16/fp32 speed-up, for training and for TTA."""
+    out: dict[str, Any] = {}
+    for part, make in (("train", limit_train_timer), ("eval", limit_eval_timer)):
+        fp32_timer, bf16_timer = make(ctx), make(bf16)
+        C.interleaved([fp32_timer, bf16_timer], ctx.windows)
+        a, b = fp32_timer.result(), bf16_timer.result()
+        out[part] = {"fp32": a, "bf16": b, "paired": C.paired_ratio(b["windows"], a["windows"])}
+    return out
 
 
 def pair_result(limit: dict[str, Any] | None, ferlab: dict[str, Any] | None) -> dict[str, Any]:
@@ -542,12 +578,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eval_batch=args.eval_batch, threads=args.threads, train_cfg=train_cfg, runtime=runtime,
         device=device,
         data=data, views=args.tta_views, tta=tta_config(args.tta_views), classes=7,
-        config=args.config, tmp_dir=args.tmp_dir,
+        config=args.config, tmp_dir=args.tmp_dir, precision="32",
         windows=args.windows,
         timing={"window_s": args.window_s, "warmup_s": args.warmup_s,
                 "sync": C.device_sync(), "warmup_steps": 1 if args.smoke else C.MIN_WARMUP_STEPS},
     )  # fmt: skip
     skip = set(args.skip)
+    bf16 = None
+    if "bf16-mixed" in PRECISIONS[args.precision]:
+        bf16_runtime = runtime.model_copy(update={"precision": "bf16-mixed"})
+        bf16 = SimpleNamespace(**{**vars(ctx), "precision": "bf16-mixed", "runtime": bf16_runtime})
     r: dict[str, Any] = {}
     tmp_cache = None
     cache_dir = Path(args.cache_dir).expanduser()
@@ -565,12 +605,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if pair:
             measure("train", r, train_pair, ctx, dataset, pair)
             split_pair(r, "train")
+            if bf16 is not None:
+                measure("train_bf16", r, train_pair, bf16, dataset, pair)
+                split_pair(r, "train_bf16")
         if "naive" not in skip:
             for w in args.workers:
                 measure(f"naive_train_w{w}", r, naive_train, ctx, w)
         if pair:
             measure("eval", r, eval_pair, ctx, dataset, pair)
             split_pair(r, "eval")
+            if bf16 is not None:
+                measure("eval_bf16", r, eval_pair, bf16, dataset, pair)
+                split_pair(r, "eval_bf16")
+        if bf16 is not None and "limit" not in skip:
+            measure("bf16_speedup", r, floors_by_precision, ctx, bf16)
         if "naive" not in skip:
             for w in args.workers:
                 measure(f"naive_eval_w{w}", r, naive_eval, ctx, w)
@@ -643,6 +691,7 @@ def summarise(args: argparse.Namespace, ctx: SimpleNamespace, r: dict[str, Any])
             "eval_batch": ctx.eval_batch,
             "threads": ctx.threads,
             "tta_views": ctx.views,
+            "precision": args.precision,
             "windows": args.windows,
             "window_s": args.window_s,
             "warmup_s": args.warmup_s,
@@ -679,6 +728,8 @@ def summarise(args: argparse.Namespace, ctx: SimpleNamespace, r: dict[str, Any])
             "naive_eval/limit": C.ratio(ne, le),
         },
     }
+    if args.precision == "both":
+        out["bf16"], out["bf16_speedup"] = bf16_summary(r, ft, fe)
     naive_min = 1.15 if ctx.model == DEFAULT_CPU_MODEL else 1.0
     checks = {
         "ferlab_train/limit >= 0.95": (out["ratios"]["ferlab_train/limit"], 0.95, ">="),
@@ -702,6 +753,35 @@ def summarise(args: argparse.Namespace, ctx: SimpleNamespace, r: dict[str, Any])
     return out
 
 
+def bf16_summary(
+    r: dict[str, Any], fp32_train: float | None, fp32_eval: float | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``bf16``: each path under bf16 against the bf16 floor; ``bf16_speedup``: bf16/fp32, paired
+    for the floors (interleaved windows), of medians for ferlab's paths (separate runs)."""
+    lt, ft = _get(r, "limit_train_bf16", "ips"), _get(r, "ferlab_train_bf16", "ips")
+    le, fe = _get(r, "limit_eval_bf16", "ips"), _get(r, "ferlab_eval_bf16", "ips")
+    rates = {
+        "limit_train_ips": C.rnd(lt, 1),
+        "ferlab_train_ips": C.rnd(ft, 1),
+        "limit_eval_ips": C.rnd(le, 1),
+        "ferlab_eval_ips": C.rnd(fe, 1),
+        "ferlab_train/limit": _paired(r, "train_bf16") or C.ratio(ft, lt),
+        "ferlab_train/limit_ci95": _paired_ci(r, "train_bf16"),
+        "ferlab_eval/limit": _paired(r, "eval_bf16") or C.ratio(fe, le),
+        "ferlab_eval/limit_ci95": _paired_ci(r, "eval_bf16"),
+    }
+    floors = r.get("bf16_speedup", {})
+    speedup: dict[str, Any] = {}
+    for part in ("train", "eval"):
+        paired = floors.get(part, {}).get("paired", {})
+        ci = paired.get("ci95")
+        speedup[f"limit_{part}"] = C.rnd(paired.get("median"), 3)
+        speedup[f"limit_{part}_ci95"] = None if ci is None else [round(float(v), 3) for v in ci]
+    speedup["ferlab_train"] = C.ratio(ft, fp32_train)
+    speedup["ferlab_eval"] = C.ratio(fe, fp32_eval)
+    return rates, speedup
+
+
 def table(res: dict[str, Any]) -> str:
     ratios = res["ratios"]
     rows = [
@@ -718,6 +798,22 @@ def table(res: dict[str, Any]) -> str:
         ci = ratios[f"ferlab_{key}/limit_ci95"]
         shown = f"{ratios[f'ferlab_{key}/limit']}" + (f" ({ci[0]}-{ci[1]})" if ci else "")
         lines.append(f"| {name} | {lim} | {fer} | {nai} | {shown} | {C.ratio(fer, nai)} |")
+    if "bf16" in res:
+        b = res["bf16"]
+        for name, key in (("train bf16", "train"), ("eval (TTA) bf16", "eval")):
+            ci = b[f"ferlab_{key}/limit_ci95"]
+            shown = f"{b[f'ferlab_{key}/limit']}" + (f" ({ci[0]}-{ci[1]})" if ci else "")
+            lines.append(
+                f"| {name} | {b[f'limit_{key}_ips']} | {b[f'ferlab_{key}_ips']} | | {shown} | |"
+            )
+        s = res["bf16_speedup"]
+        lines.append("")
+        lines.append(
+            f"bf16/fp32: floor train {s['limit_train']} (paired, 95% CI {s['limit_train_ci95']}), "
+            f"floor eval {s['limit_eval']} ({s['limit_eval_ci95']}); ferlab train "
+            f"{s['ferlab_train']}, ferlab eval {s['ferlab_eval']} (of medians)  "
+            f"[{res['machine']['cpu_kernels']}]"
+        )
     lines.append("")
     lines.append(
         f"cache_build_s {res['cache_build_s']}  cache_load_s {res['cache_load_s']}  "

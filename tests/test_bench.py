@@ -53,11 +53,28 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
         sys.executable, str(REPO / "bench" / "throughput.py"), "--smoke", "--json",
         "--data", str(data), "--workers", "0",
         "--tmp-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
+        "--precision", "both",
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout)
     assert res["smoke"] is True and res["config"]["skipped"] == ["cache"]  # --smoke skips it
+    # The machine block names the CPU and the flags that pick its kernels.
+    machine = res["machine"]
+    assert machine["cpu"] in machine["cpu_kernels"] and isinstance(machine["native_bf16"], bool)
+    # --precision both: each path under bf16 against its own floor, and the floors' speed-up
+    # paired window by window; ferlab's bf16/fp32 is the ratio of its two medians.
+    b, speedup = res["bf16"], res["bf16_speedup"]
+    for part in ("train", "eval"):
+        for path in ("limit", "ferlab"):
+            assert isinstance(b[f"{path}_{part}_ips"], float) and 1 < b[f"{path}_{part}_ips"] < 1e6
+        assert 0.2 < b[f"ferlab_{part}/limit"] < 3
+        floors = res["details"]["bf16_speedup"][part]
+        paired = floors["bf16"]["windows"][0] / floors["fp32"]["windows"][0]  # one window each
+        assert speedup[f"limit_{part}"] == pytest.approx(paired, rel=2e-3, abs=1e-3)
+        assert speedup[f"ferlab_{part}"] == pytest.approx(
+            b[f"ferlab_{part}_ips"] / res[f"ferlab_{part}_ips"], rel=2e-3, abs=1e-3
+        )
     rates = {}
     for path in ("limit", "ferlab", "naive"):
         for part in ("train", "eval"):
