@@ -982,3 +982,34 @@ def test_affectnet_csv_without_columns(tmp_path: Path) -> None:
 def test_affectnet_without_any_layout(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="neither train_set/"):
         affectnet(tmp_path)
+
+
+def test_a_registered_generated_adapter_is_named_per_domain_and_never_looked_up_on_disk(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Dataset traits come from the registry, not from a dataset's name: a user's own generated
+    adapter behaves as the built-in synthetic one (no folder check, one dataset per domain)."""
+    from ferlab.config import DatasetConfig
+    from ferlab.data import base
+
+    monkeypatch.setattr(base, "_ADAPTERS", dict(base._ADAPTERS))
+    monkeypatch.setattr(base, "_TRAITS", dict(base._TRAITS))
+    seen: list[object] = []
+
+    @base.register_dataset("toygen", generated=True)
+    def toygen(path: object, **options: object) -> base.DatasetIndex:
+        seen.append(path)
+        return base.DatasetIndex("toygen", str(path), ["happy"], {"train": []}, "drawn")
+
+    @base.register_dataset("toydisk")
+    def toydisk(root: object, **options: object) -> base.DatasetIndex:
+        raise AssertionError("a missing root must be refused before the adapter runs")
+
+    assert base.dataset_traits("toygen").generated and not base.dataset_traits("toydisk").generated
+    assert DatasetConfig(name="toygen", path="dusk").display == "toygen-dusk"
+    assert DatasetConfig(name="toydisk", path=str(tmp_path)).display == "toydisk"
+    assert base.dataset_traits("synthetic").generated  # the built-in one declares it too
+    base.index_dataset("toygen", "dusk")  # "dusk" is no folder here: not checked
+    assert seen == ["dusk"]
+    with pytest.raises(base.DatasetError, match="does not exist"):
+        base.index_dataset("toydisk", str(tmp_path / "absent"))

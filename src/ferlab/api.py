@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.config import ConfigError, ExperimentConfig, TTAConfig
-from ferlab.data.base import ArraySplit, DatasetError, LoadedDataset, parse_spec, relative_key
+from ferlab.data.base import (
+    ArraySplit,
+    DatasetError,
+    LoadedDataset,
+    display_name,
+    parse_spec,
+    relative_key,
+)
 from ferlab.layout import SPLITS, read_json
 from ferlab.pipeline import ExperimentResult
 
@@ -134,7 +141,7 @@ def train_config(
     base = load_config(config) if config else None
     raw: dict[str, Any] = base.model_dump(mode="json") if base else {}
     raw.update(
-        name=f"train_{name}" if name != "synthetic" else f"train_synthetic_{path}",
+        name="train_" + display_name(name, path).replace("-", "_"),
         datasets=[{"name": name, "path": path}],
         models=[{"name": model or DEFAULT_CPU_MODEL}],
     )

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ferlab.data.base import display_name
+
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
@@ -29,7 +31,7 @@ class DatasetConfig(_Strict):
 
     name: str
     path: str = ""
-    label: str | None = None  # display name; defaults to name, or name-path for synthetic
+    label: str | None = None  # display name; default ``data.base.display_name``
     options: dict[str, Any] = Field(default_factory=dict)
     # train: trained on (when it has a train split) and tested; test: an external test set,
     # every image of it is scored and nothing of it is trained on (JAFFE, CK+, KDEF...).
@@ -39,7 +41,7 @@ class DatasetConfig(_Strict):
     def display(self) -> str:
         if self.label:
             return self.label
-        return f"{self.name}-{self.path}" if self.name == "synthetic" else self.name
+        return display_name(self.name, self.path)
 
 
 class AugmentConfig(_Strict):

@@ -141,16 +141,49 @@ Adapter = Callable[..., DatasetIndex]
 _ADAPTERS: dict[str, Adapter] = {}
 
 
-def register_dataset(name: str) -> Callable[[Adapter], Adapter]:
-    """Register ``fn(root: Path, **options) -> DatasetIndex`` under ``name``; names are unique."""
+@dataclass(frozen=True)
+class DatasetTraits:
+    """What the rest of ferlab needs to know about an adapter, carried by the registry (so no
+    module names a dataset to special-case it).
+
+    ``generated``: the images are drawn, not read; ``PATH`` in ``NAME:PATH`` names a domain
+    (``synthetic:lab``), not a folder, so it is never checked on disk, and each domain is a
+    dataset of its own, shown as ``NAME-PATH`` (``synthetic-lab``).
+    """
+
+    generated: bool = False
+
+
+_TRAITS: dict[str, DatasetTraits] = {}
+
+
+def register_dataset(name: str, *, generated: bool = False) -> Callable[[Adapter], Adapter]:
+    """Register ``fn(root: Path, **options) -> DatasetIndex`` under ``name``; names are unique.
+
+    ``generated=True`` for an adapter that draws its images (see ``DatasetTraits``): it is then
+    called with the ``PATH`` string itself, not a ``Path`` that must exist.
+    """
 
     def wrap(fn: Adapter) -> Adapter:
         if name in _ADAPTERS:
             raise ValueError(f"dataset adapter {name!r} is already registered")
         _ADAPTERS[name] = fn
+        _TRAITS[name] = DatasetTraits(generated=generated)
         return fn
 
     return wrap
+
+
+def dataset_traits(name: str) -> DatasetTraits:
+    """The traits of adapter ``name`` (an unknown name has the defaults: on disk)."""
+    _import_builtin_adapters()
+    return _TRAITS.get(name, DatasetTraits())
+
+
+def display_name(name: str, path: str) -> str:
+    """How runs, reports and files name the dataset ``NAME:PATH`` when no label is given:
+    ``NAME``, or ``NAME-PATH`` for a generated dataset (one dataset per domain)."""
+    return f"{name}-{path}" if dataset_traits(name).generated else name
 
 
 def list_datasets() -> list[str]:
@@ -183,7 +216,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def index_dataset(name: str, path: str, **options: Any) -> DatasetIndex:
     """Index a dataset by adapter name; a missing root is reported before the adapter runs."""
     adapter = get_adapter(name)
-    if name != "synthetic":
+    if not dataset_traits(name).generated:
         root = Path(path).expanduser()
         if not root.exists():
             raise DatasetError(

@@ -23,7 +23,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ferlab.data.base import SPLITS, BadFile, DatasetError, DatasetIndex, Record, index_dataset
+from ferlab.data.base import (
+    SPLITS,
+    BadFile,
+    DatasetError,
+    DatasetIndex,
+    Record,
+    display_name,
+    index_dataset,
+)
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message
 from ferlab.data.loading import adapter_options, merge_bad_files
 from ferlab.labels import CANONICAL
@@ -428,9 +436,7 @@ def write_inspection_outputs(report: dict[str, Any], out_dir: str | Path) -> lis
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = str(report["dataset"])
-    if name == "synthetic":  # one file per domain, as the loader names it
-        name = f"synthetic-{report['root']}"
+    name = display_name(str(report["dataset"]), str(report["root"]))  # as the loader names it
     stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "dataset"
     json_path = out / f"{stem}_inspect.json"
     tmp = json_path.with_suffix(".json.tmp")

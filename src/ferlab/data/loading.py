@@ -22,6 +22,8 @@ from ferlab.data.base import (
     DatasetError,
     LoadedDataset,
     Record,
+    dataset_traits,
+    display_name,
     get_adapter,
     index_dataset,
     stratified_split,
@@ -79,7 +81,7 @@ def load_dataset(
     face = face_crop_setting(face_crop, face_margin)
     check_face_tools(face)  # a missing OpenCV / facenet-pytorch fails before any decoding
     say = log or (lambda _msg: None)
-    label = display or (f"synthetic-{path}" if name == "synthetic" else name)
+    label = display or display_name(name, path)
     opts = adapter_options(
         name,
         options or {},
@@ -210,7 +212,7 @@ def load_from_config(
 ) -> LoadedDataset:
     """``load_dataset`` from the experiment file's sections, decoded at a model's input
     geometry (``size`` x ``channels``, from its ``models:`` entry)."""
-    path = ds.path if ds.name == "synthetic" else str(Path(ds.path).expanduser())
+    path = ds.path if dataset_traits(ds.name).generated else str(Path(ds.path).expanduser())
     return load_dataset(
         ds.name,
         path,

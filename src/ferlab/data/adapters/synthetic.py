@@ -61,7 +61,7 @@ def label_of_seed(seed: int) -> int:
 # --------------------------------------------------------------------------- the adapter
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", generated=True)
 def synthetic(root: str, **options: Any) -> DatasetIndex:
     """Index ferlab's synthetic faces; ``root`` names the domain: ``lab``, ``wild`` or ``mixed``.
 
