@@ -16,6 +16,7 @@ Conventions shared by every benchmark:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -92,17 +93,158 @@ def median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-class WindowTimer:
-    """Times ``step`` (returns the number of images it processed) in windows of at least
-    ``window_s`` s, one window per ``window()`` call, after a ``warm_up()`` of ``warmup_s`` s
-    and at least ``warmup_steps`` steps. Several timers can take turns (``interleaved``).
+class Windows:
+    """Images/s in windows of at least ``window_s`` s after a warm-up, fed one step at a time:
+    the one timing core of the benchmarks. ``WindowTimer`` drives a step function through it,
+    ``make_step_timer``'s Lightning callback and ``bench/gpu.py``'s loops feed it.
 
-    ``result()`` gives ``{"ips": median rate, "windows": [rates], "cpu_ips": median rate per
-    CPU-second per thread, "steps": timed steps}``. ``cpu_ips`` divides by the process's CPU
-    time over torch's thread count, an estimate of the idle-machine rate when neighbours steal
-    cores (it ignores DataLoader worker processes, so it is only reported, never compared).
-    ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each clock read on a GPU.
+    ``tick(images)`` after every step; it returns True when that step ended a window, and
+    ``done`` says when ``windows`` windows are complete (``None``: never). The first step's end
+    gives ``first_step_s`` (from ``t0``); the warm-up is the first ``warmup_steps`` steps and at
+    least ``warmup_s`` s after the first step's end; then each window sums images until it
+    lasts ``window_s``. ``restart()`` starts the current window afresh (the time since, spent
+    on another path's window, is left out). ``sync`` (``torch.cuda.synchronize``) runs only
+    where a clock is read at an edge (first step, warm-up end, window end), so the host can run
+    ahead of the GPU within a window as it does in training.
+
+    ``result()``: ``{"ips": median rate, "windows": [rates], "cpu_ips": median rate per
+    CPU-second per thread, "steps": all steps, "timed_steps", "first_step_s"}``. ``cpu_ips``
+    divides by the process's CPU time over torch's thread count, an estimate of the idle-machine
+    rate when neighbours steal cores (it ignores DataLoader worker processes, so it is only
+    reported, never compared).
     """
+
+    def __init__(
+        self,
+        *,
+        window_s: float,
+        warmup_s: float,
+        warmup_steps: int = MIN_WARMUP_STEPS,
+        windows: int | None = None,
+        sync: Callable[[], None] | None = None,
+        t0: float | None = None,
+    ) -> None:
+        import torch
+
+        self.window_s, self.warmup_s, self.warmup_steps = window_s, warmup_s, warmup_steps
+        self.windows, self.sync = windows, sync or (lambda: None)
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.threads = max(1, torch.get_num_threads())
+        self.steps = self.timed_steps = 0
+        self.first_step_s: float | None = None
+        self.rates: list[float] = []
+        self.cpu_rates: list[float] = []
+        self._warm_from = 0.0
+        self._win: tuple[float, float] | None = None  # (wall, CPU) time the window started
+        self._win_images = 0
+
+    @property
+    def warm(self) -> bool:
+        return self._win is not None
+
+    @property
+    def done(self) -> bool:
+        return self.windows is not None and len(self.rates) >= self.windows
+
+    def restart(self) -> None:
+        if self._win is not None:
+            self.sync()
+            self._win, self._win_images = (time.perf_counter(), time.process_time()), 0
+
+    def tick(self, images: int) -> bool:
+        self.steps += 1
+        if self.first_step_s is None:
+            self.sync()
+            self._warm_from = time.perf_counter()
+            self.first_step_s = self._warm_from - self.t0
+        if self._win is None:
+            now = time.perf_counter()
+            if self.steps >= self.warmup_steps and now - self._warm_from >= self.warmup_s:
+                self.sync()
+                self._win, self._win_images = (time.perf_counter(), time.process_time()), 0
+            return False
+        self._win_images += images
+        self.timed_steps += 1
+        if time.perf_counter() - self._win[0] < self.window_s:
+            return False
+        self.sync()
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.rates.append(self._win_images / max(wall - self._win[0], 1e-9))
+        self.cpu_rates.append(self._win_images / max((cpu - self._win[1]) / self.threads, 1e-9))
+        self._win, self._win_images = (wall, cpu), 0
+        return True
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "ips": median(self.rates),
+            "windows": [round(r, 1) for r in self.rates],
+            "cpu_ips": median(self.cpu_rates),
+            "steps": self.steps,
+            "timed_steps": self.timed_steps,
+            "first_step_s": self.first_step_s,
+        }
+
+
+def run_steps(
+    step: Callable[[], int], timer: Windows, max_steps: int = 1_000_000
+) -> dict[str, Any]:
+    """Feed ``timer`` with ``step()`` (images per call) until its windows are complete."""
+    for _ in range(max_steps):
+        if timer.tick(step()) and timer.done:
+            break
+    return timer.result()
+
+
+def autocast_for(precision: str, device: Any) -> Any:
+    """The autocast of Lightning's precision flag on ``device`` (none at 32-bit)."""
+    import torch
+
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def make_train_step(model: Any, train_cfg: Any, device: Any, precision: str = "32") -> Any:
+    """One plain-PyTorch training step on (x, y), the compute floor of ferlab's: autocast
+    forward (Lightning's ``precision`` flag), the same label-smoothed loss, backward, gradient
+    clipping and optimizer (``build_optimizer``, fused where ferlab's step fuses it)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ferlab.training.module import build_optimizer
+
+    model.to(device).train()
+    opt = build_optimizer(model, train_cfg, precision=precision)  # FerModule's own
+    scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+
+    def step(x: Any, y: Any) -> int:
+        with autocast_for(precision, device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if train_cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return int(x.shape[0])
+
+    return step
+
+
+class WindowTimer:
+    """Drives ``step`` (returns the number of images it processed) through a ``Windows``, one
+    window per ``window()`` call after a ``warm_up()``, so several paths can take turns
+    (``interleaved``): each window starts when its turn comes."""
 
     def __init__(
         self,
@@ -113,44 +255,25 @@ class WindowTimer:
         sync: Callable[[], None] | None = None,
         warmup_steps: int = MIN_WARMUP_STEPS,
     ) -> None:
-        import torch
-
-        self.step, self.window_s, self.warmup_s = step, window_s, warmup_s
-        self.sync, self.warmup_steps = sync, warmup_steps
-        self.threads = max(1, torch.get_num_threads())
-        self.rates: list[float] = []
-        self.cpu_rates: list[float] = []
-        self.steps = 0
+        self.step = step
+        self.timer = Windows(
+            window_s=window_s, warmup_s=warmup_s, warmup_steps=warmup_steps, sync=sync
+        )
 
     def warm_up(self) -> None:
-        t0, n = time.perf_counter(), 0
-        while n < self.warmup_steps or time.perf_counter() - t0 < self.warmup_s:
-            self.step()
-            n += 1
-        if self.sync:
-            self.sync()
+        self.timer.t0 = time.perf_counter()
+        while not self.timer.warm:
+            self.timer.tick(self.step())
 
     def window(self) -> None:
-        images, w0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            images += self.step()
-            self.steps += 1
-            if self.sync:
-                self.sync()
-            dt = time.perf_counter() - w0
-            if dt >= self.window_s:
-                break
-        dc = (time.process_time() - c0) / self.threads
-        self.rates.append(images / dt)
-        self.cpu_rates.append(images / max(dc, 1e-9))
+        if not self.timer.warm:
+            self.warm_up()
+        self.timer.restart()
+        while not self.timer.tick(self.step()):
+            pass
 
     def result(self) -> dict[str, Any]:
-        return {
-            "ips": median(self.rates),
-            "windows": [round(r, 1) for r in self.rates],
-            "cpu_ips": median(self.cpu_rates),
-            "steps": self.steps,
-        }
+        return self.timer.result()
 
 
 def timed_windows(
@@ -313,44 +436,25 @@ def make_step_timer(
 
     class StepTimer(Callback):
         def __init__(self) -> None:
-            self.t_prev: float | None = None
             self.t_start: float | None = None
-            self.seen = 0
-            self.steps = 0
-            self.rates: list[float] = []
-            self.win_t, self.win_n = 0.0, 0
-            self.first_step_s: float | None = None
+            self.timer = Windows(
+                window_s=window_s, warmup_s=warmup_s, warmup_steps=warmup_steps,
+                windows=windows, sync=sync,
+            )  # fmt: skip
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.t_start = time.perf_counter()
+            self.t_start = self.timer.t0 = time.perf_counter()
 
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
-            if sync:
-                sync()
-            now = time.perf_counter()
-            self.seen += 1
-            if self.first_step_s is None and self.t_start is not None:
-                self.first_step_s = now - self.t_start
-            warm = (
-                self.seen > warmup_steps
-                and self.t_start is not None
-                and now - self.t_start >= warmup_s
-            )
-            if warm and self.t_prev is not None:
-                self.steps += 1
-                self.win_t += now - self.t_prev
-                self.win_n += int(batch[0].shape[0])
-                if self.win_t >= window_s:
-                    self.rates.append(self.win_n / self.win_t)
-                    self.win_t, self.win_n = 0.0, 0
-                    if between is not None:
-                        between()
-                        now = time.perf_counter()
-                    if len(self.rates) >= windows:
-                        trainer.should_stop = True
-            self.t_prev = now
+            if not self.timer.tick(int(batch[0].shape[0])):
+                return
+            if between is not None:  # after every window, the last too: as many on each side
+                between()
+                self.timer.restart()
+            if self.timer.done:
+                trainer.should_stop = True
 
     return StepTimer()
 
@@ -432,7 +536,7 @@ def ferlab_train_rate(
             limit_val_batches=0,
         )
         setup.fit(module, datamodule)
-    rates = timer.rates
+    rates = timer.timer.rates
     if len(rates) < windows:
         log(
             f"ferlab train: only {len(rates)} of {windows} windows before max_steps={max_steps}; "
@@ -441,8 +545,8 @@ def ferlab_train_rate(
     return {
         "ips": median(rates),
         "windows": [round(r, 1) for r in rates],
-        "steps": timer.steps,
-        "first_step_s": timer.first_step_s,
+        "steps": timer.timer.timed_steps,
+        "first_step_s": timer.timer.first_step_s,
         "setup_s": None if timer.t_start is None else timer.t_start - t0,
     }
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import _common as C
 from ferlab.device import cpu_threads
 from ferlab.models import create_model
 
@@ -54,27 +53,17 @@ def macs_per_image(model: nn.Module, size: int, chans: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def timed_windows(
-    step: Any, batch: int, windows: int, window_s: float, threads: int
-) -> tuple[float, float]:
-    """Median images/s over ``windows`` windows of at least ``window_s`` seconds each.
+def timed_windows(step: Any, batch: int, windows: int, window_s: float) -> tuple[float, float]:
+    """Median images/s over ``windows`` windows of at least ``window_s`` s after two warm-up
+    steps (``_common.Windows``): (wall-clock rate, rate per CPU-second per thread)."""
 
-    Returns (wall-clock rate, CPU-time rate). The second divides by the process's CPU seconds
-    per thread, so it estimates the rate of an idle machine when other jobs share the cores.
-    """
-    rates, cpu_rates = [], []
-    for _ in range(windows):
-        n, t0, c0 = 0, time.perf_counter(), time.process_time()
-        while True:
-            step()
-            n += 1
-            dt = time.perf_counter() - t0
-            if dt >= window_s:
-                break
-        dc = (time.process_time() - c0) / threads
-        rates.append(n * batch / dt)
-        cpu_rates.append(n * batch / max(dc, 1e-9))
-    return statistics.median(rates), statistics.median(cpu_rates)
+    def one() -> int:
+        step()
+        return batch
+
+    timer = C.Windows(window_s=window_s, warmup_s=0.0, warmup_steps=2, windows=windows)
+    r = C.run_steps(one, timer)
+    return r["ips"], r["cpu_ips"]
 
 
 def probe(
@@ -113,13 +102,9 @@ def probe(
             model(x)
 
     model.train()
-    for _ in range(2):
-        train_step()
-    train_ips, train_cpu = timed_windows(train_step, batch, windows, window_s, threads)
+    train_ips, train_cpu = timed_windows(train_step, batch, windows, window_s)
     model.eval()
-    for _ in range(2):
-        infer_step()
-    infer_ips, infer_cpu = timed_windows(infer_step, batch, windows, window_s, threads)
+    infer_ips, infer_cpu = timed_windows(infer_step, batch, windows, window_s)
     return {
         "model": name,
         "kwargs": kwargs,

@@ -50,7 +50,6 @@ stderr); ``--md FILE`` also writes the table to a file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -257,124 +256,8 @@ def read_subset(data: Path) -> dict[str, Any]:
 
 
 # -- timing ----------------------------------------------------------------------------------------
-class SteadyWindows:
-    """Images/s in windows of at least ``window_s`` s after a warm-up, fed one step at a time.
-
-    ``tick(images)`` is called after every step; the device is synchronised only after the
-    first step (``first_step_s``, from ``t0``), when the warm-up ends and at each window's
-    end, so the host can run ahead of the GPU within a window as it does in training. Returns
-    True once ``windows`` windows are complete.
-    """
-
-    def __init__(
-        self,
-        *,
-        t0: float,
-        sync: Any,
-        warmup_s: float,
-        warmup_steps: int,
-        window_s: float,
-        windows: int,
-    ) -> None:
-        self.t0, self.sync = t0, sync or (lambda: None)
-        self.warmup_s, self.warmup_steps = warmup_s, warmup_steps
-        self.window_s, self.windows = window_s, windows
-        self.steps = 0
-        self.timed_steps = 0
-        self.first_step_s: float | None = None
-        self.rates: list[float] = []
-        self._warm_from = 0.0
-        self._win_start: float | None = None
-        self._win_images = 0
-
-    def tick(self, images: int) -> bool:
-        self.steps += 1
-        if self.first_step_s is None:
-            self.sync()
-            now = time.perf_counter()
-            self.first_step_s = now - self.t0
-            self._warm_from = now
-            return False
-        now = time.perf_counter()
-        if self._win_start is None:
-            if self.steps - 1 >= self.warmup_steps and now - self._warm_from >= self.warmup_s:
-                self.sync()
-                self._win_start, self._win_images = time.perf_counter(), 0
-            return False
-        self._win_images += images
-        self.timed_steps += 1
-        if now - self._win_start >= self.window_s:
-            self.sync()
-            end = time.perf_counter()
-            self.rates.append(self._win_images / max(end - self._win_start, 1e-9))
-            self._win_start, self._win_images = end, 0
-        return len(self.rates) >= self.windows
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "ips": C.median(self.rates),
-            "windows": [round(r, 1) for r in self.rates],
-            "steps": self.steps,
-            "timed_steps": self.timed_steps,
-            "first_step_s": self.first_step_s,
-        }
-
-
-def run_steps(step: Any, timer: SteadyWindows, max_steps: int = 1_000_000) -> dict[str, Any]:
-    for _ in range(max_steps):
-        if timer.tick(step()):
-            break
-    return timer.result()
-
-
-# -- shared pieces ---------------------------------------------------------------------------------
 def on_cuda(device: Any) -> bool:
     return getattr(device, "type", str(device)) == "cuda"
-
-
-def autocast_for(precision: str, device: Any) -> Any:
-    """The autocast of Lightning's precision flag on ``device`` (none at 32-bit)."""
-    import torch
-
-    if precision == "bf16-mixed":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "16-mixed":
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def make_step(model: Any, train_cfg: Any, device: Any, precision: str) -> Any:
-    """One plain-PyTorch training step on a device batch: autocast forward, label-smoothed
-    loss, backward, gradient clipping and ferlab's optimizer (fused AdamW)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ferlab.training.module import build_optimizer
-
-    model.to(device).train()
-    opt = build_optimizer(model, train_cfg)
-    scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-
-    def step(x: Any, y: Any) -> int:
-        with autocast_for(precision, device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        if train_cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        return int(x.shape[0])
-
-    return step
 
 
 def is_channels_last(model: Any) -> bool:
@@ -450,7 +333,7 @@ def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     train, val = dataset.splits["train"], dataset.splits["val"]
     datamodule = FerDataModule(train, val, labels, ctx["train_cfg"], 0, None)
     cuda = on_cuda(ctx["device"])
-    timer = SteadyWindows(t0=t0, sync=torch.cuda.synchronize if cuda else None, **timing)
+    timer = C.Windows(t0=t0, sync=torch.cuda.synchronize if cuda else None, **timing)
 
     class Windows(Callback):
         def on_train_batch_end(
@@ -490,12 +373,12 @@ def floor_path(ctx: dict[str, Any], timing: dict[str, Any], channels_last: bool)
     model = fresh_model(ctx["model"], ctx["kwargs"], ctx["classes"], CHANNELS, ctx["size"])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
-    step = make_step(model, ctx["train_cfg"], device, ctx["precision"])
+    step = C.make_train_step(model, ctx["train_cfg"], device, ctx["precision"])
     b, s = ctx["batch"], ctx["size"]
     x = torch.randn(b, CHANNELS, s, s, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, ctx["classes"], (b,), device=device)
     sync = torch.cuda.synchronize if on_cuda(device) else None
-    out = run_steps(lambda: step(x, y), SteadyWindows(t0=t0, sync=sync, **timing))
+    out = C.run_steps(lambda: step(x, y), C.Windows(t0=t0, sync=sync, **timing))
     out.update(
         precision=ctx["precision"],
         channels_last=is_channels_last(model),
@@ -519,7 +402,7 @@ def naive_path(ctx: dict[str, Any], timing: dict[str, Any], workers: int) -> dic
     model = fresh_model(ctx["model"], ctx["kwargs"], ctx["classes"], CHANNELS, ctx["size"])
     mean, std = norm_of(model, CHANNELS)
     model = model.to(device, memory_format=fmt)
-    step = make_step(model, ctx["train_cfg"], device, ctx["precision"])
+    step = C.make_train_step(model, ctx["train_cfg"], device, ctx["precision"])
     tf = naive_train_transform(ctx["train_cfg"].augment, ctx["size"], CHANNELS, mean, std)
     ds = ImageFolder(str(Path(ctx["data"]) / "train"), transform=tf)
     loader = DataLoader(
@@ -540,7 +423,7 @@ def naive_path(ctx: dict[str, Any], timing: dict[str, Any], workers: int) -> dic
 
     sync = torch.cuda.synchronize if cuda else None
     try:
-        out = run_steps(one, SteadyWindows(t0=t0, sync=sync, **timing))
+        out = C.run_steps(one, C.Windows(t0=t0, sync=sync, **timing))
     finally:
         it.close()
         del loader  # stops the persistent workers

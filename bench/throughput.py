@@ -158,32 +158,6 @@ def fresh_model(name: str, kwargs: dict[str, Any], classes: int, channels: int, 
     return create_model(name, num_classes=classes, in_chans=channels, image_size=size, **kwargs)
 
 
-def make_train_step(model: Any, train_cfg: Any, device: Any, precision: str = "32") -> Any:
-    """One plain-PyTorch step on (x, y): the same loss, clipping and optimizer as ferlab's, under
-    bf16 autocast when ``precision`` is ``bf16-mixed``."""
-    import torch
-    import torch.nn.functional as F
-
-    from ferlab.training.module import build_optimizer
-
-    model.to(device).train()
-    opt = build_optimizer(model, train_cfg, precision=precision)  # FerModule's own
-    bf16 = precision == "bf16-mixed"
-
-    def step(x: Any, y: Any) -> int:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if train_cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        opt.step()
-        return int(x.shape[0])
-
-    return step
-
-
 def norm_of(model: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     from ferlab.models import default_norm
 
@@ -204,7 +178,7 @@ def limit_train_timer(ctx: SimpleNamespace) -> C.WindowTimer:
     import torch
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
-    step = make_train_step(model, ctx.train_cfg, ctx.device, ctx.precision)
+    step = C.make_train_step(model, ctx.train_cfg, ctx.device, ctx.precision)
     x = torch.randn(ctx.batch, ctx.channels, ctx.size, ctx.size, device=ctx.device)
     y = torch.randint(0, ctx.classes, (ctx.batch,), device=ctx.device)
     return C.WindowTimer(lambda: step(x, y), **ctx.timing)
@@ -390,7 +364,7 @@ def naive_train(ctx: SimpleNamespace, workers: int) -> dict[str, Any]:
         pin_memory=ctx.device.type == "cuda",
     )  # fmt: skip
     it = _cycle_loader(loader)
-    step = make_train_step(model, ctx.train_cfg, ctx.device)
+    step = C.make_train_step(model, ctx.train_cfg, ctx.device)
 
     def one() -> int:
         x, y = next(it)

@@ -28,7 +28,8 @@ def test_interleaved_timers_take_turns_in_abba_order() -> None:
     C.interleaved([a, b], windows=4)
     # warm-up a, b; then windows a b | b a | a b | b a (one step each: window_s is 0)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
-    assert len(a.result()["windows"]) == 4 and a.result()["steps"] == 4
+    assert len(a.result()["windows"]) == 4 and a.result()["timed_steps"] == 4
+    assert a.result()["steps"] == 5  # with the warm-up step
 
 
 def test_paired_ratio_is_the_median_of_window_ratios_with_an_interval() -> None:
@@ -40,6 +41,48 @@ def test_paired_ratio_is_the_median_of_window_ratios_with_an_interval() -> None:
     lo, hi = got["ci95"]
     assert lo <= got["median"] <= hi
     assert C.paired_ratio([], [])["median"] is None
+
+
+def test_windows_sync_only_at_their_edges_and_leave_out_restarted_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one timing core of the benchmarks (``Windows``), on a fake clock: every step takes
+    0.5 s and 10 images."""
+    clock = {"t": 0.0}
+    monkeypatch.setattr(C.time, "perf_counter", lambda: clock["t"])
+    syncs: list[int] = []
+    timer = C.Windows(
+        t0=-2.0,
+        sync=lambda: syncs.append(timer.steps),
+        warmup_s=1.0,
+        warmup_steps=3,
+        window_s=2.0,
+        windows=2,
+    )
+    ends = []
+    while not timer.done:
+        clock["t"] += 0.5
+        if timer.tick(10):
+            ends.append(timer.steps)
+        assert timer.steps < 50
+    r = timer.result()
+    # By the definition: the first step ends at 0.5 s (2.5 s after t0); the warm-up is 3 steps
+    # and 1 s after that end, so it ends at step 3 (1.5 s); then windows of 2 s = 4 steps.
+    first, warm = 1, 3
+    want_ends = [warm + 4, warm + 8]
+    assert ends == want_ends
+    assert syncs == [first, warm, *want_ends]  # never inside a window
+    assert r["first_step_s"] == pytest.approx(2.5)
+    assert r["windows"] == [20.0, 20.0] and r["ips"] == pytest.approx(20.0)
+    assert (r["steps"], r["timed_steps"]) == (warm + 8, 8)
+    # restart(): time spent elsewhere (another path's window) is not counted.
+    timer.windows = 3
+    clock["t"] += 100.0  # a long pause, e.g. the other path of an A/B pair
+    timer.restart()
+    for _ in range(4):
+        clock["t"] += 0.5
+        timer.tick(10)
+    assert timer.done and timer.result()["windows"][-1] == 20.0
 
 
 TARGET = re.compile(r"^(?P<name>\S+) (?P<op>>=|<) (?P<threshold>[0-9.]+)$")
@@ -68,7 +111,9 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
     for part in ("train", "eval"):
         for path in ("limit", "ferlab"):
             assert isinstance(b[f"{path}_{part}_ips"], float) and 1 < b[f"{path}_{part}_ips"] < 1e6
-        assert 0.2 < b[f"ferlab_{part}/limit"] < 3
+        assert b[f"ferlab_{part}/limit"] == pytest.approx(
+            b[f"ferlab_{part}_ips"] / b[f"limit_{part}_ips"], rel=2e-3, abs=1e-3
+        )  # one window each: the paired ratio is the ratio of the two rates
         floors = res["details"]["bf16_speedup"][part]
         paired = floors["bf16"]["windows"][0] / floors["fp32"]["windows"][0]  # one window each
         assert speedup[f"limit_{part}"] == pytest.approx(paired, rel=2e-3, abs=1e-3)
@@ -85,8 +130,9 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
     ratios = res["ratios"]
     for part in ("train", "eval"):
         paired = ratios[f"ferlab_{part}/limit"]
-        # ferlab's path runs the compute floor's work plus its own: about 1, never 3x faster.
-        assert isinstance(paired, float) and 0.2 < paired < 3, (part, paired)
+        # How fast ferlab is against its floor is the benchmark's to say on a quiet machine (a
+        # one-second window on a loaded one can be off by any factor): here, the arithmetic.
+        assert isinstance(paired, float) and paired > 0, (part, paired)
         lo, hi = ratios[f"ferlab_{part}/limit_ci95"]
         assert lo <= paired <= hi
         of_medians = rates["ferlab", part] / rates["limit", part]
@@ -96,7 +142,7 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
         assert paired == pytest.approx(of_medians, rel=2e-3, abs=1e-3)  # one window: the same ratio
         naive = rates["ferlab", part] / rates["naive", part]
         assert ratios[f"ferlab_{part}/naive"] == pytest.approx(naive, rel=2e-3, abs=1e-3)
-        assert 0.2 < ratios[f"ferlab_{part}/naive"] < 20
+        assert ratios[f"ferlab_{part}/naive"] > 0
     # Memory of the child that runs ferlab's path end to end, and the CLI's first step.
     rss = res["details"]["rss"]
     assert 100 < res["peak_rss_mb"] < 16_000
