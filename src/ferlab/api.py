@@ -19,10 +19,9 @@ from ferlab.data.base import (
     parse_spec,
     relative_key,
 )
+from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from ferlab.layout import SPLITS, read_json
 from ferlab.pipeline import ExperimentResult
-
-DEFAULT_CACHE_DIR = "~/.cache/ferlab"
 
 
 def run(
@@ -216,7 +215,7 @@ def evaluate(
     tta: bool = False,
     tta_crops: int = 0,
     options: dict[str, Any] | None = None,
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    cache_dir: str | Path = CACHE_DIR,
     batch_size: int = 256,
     bootstrap: int = 1000,
     allow_overlap: bool = False,
@@ -254,14 +253,14 @@ def evaluate(
     recorded = dict((meta.extra or {}).get("data") or {})
     same = recorded.get("adapter") == name
     settings: dict[str, Any] = {
-        "split_seed": recorded.get("split_seed", 0) if same else 0,
-        "val_fraction": recorded.get("val_fraction", 0.1) if same else 0.1,
-        "test_fraction": recorded.get("test_fraction", 0.1) if same else 0.1,
+        "split_seed": recorded.get("split_seed", SPLIT_SEED) if same else SPLIT_SEED,
+        "val_fraction": recorded.get("val_fraction", VAL_FRACTION) if same else VAL_FRACTION,
+        "test_fraction": recorded.get("test_fraction", TEST_FRACTION) if same else TEST_FRACTION,
         "options": {**((recorded.get("options") or {}) if same else {}), **(options or {})},
         "use": recorded.get("use", "train") if same else "train",
         # the face framing the model was trained on (data.face_crop), whatever the test set
         "face_crop": recorded.get("face_crop", "none"),
-        "face_margin": recorded.get("face_margin", 0.2),
+        "face_margin": recorded.get("face_margin", FACE_MARGIN),
         "from_run": same,
     }
     loaded = load_dataset(

@@ -22,6 +22,7 @@ from typing import Any
 
 from ferlab import __version__
 from ferlab.config import ConfigError
+from ferlab.defaults import CACHE_DIR
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_PAIRS = 3
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapter option, e.g. --option margin=0.1 (added to the run's recorded options)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--cache-dir", default="~/.cache/ferlab")
+    p.add_argument("--cache-dir", default=CACHE_DIR)
     p.add_argument("--batch-size", type=int, default=256)
 
     p = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("spec", metavar="NAME:PATH", help="e.g. fer2013:../shared/datasets/fer2013")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.add_argument("--out", default=None, help="folder for the PNG and JSON (default: none)")
-    q.add_argument("--cache-dir", default="~/.cache/ferlab")
+    q.add_argument("--cache-dir", default=CACHE_DIR)
     q.add_argument("--no-decode", action="store_true", help="skip decoding (no image checks)")
     q.add_argument(
         "--on-bad-file",

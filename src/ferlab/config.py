@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ferlab.data.base import display_name
+from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -189,16 +190,16 @@ class MegaConfig(_Strict):
 class DataConfig(_Strict):
     """How datasets are read and split (the input geometry is each model's)."""
 
-    cache_dir: str = "~/.cache/ferlab"
+    cache_dir: str = CACHE_DIR
     on_bad_file: Literal["error", "skip"] = "skip"
-    split_seed: int = 0
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    test_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = SPLIT_SEED
+    val_fraction: float = Field(VAL_FRACTION, gt=0, lt=1)
+    test_fraction: float = Field(TEST_FRACTION, gt=0, lt=1)
     # Detect the face in every image at decode time and crop the largest to one framing (the
     # box grown by face_margin of its size on each side, made square); images without a face
     # are kept uncropped and counted. Part of the decode cache key and of the run key.
     face_crop: Literal["none", "haar", "mtcnn"] = "none"
-    face_margin: float = Field(0.2, ge=0, lt=2)
+    face_margin: float = Field(FACE_MARGIN, ge=0, lt=2)
 
     @model_validator(mode="before")
     @classmethod

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from ferlab import layout
+from ferlab.defaults import CACHE_DIR
 
 BF16_MIN_SPEEDUP = 1.2  # bf16 autocast trains only where a step is at least this much faster
 # bf16 inference: where its forward pass measured BF16_MIN_SPEEDUP faster and the trained
@@ -356,7 +357,7 @@ def probe_cpu_kernels(
     threads: int = 1,
     onednn: str = "auto",
     precision: str = "auto",
-    cache_dir: str | Path = "~/.cache/ferlab",
+    cache_dir: str | Path = CACHE_DIR,
     log: Callable[[str], None] = print,
 ) -> CpuKernels:
     """How ``architecture`` should train on this CPU: oneDNN on or off, fp32 or bf16-mixed.

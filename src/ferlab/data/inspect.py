@@ -34,9 +34,9 @@ from ferlab.data.base import (
 )
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message
 from ferlab.data.loading import adapter_options, merge_bad_files
+from ferlab.defaults import CACHE_DIR
 from ferlab.labels import CANONICAL
 
-DEFAULT_CACHE_DIR = "~/.cache/ferlab"
 DEFAULT_SIZE = 48  # the training defaults (DataConfig), so the cache built here is reused
 DEFAULT_CHANNELS = 1
 # load_dataset's default split settings: adapters that split by themselves get these.
@@ -55,7 +55,7 @@ def inspect_dataset(
     options: dict[str, Any] | None = None,
     size: int | None = None,
     channels: int | None = None,
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    cache_dir: str | Path = CACHE_DIR,
     with_cache: bool = True,
     decode: bool = True,
     on_bad_file: str = "skip",

@@ -30,6 +30,7 @@ from ferlab.data.base import (
 )
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message, build_or_load
 from ferlab.data.facecrop import check_face_tools, face_crop_setting
+from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 
 Log = Callable[[str], None]
 USES = ("train", "test")
@@ -41,18 +42,18 @@ def load_dataset(
     *,
     size: int = 48,
     channels: int = 1,
-    cache_dir: str | Path = "~/.cache/ferlab",
+    cache_dir: str | Path = CACHE_DIR,
     on_bad_file: str = "skip",
-    split_seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    split_seed: int = SPLIT_SEED,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     options: dict[str, Any] | None = None,
     use: str = "train",
     log: Log | None = None,
     display: str | None = None,
     workers: int | None = None,
     face_crop: str = "none",
-    face_margin: float = 0.2,
+    face_margin: float = FACE_MARGIN,
 ) -> LoadedDataset:
     """Index, split, validate and decode the dataset ``name`` at ``path``.
 

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from ferlab.data.base import BadFile, DatasetError, Record, stratified_split
 from ferlab.data.decode import unreadable_reason
+from ferlab.defaults import SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from ferlab.labels import INDEX, UnknownLabelError, canonical_index
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -118,9 +119,9 @@ def require_dir(path: Path, what: str, fix: str = "") -> Path:
 
 def split_options(options: Mapping[str, Any]) -> tuple[int, float, float]:
     """The seeded-split options (split_seed, val_fraction, test_fraction), checked."""
-    seed = int(options.get("split_seed", 0))
-    val = float(options.get("val_fraction", 0.1))
-    test = float(options.get("test_fraction", 0.1))
+    seed = int(options.get("split_seed", SPLIT_SEED))
+    val = float(options.get("val_fraction", VAL_FRACTION))
+    test = float(options.get("test_fraction", TEST_FRACTION))
     if val < 0 or test < 0 or val + test >= 1:
         raise DatasetError(
             f"val_fraction={val} and test_fraction={test} must be >= 0 and sum to less than 1 "
