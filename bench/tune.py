@@ -2,7 +2,9 @@
 
 Tunes ``ferlab_vgg`` on a seeded subset of FER2013 (``--subset`` training images, default
 10,000; val = PublicTest, test = PrivateTest) for ``--budget-min`` minutes (default 30) twice:
-with Optuna's median pruner and with no pruner. The two studies run **side by side** (two
+with Optuna's median pruner (ferlab's defaults: 5 startup trials, no pruning in the schedule's
+warm-up and the epoch after it) and with no pruner, each arm with its own seed (seed and
+seed + 1000), so the arms share no trials. The two studies run **side by side** (two
 worker processes started together, one thread each), so they share the machine's load and
 their rates compare as a ratio. Afterwards each study's ``best.yaml`` goes through
 ``ferlab run`` once, which reuses the best trial's weights (same run key) and reads PrivateTest
@@ -84,7 +86,9 @@ def config(args: argparse.Namespace, data: Path, arm: str) -> Any:
         "fer2013_cpu",
         [
             f"name=tune_{arm}",
-            f"seed={args.seed}",
+            # Each arm its own seed (trials are seeded by seed + trial number): the arms then
+            # draw different first trials, so neither inherits the other's lucky start.
+            f"seed={args.seed + 1000 * ARMS.index(arm)}",
             f"datasets=[{{name: fer2013, path: {data}}}]",
             f"train.epochs={args.epochs}",
             f"train.patience={args.epochs}",

@@ -75,6 +75,68 @@ def test_a_bad_space_is_a_config_error_naming_the_path(
     assert expected in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["data.split_seed", "data.val_fraction", "data.test_fraction", "datasets.0.path",
+     "datasets.0.options.split_seed"],
+)  # fmt: skip
+def test_a_space_over_what_decides_the_splits_is_refused_naming_the_key(
+    tmp_path: Path, path: str
+) -> None:
+    space = (
+        f"{{{path}: {{choice: [lab, wild]}}}}"
+        if path.endswith("path")
+        else f"{{{path}: {{choice: [1, 2]}}}}"
+        if path.endswith("seed")
+        else f"{{{path}: {{float: [0.1, 0.2]}}}}"
+    )
+    with pytest.raises(ConfigError, match="another trial's training images") as e:
+        _cfg(tmp_path, f"{{space: {space}}}")
+    assert f"tune.space.{path}" in str(e.value)
+
+
+def _median_pruner(tmp_path: Path, *extra: str, block: str = "") -> Any:
+    from ferlab.tuning import make_pruner, protected_epochs
+
+    cfg = _cfg(tmp_path, block or f"{{pruner: median, space: {SPACE}}}", 6, *extra)
+    train = cfg.train_for(cfg.models[0])
+    return make_pruner(cfg.tune, train), protected_epochs(cfg.tune, train)
+
+
+def _pruned_at(pruner: Any, finished: int, bad: float = 0.0) -> list[int]:
+    """Run ``finished`` good trials (0.9 at every epoch of 6) to completion, then one bad
+    trial (``bad`` at every epoch); the epochs (1-based) at which the pruner would stop it."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for _ in range(finished):
+        t = study.ask()
+        for epoch in range(1, 7):
+            t.report(0.9, step=epoch)
+        study.tell(t, 0.9)
+    t = study.ask()
+    out = []
+    for epoch in range(1, 7):
+        t.report(bad, step=epoch)
+        if t.should_prune():
+            out.append(epoch)
+    return out
+
+
+def test_the_median_pruner_spares_the_warm_up_and_waits_for_enough_trials(tmp_path: Path) -> None:
+    pruner, protected = _median_pruner(tmp_path, "train.warmup_epochs=2")
+    assert protected == 3  # the schedule's 2 warm-up epochs, and the one after
+    # A hopeless trial is judged only after the protected epochs, and from the first one on.
+    assert _pruned_at(pruner, finished=5) == [4, 5, 6]
+    # With fewer finished trials than pruner_startup_trials (5) there is no bar yet.
+    pruner, _ = _median_pruner(tmp_path, "train.warmup_epochs=2")
+    assert _pruned_at(pruner, finished=4) == []
+    # A fractional warm-up rounds up; the settings override both defaults.
+    _, protected = _median_pruner(tmp_path, "train.warmup_epochs=0.5")
+    assert protected == 2
+    block = f"{{pruner: median, pruner_warmup_epochs: 1, pruner_startup_trials: 2, space: {SPACE}}}"
+    pruner, protected = _median_pruner(tmp_path, block=block)
+    assert protected == 1 and _pruned_at(pruner, finished=2) == [2, 3, 4, 5, 6]
+
+
 def test_bad_study_settings_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="contradicts metric val_loss"):
         _cfg(tmp_path, f"{{metric: val_loss, direction: maximize, space: {SPACE}}}")

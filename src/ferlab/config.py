@@ -283,6 +283,12 @@ class TuneConfig(_Strict):
     trials: int = Field(20, ge=1)
     sampler: Literal["tpe", "random", "cmaes", "grid"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
+    # The median pruner compares a trial with the median of the finished trials at the same
+    # epoch: only once this many trials finished (a bar of two trials' median is noise), and
+    # never in a trial's first ``pruner_warmup_epochs`` epochs (default: the schedule's warm-up
+    # plus one epoch, when one-cycle and cosine runs are still far from their final order).
+    pruner_startup_trials: int = Field(5, ge=1)
+    pruner_warmup_epochs: int | None = Field(None, ge=0)
     dataset: str | None = None  # display name of the tuned dataset; default the first
     model: str | None = None  # display name of the tuned model; default the first
     space: dict[str, ParamSpec]
@@ -540,6 +546,27 @@ def _path_problem(model: type[BaseModel], path: list[str], done: list[str]) -> s
     return _path_problem(sub, rest, [*done, part])
 
 
+# What decides which images are train, validation and test: a search over any of them would let
+# one trial's test (or validation) images be another trial's training images.
+SPLIT_KEYS = ("data.split_seed", "data.val_fraction", "data.test_fraction")
+
+
+def _split_problem(path: str) -> str | None:
+    if path in SPLIT_KEYS:
+        return (
+            f"{path} decides which images are validation and test images; tuning it would let "
+            "one trial's test (or validation) images be another trial's training images. Fix "
+            "it in the data section and tune training settings only"
+        )
+    if path.split(".")[0] == "datasets":
+        return (
+            "a dataset's name, path or options decide which images each split holds; tuning "
+            "them would let one trial's test (or validation) images be another trial's "
+            "training images. Fix the datasets and tune training settings only"
+        )
+    return None
+
+
 def _check_tune(
     cfg: ExperimentConfig, raw: dict[str, Any], file: str, lines: dict[tuple[Any, ...], int]
 ) -> None:
@@ -558,7 +585,7 @@ def _check_tune(
         problem = (
             "the tune section cannot tune itself"
             if path.split(".")[0] == "tune"
-            else _path_problem(ExperimentConfig, path.split("."), [])
+            else _split_problem(path) or _path_problem(ExperimentConfig, path.split("."), [])
         )
         if problem:
             raise ConfigError(f"Invalid experiment configuration:\n  {key}: {problem}")

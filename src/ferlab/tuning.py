@@ -53,6 +53,7 @@ from ferlab.config import (
     ConfigError,
     ExperimentConfig,
     ParamSpec,
+    TrainConfig,
     TuneConfig,
     apply_overrides,
     config_hash,
@@ -454,12 +455,27 @@ def make_sampler(tune: TuneConfig, seed: int) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def make_pruner(tune: TuneConfig, max_epochs: int) -> Any:
+def protected_epochs(tune: TuneConfig, train: TrainConfig) -> int:
+    """The epochs of a trial no pruner judges: ``tune.pruner_warmup_epochs``, default the
+    schedule's warm-up (rounded up) plus one epoch."""
+    if tune.pruner_warmup_epochs is not None:
+        return tune.pruner_warmup_epochs
+    return math.ceil(train.warmup_epochs) + 1
+
+
+def make_pruner(tune: TuneConfig, train: TrainConfig) -> Any:
+    """The study's pruner. Steps are 1-based epochs (``PruneOnVal``); Optuna's median pruner
+    judges a step only from ``n_warmup_steps`` on, so it is the first unprotected epoch."""
     optuna = _optuna()
+    first = protected_epochs(tune, train) + 1
     if tune.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=first
+        )
     if tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=first, max_resource=max(train.epochs, first)
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -537,7 +553,7 @@ def tune(
                 direction=tune_cfg.direction or "maximize",
                 load_if_exists=True,
                 sampler=sampler,
-                pruner=pruner or make_pruner(tune_cfg, cfg.train_for(m).epochs),
+                pruner=pruner or make_pruner(tune_cfg, cfg.train_for(m)),
             )
             _check_study(s, tune_cfg)
         done = _counted(s.get_trials(deepcopy=False))
