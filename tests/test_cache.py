@@ -71,6 +71,38 @@ def test_fingerprint_tracks_records_files_and_settings(tmp_path: Path) -> None:
     assert fp != fingerprint(recs, size=48, channels=1, extra={})
 
 
+def test_fingerprint_follows_the_source_of_the_decoding_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode cache is keyed by the code that turns files into pixels: editing
+    ``data/decode.py`` (or the face cropping) decodes again; editing other code does not."""
+    import shutil
+
+    from ferlab import provenance
+
+    pkg = tmp_path / "ferlab"  # a copy of the package's source to edit
+    shutil.copytree(Path(provenance.__file__).parent, pkg)
+    monkeypatch.setattr(provenance, "PACKAGE", pkg)
+    recs = write_images(tmp_path / "a", 3)
+
+    def fp() -> str:
+        provenance.code_digest.cache_clear()
+        return fingerprint(recs, size=48, channels=1, extra={})
+
+    before = fp()
+    assert before == fp()
+    with (pkg / "models" / "compact.py").open("a") as f:
+        f.write("\n# not decoding code\n")
+    assert fp() == before
+    for edited in ("data/decode.py", "data/facecrop.py", "face/crop.py"):
+        with (pkg / edited).open("a") as f:
+            f.write("\n# an edit\n")
+        after = fp()
+        assert after != before, edited
+        before = after
+    provenance.code_digest.cache_clear()  # the real package's digest for the tests after
+
+
 def test_fingerprint_stats_a_csv_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     csv = tmp_path / "fer2013.csv"
     csv.write_text("emotion,pixels,Usage\n")

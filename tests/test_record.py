@@ -126,10 +126,11 @@ def test_changed_code_digest_retrains_and_reevaluates(
     assert row["reused"] == "True" and f"ferlab {ferlab.__version__}" in row["produced_by"]
 
     import ferlab.pipeline as pipeline
+    import ferlab.planning as planning
     import ferlab.training.runcache as runcache
 
-    monkeypatch.setattr(runcache, "code_digest", lambda scope: f"new-{scope}")
-    monkeypatch.setattr(pipeline, "code_digest", lambda scope: f"new-{scope}")
+    for module in (runcache, pipeline, planning):
+        monkeypatch.setattr(module, "code_digest", lambda scope: f"new-{scope}")
     third = run_experiment(cfg, progress=False, console=False)
     assert [p.status for p in third.pairs] == ["trained", "trained", "computed"]
     assert all(e.status == "computed" for p in third.pairs for e in p.evals)
@@ -137,6 +138,34 @@ def test_changed_code_digest_retrains_and_reevaluates(
     assert len(runs) == 4  # two new run folders beside the two old ones
     plan = json.loads((first.exp_dir / "plan.json").read_text())
     assert plan["provenance"]["code_digest_eval"] == "new-eval"
+
+
+@pytest.mark.slow
+def test_a_reused_result_made_with_other_library_versions_says_so(tmp_path: Path) -> None:
+    from ferlab import provenance
+
+    cfg = _cfg(tmp_path, "datasets=[{name: synthetic, path: lab, options: " + SMALL + "}]")
+    first = run_experiment(cfg, progress=False, console=False)
+    now = provenance.library_versions()
+    metrics = sorted(first.exp_dir.glob("eval/**/metrics.json"))
+    assert metrics
+    for path in metrics:  # every evaluation records the versions it was made with
+        assert json.loads(path.read_text())["produced_by"]["versions"] == now
+    fit = json.loads(next(first.exp_dir.glob("runs/*/*/meta.json")).read_text())
+    assert fit["extra"]["provenance"]["versions"] == now  # and so does every run
+    # As if one evaluation had been made with another torch: it is still reused (versions are
+    # not in the key), and the log and the report name the difference.
+    edited = next(p for p in metrics if p.parent.parent.name.endswith("__ferlab_vgg"))
+    old = json.loads(edited.read_text())
+    old["produced_by"]["versions"]["torch"] = "1.0.0"
+    edited.write_text(json.dumps(old))
+    again = run_experiment(cfg, progress=False, console=False)
+    assert all(e.status == "reused" for p in again.pairs for e in p.evals)
+    said = f"torch 1.0.0 (now {now['torch']})"
+    log = sorted((first.exp_dir / "logs").glob("*.txt"))[-1].read_text()
+    assert said in log
+    assert sum(said in line for line in log.splitlines()) == 1  # that evaluation alone
+    assert said in again.report.read_text()
 
 
 @pytest.mark.slow
@@ -243,3 +272,19 @@ def test_evaluate_reuses_the_runs_split_and_refuses_overlap(tmp_path: Path) -> N
 
     assert main(["evaluate", "--weights", str(run), "--data", f"expw:{root}", "--split", "all",
                  "--cache-dir", str(cache)]) == 2  # fmt: skip
+
+
+def test_the_code_that_plans_evaluations_and_decodes_images_is_digested() -> None:
+    """Editing the planning code re-keys every evaluation; editing decoding re-keys the cache."""
+    import inspect
+
+    from ferlab import planning, provenance
+    from ferlab.data import decode, facecrop
+
+    evaluated = provenance.source_files("eval")
+    for fn in (planning.make_plan, planning.eval_key, planning.pair_run_key):
+        assert Path(inspect.getsourcefile(fn) or "").resolve() in evaluated, fn.__name__
+    decoding = provenance.source_files("decode")
+    for module in (decode, facecrop):
+        assert Path(inspect.getsourcefile(module) or "").resolve() in decoding
+    assert not any(f.name == "pipeline.py" for f in decoding)

@@ -22,6 +22,7 @@ from ferlab.data.base import (
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from ferlab.layout import SPLITS, read_json
 from ferlab.pipeline import ExperimentResult
+from ferlab.provenance import stamp
 
 
 def run(
@@ -316,4 +317,5 @@ def evaluate(
     flat["split"] = split
     flat["split_settings"] = settings
     flat["overlap"] = {"n": overlap, "allowed": bool(allow_overlap and overlap)}
+    flat["produced_by"] = stamp("eval")  # ferlab, code digest and library versions
     return flat

@@ -7,7 +7,11 @@ what is learned or measured retrains and re-evaluates instead of reusing old num
   ``ferlab/models``, ``ferlab/training``, and ``ferlab/labels.py`` and ``ferlab/calibration.py``
   (data decoding, face cropping and splitting, architectures, the training loop, augmentation,
   sampling, loss, the temperature fitted after training);
-- ``eval`` scope: the ``train`` files plus ``ferlab/evaluation`` (TTA, metrics, ensembles).
+- ``eval`` scope: the ``train`` files plus ``ferlab/evaluation`` (TTA, metrics, ensembles)
+  and ``ferlab/planning.py`` (which evaluations a run plans, and which TTA is the headline);
+- ``decode`` scope: the code that turns a file into pixels (``data/decode.py``,
+  ``data/facecrop.py``, ``face/``): part of every decode-cache fingerprint, so an edit there
+  decodes again instead of serving pixels the new code would not make.
 
 Config values are keyed by value (the resolved sections are hashed), so ``config.py`` itself
 is not part of the digest; neither are reporting, the CLI nor the pipeline's bookkeeping,
@@ -20,16 +24,19 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 from ferlab import __version__
 
 PACKAGE = Path(__file__).resolve().parent
-Scope = Literal["train", "eval"]
+Scope = Literal["train", "eval", "decode"]
+_TRAIN = ("data", "face", "models", "training", "labels.py", "calibration.py")
 _SCOPES: dict[str, tuple[str, ...]] = {
-    "train": ("data", "face", "models", "training", "labels.py", "calibration.py"),
-    "eval": ("data", "face", "models", "training", "labels.py", "calibration.py", "evaluation"),
+    "train": _TRAIN,
+    "eval": (*_TRAIN, "evaluation", "planning.py"),
+    "decode": ("data/decode.py", "data/facecrop.py", "face"),
 }
 
 
@@ -52,10 +59,54 @@ def code_digest(scope: Scope) -> str:
     return h.hexdigest()[:16]
 
 
+# The libraries whose version can change a number ferlab reports (kernels, resizing, decoding,
+# architectures), each by the distributions that provide it; the first one installed counts.
+LIBRARIES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "timm": ("timm",),
+    "pillow": ("pillow",),
+    "opencv": (
+        "opencv-python-headless",
+        "opencv-python",
+        "opencv-contrib-python-headless",
+        "opencv-contrib-python",
+    ),
+    "numpy": ("numpy",),
+}
+
+
+@cache
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of ``LIBRARIES`` (``None``: not installed)."""
+    out: dict[str, str | None] = {}
+    for name, dists in LIBRARIES.items():
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def version_changes(recorded: dict[str, Any] | None) -> list[str]:
+    """``["torch 2.13.0 (now 2.14.1)", ...]``: the libraries a recorded stamp names with
+    another version than the one installed now (a stamp without versions names none)."""
+    then = (recorded or {}).get("versions") or {}
+    now = library_versions()
+    return [
+        f"{name} {then[name] or 'absent'} (now {now.get(name) or 'absent'})"
+        for name in sorted(then)
+        if name in now and then[name] != now[name]
+    ]
+
+
 def stamp(scope: Scope) -> dict[str, Any]:
-    """What to record beside a result: version, code digest and when it was made."""
+    """What to record beside a result: version, code digest, library versions, and when."""
     return {
         "ferlab_version": __version__,
         "code_digest": code_digest(scope),
+        "versions": library_versions(),
         "created": datetime.now().isoformat(timespec="seconds"),
     }

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.layout import LOCK_NAME, METRICS, Layout, ReportInputError, read_json, write_json
+from ferlab.provenance import version_changes
 
 PLAN_FORMAT = 1
 
@@ -180,7 +181,9 @@ class PairStatus:
 
 
 def produced_by_text(produced: dict[str, Any] | None) -> str | None:
-    """``ferlab 0.1.0 (code 1a2b3c4d), 2026-12-01T10:00:00`` for a recorded stamp."""
+    """``ferlab 0.1.0 (code 1a2b3c4d), 2026-12-01T10:00:00`` for a recorded stamp, and the
+    libraries it was made with where they differ from the installed ones (``with torch 2.13.0
+    (now 2.14.1)``): a reused number then says that today's libraries did not make it."""
     if not produced:
         return None
     version = f"ferlab {produced.get('ferlab_version', '?')}"
@@ -188,7 +191,9 @@ def produced_by_text(produced: dict[str, Any] | None) -> str | None:
     if code:
         version += f" (code {str(code)[:8]})"
     created = produced.get("created")
-    return f"{version}, {created}" if created else version
+    text = f"{version}, {created}" if created else version
+    changed = version_changes(produced)
+    return f"{text}, with {', '.join(changed)}" if changed else text
 
 
 def write_status(layout: Layout, pairs: list[PairStatus]) -> None:

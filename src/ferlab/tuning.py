@@ -70,6 +70,7 @@ from ferlab.pipeline import (
     experiment_logging,
     set_threads,
 )
+from ferlab.planning import model_geometry, pair_run_key
 from ferlab.provenance import stamp
 from ferlab.record import hold_lock, pid_alive
 
@@ -219,7 +220,7 @@ class _Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         from ferlab.models.pretrained import check_pretrained
-        from ferlab.pipeline import fit_or_reuse, pair_run_key
+        from ferlab.pipeline import fit_or_reuse
         from ferlab.training import read_history
 
         t0 = time.perf_counter()
@@ -634,7 +635,6 @@ def check_model_choices(cfg: ExperimentConfig) -> None:
     loaded), so an unknown name or kwargs that do not fit an architecture fail before the
     study starts, naming the field and the value."""
     from ferlab.models import create_model
-    from ferlab.pipeline import model_geometry
 
     assert cfg.tune is not None
     for path, spec in cfg.tune.space.items():

@@ -38,6 +38,7 @@ import numpy as np
 from ferlab.data import decode
 from ferlab.data.base import ArraySplit, BadFile, DatasetError, Record
 from ferlab.labels import CANONICAL
+from ferlab.provenance import code_digest
 from ferlab.record import pid_alive
 
 if TYPE_CHECKING:
@@ -64,12 +65,13 @@ def fingerprint(
 
     Covers every record's key, label and soft label, the size and mtime of each source file
     (a CSV file or a photo with many face boxes is stat'ed once), ``size``, ``channels``,
-    ``extra`` and ``decode.DECODER_VERSION``. Synthetic records add a hash of the renderer's
+    ``extra`` and the digest of the decoding code (``provenance.code_digest("decode")``: an edit
+    of decoding or face cropping decodes again). Synthetic records add a hash of the renderer's
     source, so changing the drawing code invalidates them too.
     """
     h = hashlib.sha256()
     header = {
-        "decoder": decode.DECODER_VERSION,
+        "decoder": code_digest("decode"),
         "size": size,
         "channels": channels,
         "extra": extra or {},
@@ -211,7 +213,7 @@ def _build(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "size": size,
         "channels": channels,
-        "decoder_version": decode.DECODER_VERSION,
+        "decoder_code": code_digest("decode"),
         "face_crop": face.key() if face is not None else None,
         "splits": {},
         "bad_files": [],

@@ -36,9 +36,6 @@ from ferlab.data.base import Record
 if TYPE_CHECKING:
     from ferlab.data.facecrop import FaceCrop
 
-# Bump when decoding changes what an image becomes: it is part of every cache fingerprint.
-DECODER_VERSION = 1
-
 # Our own decompression-bomb limit, checked from the header before any pixel is decoded.
 # Far above any face photo (a 50 MP photo is 8660 x 5773); raise it here if you must.
 MAX_IMAGE_PIXELS = 50_000_000
