@@ -20,6 +20,7 @@ from ferlab.data.base import (
     relative_key,
 )
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
+from ferlab.evaluation.tta import recorded_tta
 from ferlab.layout import SPLITS, read_json
 from ferlab.pipeline import ExperimentResult
 from ferlab.provenance import stamp
@@ -214,7 +215,7 @@ def evaluate(
     *,
     split: str = "test",
     tta: bool = False,
-    tta_crops: int = 0,
+    tta_crops: int | None = None,
     options: dict[str, Any] | None = None,
     cache_dir: str | Path = CACHE_DIR,
     batch_size: int = 256,
@@ -228,7 +229,9 @@ def evaluate(
     and adapter options (recorded in its metadata) are used, so ``"test"`` is the run's own
     held-out split. Scoring images the run trained or validated on is refused unless
     ``allow_overlap`` (the result then records how many). Classes the model and dataset do not
-    share are left out and listed. Returns accuracy, balanced_accuracy, macro_f1, n,
+    share are left out and listed. ``tta`` also scores the views the run's evaluation used (its
+    ``eval.tta``, recorded in ``meta.json``), as ``ferlab predict --tta`` runs them;
+    ``tta_crops`` (0, 5, 10) asks for the flip and that many crops instead. Returns accuracy, balanced_accuracy, macro_f1, n,
     per_class, confusion_matrix, labels, dropped_labels, ci, plus ``split``,
     ``split_settings`` and ``overlap``.
 
@@ -303,12 +306,18 @@ def evaluate(
             "or pass --allow-overlap (allow_overlap=True) to score them anyway; the output "
             "then records the overlap."
         )
+    if not tta:
+        views = None
+    elif tta_crops is None:  # the run's own views: one number with its report and predict
+        views = recorded_tta((meta.extra or {}).get("tta"))
+    else:
+        views = TTAConfig(hflip=True, crops=tta_crops)
     result = evaluate_model(
         model,
         meta,
         scored,
         loaded.labels,
-        tta=TTAConfig(hflip=True, crops=tta_crops) if tta else None,
+        tta=views,
         batch_size=batch_size,
         bootstrap=bootstrap,
         seed=0,

@@ -125,8 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "val", "test", "all"],
         help="split to score; 'all' scores every image of the dataset (an external test set)",
     )
-    p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
-    p.add_argument("--tta-crops", type=int, default=0, help="add N crops to the TTA views (5/10)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="also score with test-time augmentation: the run's own views (its eval.tta)",
+    )
+    p.add_argument(
+        "--tta-crops",
+        type=int,
+        default=None,
+        choices=[0, 5, 10],
+        help="instead of the run's views: the flip and N crops (0, 5 or 10)",
+    )
     p.add_argument(
         "--allow-overlap",
         action="store_true",

@@ -210,6 +210,12 @@ def export_onnx(
         "temperature": meta.temperature,
         "architecture": meta.architecture,
         "kwargs": dict(meta.kwargs),
+        # how it was trained (framing, colour, the evaluation's TTA): predict frames faces and
+        # runs TTA as the run did (``ferlab.predict``)
+        "trained": {
+            "data": dict((meta.extra or {}).get("data") or {}),
+            "tta": (meta.extra or {}).get("tta"),
+        },
         "ferlab_version": __version__,
         "opset": int(used_opset) if used_opset is not None else None,
         "dynamic_batch": bool(dynamic_batch),

@@ -429,7 +429,13 @@ def _fit_or_reuse(
         image_size=size,
         channels=ch,
         log=log.info,
-        extra_meta={"run_key": run_key, "data": data.spec, "provenance": produced},
+        # the evaluation's TTA views: what `predict --tta` and `evaluate --tta` run by default
+        extra_meta={
+            "run_key": run_key,
+            "data": data.spec,
+            "provenance": produced,
+            "tta": cfg.eval.tta.model_dump(mode="json"),
+        },
         callbacks=callbacks,
     )
     return Trained(result.model, result.meta, run_dir, False, produced)

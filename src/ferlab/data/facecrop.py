@@ -176,6 +176,33 @@ def _shifted(face: Any, d: float) -> Any:
     )
 
 
+def detect_faces(
+    arrays: Sequence[np.ndarray], face: FaceCrop, detector: Any = None
+) -> list[list[Any]]:
+    """The faces (``ferlab.face.Face``, largest first) of each image as ``face`` finds them:
+    its detector and minimum size, on the image padded by ``DETECT_PAD`` (boxes given in the
+    image's own coordinates). Decoding and ``ferlab predict`` both detect through this;
+    ``detector``: one made for ``face`` elsewhere (predict's, on its device), else this
+    process's (``detector_for``)."""
+    pad = DETECT_PAD.get(face.detector, 0.0)
+    padded = [_pad(np.asarray(arr), pad) for arr in arrays]
+    det = detector if detector is not None else detector_for(face)
+    found = det.detect_batch([p for p, _ in padded]) if padded else []
+    out = []
+    for (_, shift), faces in zip(padded, found, strict=True):
+        shifted = [_shifted(f, -shift) if shift else f for f in faces]
+        out.append(sorted(shifted, key=lambda f: -f.area))  # stable: ties keep detector order
+    return out
+
+
+def frame_face(arr: np.ndarray, box: Any, face: FaceCrop) -> np.ndarray:
+    """The crop of one detected face as ``face`` frames it (its margin, made square, edge-padded
+    past the image): the one framing of training data and of ``ferlab predict``."""
+    from ferlab.face import crop_face
+
+    return crop_face(arr, box, margin=face.margin, square=True)
+
+
 def crop_faces(
     images: Sequence[Image.Image], face: FaceCrop
 ) -> tuple[list[Image.Image], list[bool]]:
@@ -183,21 +210,10 @@ def crop_faces(
 
     Returns the images and, per image, whether a face was found.
     """
-    from ferlab.face import crop_face, largest_face
-
     arrays = [np.asarray(im) for im in images]
-    pad = DETECT_PAD.get(face.detector, 0.0)
-    padded = [_pad(arr, pad) for arr in arrays]
-    found = detector_for(face).detect_batch([p for p, _ in padded]) if arrays else []
     out: list[Image.Image] = []
     ok: list[bool] = []
-    for im, arr, (_, shift), faces in zip(images, arrays, padded, found, strict=True):
-        best = largest_face(faces)
-        if best is not None and shift:
-            best = _shifted(best, -shift)
-        ok.append(best is not None)
-        if best is None:
-            out.append(im)
-        else:
-            out.append(Image.fromarray(crop_face(arr, best, margin=face.margin, square=True)))
+    for im, arr, faces in zip(images, arrays, detect_faces(arrays, face), strict=True):
+        ok.append(bool(faces))
+        out.append(Image.fromarray(frame_face(arr, faces[0], face)) if faces else im)
     return out, ok

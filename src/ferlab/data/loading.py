@@ -130,6 +130,9 @@ def load_dataset(
         "use": use,
         "face_crop": face.detector if face is not None else "none",
         "face_margin": float(face_margin),
+        # whether the source images are in colour: a 3-channel model trained on grey images
+        # gets grey input at predict time too (``ferlab.predict``)
+        "color": bool(index.color),
     }
     extra = {
         "adapter": name,

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -75,6 +75,14 @@ def view_names(cfg: TTAConfig | None) -> list[str]:
             raise ValueError(f"TTA scale {s!r} must be > 0 (e.g. scales: [0.9, 1.1]).")
         names.append(f"scale_{s:g}")
     return names
+
+
+def recorded_tta(recorded: Any) -> TTAConfig:
+    """The TTA views a run's evaluation used (``meta.json``'s ``extra["tta"]``, the experiment's
+    ``eval.tta``): what ``evaluate --tta`` and ``predict --tta`` run, so the three give one
+    number. Weights that record none (or TTA off) get the flip alone."""
+    cfg = TTAConfig.model_validate(recorded) if isinstance(recorded, dict) else None
+    return cfg if cfg is not None and cfg.enabled else TTAConfig(hflip=True)
 
 
 def n_views(cfg: TTAConfig | None) -> int:

@@ -75,8 +75,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detector",
         choices=["haar", "mtcnn", "none"],
-        default="haar",
-        help="face detector; none: each image is one face (pre-cropped faces) (default: haar)",
+        default=None,
+        help="face detector; none: each image is one face (pre-cropped faces) (default: the "
+        "run's data.face_crop detector, haar when it trained without one)",
     )
     p.add_argument(
         "--min-face",
@@ -88,9 +89,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--margin",
         type=_margin,
-        default=0.2,
+        default=None,
         metavar="F",
-        help="grow each face box by this share of its size on each side (default: 0.2)",
+        help="grow each face box by this share of its size on each side (default: the run's "
+        "data.face_margin, 0 for a run trained without data.face_crop: tight, as FER2013)",
     )
     p.add_argument(
         "--align",
@@ -107,7 +109,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tta",
         action="store_true",
-        help="average the probabilities of each face and its mirror image",
+        help="average the probabilities of the views the run's evaluation used (its eval.tta; "
+        "the mirror image for weights that do not record it), as ferlab evaluate --tta does",
     )
     p.add_argument(
         "--batch-size",

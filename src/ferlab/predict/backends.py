@@ -66,6 +66,9 @@ class Classifier(Protocol):
     image_size: int
     channels: int
     temperature: float
+    # How the model was trained: ``{"data": <the run's data spec: face_crop, face_margin,
+    # color...>, "tta": <its evaluation's TTA>}`` ({} when the weights do not record it).
+    trained: dict[str, Any]
 
     def probs(self, faces: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, K)`` float32 for uint8 faces ``(N, S, S, C)``."""
@@ -208,8 +211,11 @@ class TorchClassifier:
     image_size: int = field(init=False)
     channels: int = field(init=False)
     temperature: float = field(init=False)
+    trained: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
+        extra = getattr(self.meta, "extra", None) or {}
+        self.trained = {"data": dict(extra.get("data") or {}), "tta": extra.get("tta")}
         self.labels = list(self.meta.labels)
         self.image_size = int(self.meta.image_size)
         self.channels = int(self.meta.channels)
@@ -219,12 +225,14 @@ class TorchClassifier:
         self._net = _scaled(self.model, self.temperature)
 
     def probs(self, faces: np.ndarray) -> np.ndarray:
-        from ferlab.config import TTAConfig
-        from ferlab.evaluation.tta import predict_views
+        """Calibrated probabilities: the temperature divides every view's logits before its
+        softmax and the views' probabilities are averaged, as ``ferlab evaluate`` computes
+        its calibrated TTA (the temperature is fitted on the plain validation logits)."""
+        from ferlab.evaluation.tta import predict_views, recorded_tta
 
         if len(faces) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        cfg = TTAConfig(hflip=True) if self.tta else None
+        cfg = recorded_tta(self.trained.get("tta")) if self.tta else None
 
         def run(chunk: np.ndarray) -> np.ndarray:
             plain, averaged, _ = predict_views(
@@ -318,6 +326,7 @@ class OnnxClassifier:
         self.image_size = int(meta["image_size"])
         self.channels = int(meta["channels"])
         self.temperature = float(meta["temperature"])
+        self.trained = dict(meta.get("trained") or {})
         self.tta = tta
         self.batch_size = batch_size
         try:
@@ -356,10 +365,9 @@ class OnnxClassifier:
             return self._run(x)
         import torch
 
-        from ferlab.config import TTAConfig
-        from ferlab.evaluation.tta import n_views, tta_views
+        from ferlab.evaluation.tta import n_views, recorded_tta, tta_views
 
-        cfg = TTAConfig(hflip=True)
+        cfg = recorded_tta(self.trained.get("tta"))
         views = tta_views(torch.from_numpy(x), cfg).numpy()  # (V*B, C, H, W), view-major
         probs = self._run(np.ascontiguousarray(views))
         return probs.reshape(n_views(cfg), len(x), k).mean(axis=0)

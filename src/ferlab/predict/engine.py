@@ -2,9 +2,10 @@
 
 Each image and each kept video frame becomes an ``Item``. Items read are detected a few at a
 time (``DETECT_BATCH``: the detector's ``detect_batch``, which runs same-sized video frames
-through MTCNN together); each face is then prepared at the model's input (the face module's
-``crop_face``, then the data layer's resize and grey/colour conversion, so a face looks like
-the training images did). Items then wait until ``batch_size`` faces are pending (or
+through MTCNN together); each face is then framed as the training images were
+(``ferlab.data.facecrop``: the same detector on the same padded image, the same margin, made
+square) and prepared at the model's input by the data layer's resize and grey/colour
+conversion, so a face looks like the training images did. Items then wait until ``batch_size`` faces are pending (or
 ``max_items`` items, so that frames without faces do not pile up), all their faces go through
 the classifier at once, and the items come out in input order with their probabilities. Only
 the waiting items are in memory: a long video is never held whole.
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ferlab.data.facecrop import FaceCrop, detect_faces, frame_face
+from ferlab.face import crop_face
 from ferlab.predict.media import BadVideoError, Source, VideoReader, load_rgb
 
 if TYPE_CHECKING:
@@ -87,14 +90,16 @@ class Timer:
         return now
 
 
-def prepare_face(crop: np.ndarray, size: int, channels: int) -> np.ndarray:
+def prepare_face(crop: np.ndarray, size: int, channels: int, grey: bool = False) -> np.ndarray:
     """A face crop (uint8 RGB) -> the model's input, resized and converted as the data layer
-    decodes training images: ``(size, size, channels)`` uint8."""
+    decodes training images: ``(size, size, channels)`` uint8. ``grey``: converted to grey
+    first (a 3-channel model trained on grey images sees grey faces, replicated)."""
     from PIL import Image
 
     from ferlab.data.decode import _finish
 
-    return _finish(Image.fromarray(crop), size, channels)
+    im = Image.fromarray(crop)
+    return _finish(im.convert("L") if grey else im, size, channels)
 
 
 class Engine:
@@ -105,7 +110,8 @@ class Engine:
         classifier: Classifier,
         detector: Any,
         *,
-        margin: float = 0.2,
+        framing: FaceCrop | None = None,
+        grey: bool = False,
         align: bool = False,
         frame_step: int = 1,
         batch_size: int = 64,
@@ -114,7 +120,8 @@ class Engine:
     ) -> None:
         self.classifier = classifier
         self.detector = detector
-        self.margin = margin
+        self.framing = framing  # None: the whole image is the face (``--detector none``)
+        self.grey = grey
         self.align = align
         self.frame_step = frame_step
         self.batch_size = batch_size
@@ -180,7 +187,7 @@ class Engine:
         if images:
             t = time.perf_counter()
             try:
-                found = [list(f) for f in self.detector.detect_batch(images)]
+                found = self._detect(images)
             except Exception:  # one bad image: detect them one by one to tell which
                 found = None
             self.timer.add("detect", t)
@@ -254,18 +261,27 @@ class Engine:
             )
         )
 
+    def _detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        if self.framing is None:
+            return [list(f) for f in self.detector.detect_batch(images)]
+        return detect_faces(images, self.framing, self.detector)  # as training data are
+
+    def _crop(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+        assert self.framing is not None
+        if self.align:  # an explicit choice: the eyes levelled, not the training framing
+            return crop_face(rgb, face, margin=self.framing.margin, align=True)
+        return frame_face(rgb, face, self.framing)
+
     def _prepare(self, item: Item, rgb: np.ndarray, faces: list[Face] | None) -> None:
         """Fill ``item`` with the faces of ``rgb`` (detected here when ``faces`` is None) and
         their model inputs."""
-        from ferlab.face import crop_face
-
         if self.keep_frames:
             item.rgb = rgb
         size, channels = self.classifier.image_size, self.classifier.channels
         if faces is None:
             t = time.perf_counter()
             try:
-                faces = list(self.detector.detect(rgb))
+                faces = self._detect([rgb])[0]
             except Exception as e:  # a detector choking on one image must not stop the run
                 self.timer.add("detect", t)
                 item.status, item.error = ERROR, f"face detection failed ({type(e).__name__}: {e})"
@@ -278,15 +294,16 @@ class Engine:
                 from ferlab.data.decode import decode_record
 
                 # exactly as the data layer decodes a pre-cropped dataset's file
-                inputs = [decode_record(Record(path=item.source.path, label=0), size, channels)]
+                record = Record(path=item.source.path, label=0)
+                if self.grey and channels == 3:  # grey training images: grey, replicated
+                    inputs = [np.repeat(decode_record(record, size, 1), 3, axis=2)]
+                else:
+                    inputs = [decode_record(record, size, channels)]
             elif self.whole_image:
-                inputs = [prepare_face(rgb, size, channels)]
+                inputs = [prepare_face(rgb, size, channels, self.grey)]
             else:
                 inputs = [
-                    prepare_face(
-                        crop_face(rgb, face, margin=self.margin, align=self.align), size, channels
-                    )
-                    for face in faces
+                    prepare_face(self._crop(rgb, face), size, channels, self.grey) for face in faces
                 ]
         except Exception as e:
             self.timer.add("crop", t)

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from ferlab.config import ConfigError
+from ferlab.data.facecrop import FaceCrop
+from ferlab.defaults import FACE_MARGIN
 from ferlab.predict.backends import Classifier, load_classifier
 from ferlab.predict.engine import ERROR, NO_FACE, STAGES, Engine, Item, SourceDone
 from ferlab.predict.media import Inputs, expand_inputs
@@ -122,9 +124,9 @@ def _n(count: int, noun: str) -> str:
 
 def check_options(
     *,
-    detector: str,
+    detector: str | None,
     min_face: int,
-    margin: float,
+    margin: float | None,
     frame_step: int,
     batch_size: int,
     fmt: str,
@@ -133,11 +135,13 @@ def check_options(
 ) -> None:
     """Refuse option values that cannot work, naming the option and the accepted values."""
     problems = []
-    if detector not in DETECTOR_NAMES:
+    if detector is not None and detector not in DETECTOR_NAMES:
         problems.append(f"--detector {detector!r}: use one of {', '.join(DETECTOR_NAMES)}")
     if not (isinstance(min_face, int) and min_face >= 1):
         problems.append(f"--min-face {min_face!r}: must be a whole number of pixels >= 1")
-    if not (isinstance(margin, int | float) and math.isfinite(margin) and 0 <= margin <= 2):
+    if margin is not None and not (
+        isinstance(margin, int | float) and math.isfinite(margin) and 0 <= margin <= 2
+    ):
         problems.append(f"--margin {margin!r}: must be between 0 and 2 (a share of the box)")
     if not (isinstance(frame_step, int) and frame_step >= 1):
         problems.append(f"--frame-step {frame_step!r}: must be >= 1 (1 reads every frame)")
@@ -161,17 +165,47 @@ def _warn(message: str) -> None:
 class _Setup:
     classifier: Classifier
     detector: Any
+    framing: FaceCrop | None  # None: the whole image is the face
+    grey: bool
     inputs: Inputs
     load_s: float
+
+
+# A model trained without data.face_crop saw its dataset's own framing; FER2013's 48 px faces are
+# as large as the Haar box (measured: median margin -0.03, quartiles -0.06 to -0.01, on the 632 of
+# 1,000 random training images where Haar, on the padded image, finds a face), so by default
+# such a model gets the detected box itself, made square: no margin.
+TIGHT_MARGIN = 0.0
+
+
+def predict_framing(
+    trained: dict[str, Any], detector: str | None, margin: float | None, min_face: int
+) -> tuple[str, FaceCrop | None, bool]:
+    """How ``predict`` frames faces for a model: (detector name, framing, grey).
+
+    By default as the run's training data were framed: its ``data.face_crop`` detector and
+    ``data.face_margin`` (on the image padded as decoding pads it); a model trained without
+    ``face_crop`` gets Haar and ``TIGHT_MARGIN``. ``detector``/``margin`` override either;
+    ``detector="none"``: the whole image is the face. ``grey``: the training images were grey.
+    """
+    data = trained.get("data") or {}
+    run_crop = str(data.get("face_crop") or "none")
+    name = detector if detector is not None else (run_crop if run_crop != "none" else "haar")
+    if margin is None:
+        margin = float(data.get("face_margin", FACE_MARGIN)) if run_crop != "none" else TIGHT_MARGIN
+    grey = data.get("color") is False
+    if name == "none":
+        return name, None, grey
+    return name, FaceCrop(detector=name, margin=float(margin), min_face=min_face), grey
 
 
 def _setup(
     weights: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
     *,
-    detector: str,
+    detector: str | None,
     min_face: int,
-    margin: float,
+    margin: float | None,
     align: bool,
     frame_step: int,
     tta: bool,
@@ -200,13 +234,14 @@ def _setup(
     )
     from ferlab.face import make_detector
 
-    det = make_detector(detector, min_face=min_face, device=device)
-    if align and detector != "mtcnn":
+    name, framing, grey = predict_framing(classifier.trained, detector, margin, min_face)
+    det = make_detector(name, min_face=min_face, device=device)
+    if align and name != "mtcnn":
         _warn(
-            f"--align levels the eyes that MTCNN finds; the {detector} detector gives no "
+            f"--align levels the eyes that MTCNN finds; the {name} detector gives no "
             "landmarks, so faces are not aligned (use --detector mtcnn)"
         )
-    return _Setup(classifier, det, found, time.perf_counter() - t)
+    return _Setup(classifier, det, framing, grey, found, time.perf_counter() - t)
 
 
 def _progress_bar(enabled: bool | None, inputs: Inputs) -> Any:
@@ -229,9 +264,9 @@ def iter_predictions(
     weights: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
     *,
-    detector: str = "haar",
+    detector: str | None = None,
     min_face: int = 20,
-    margin: float = 0.2,
+    margin: float | None = None,
     align: bool = False,
     frame_step: int = 1,
     tta: bool = False,
@@ -257,7 +292,8 @@ def iter_predictions(
     engine = Engine(
         s.classifier,
         s.detector,
-        margin=margin,
+        framing=s.framing,
+        grey=s.grey,
         align=align,
         frame_step=frame_step,
         batch_size=batch_size,
@@ -273,9 +309,9 @@ def predict(
     weights: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
     *,
-    detector: str = "haar",
+    detector: str | None = None,
     min_face: int = 20,
-    margin: float = 0.2,
+    margin: float | None = None,
     align: bool = False,
     frame_step: int = 1,
     tta: bool = False,
@@ -293,10 +329,13 @@ def predict(
     ``weights``: a run folder, its ``weights.safetensors``, or an ``.onnx`` file from
     ``ferlab export`` (``backend`` None: onnxruntime for ``.onnx``, PyTorch otherwise;
     ``"onnxruntime"`` with a run folder uses its ``model.onnx``). ``inputs``: image files,
-    folders (recursive, litter ignored) and video files. ``detector``: ``haar``, ``mtcnn`` or
-    ``none`` (the whole image is the face). Faces are grown by ``margin`` of their size on each
-    side; ``align`` levels the eyes (MTCNN's landmarks); ``frame_step`` reads every n-th video
-    frame; ``tta`` averages the identity and horizontal-flip views; faces are classified
+    folders (recursive, litter ignored) and video files. Faces are framed as the run framed its
+    training images (``predict_framing``): ``detector`` (``haar``, ``mtcnn``, or ``none``: the
+    whole image is the face) and ``margin`` (the share of the box added on each side) default
+    to the run's; ``align`` levels the eyes (MTCNN's landmarks); ``frame_step`` reads every n-th
+    video frame; ``tta`` runs the views of the run's evaluation (its ``eval.tta``, recorded in
+    ``meta.json``; the flip alone for weights that do not record it) with the temperature
+    applied to every view, as ``ferlab evaluate --tta`` does; faces are classified
     ``batch_size`` at a time.
 
     With ``out``: ``out/predictions.jsonl`` (or ``.csv`` with ``format="csv"``),
@@ -325,7 +364,7 @@ def predict(
     summary = PredictSummary(
         weights=str(s.classifier.source),
         backend=s.classifier.backend,
-        detector=detector,
+        detector=getattr(s.detector, "name", str(detector)),
         labels=list(labels),
         ignored=dict(sorted(s.inputs.ignored.items())),
         load_s=s.load_s,
@@ -342,7 +381,8 @@ def predict(
     engine = Engine(
         s.classifier,
         s.detector,
-        margin=margin,
+        framing=s.framing,
+        grey=s.grey,
         align=align,
         frame_step=frame_step,
         batch_size=batch_size,
