@@ -436,3 +436,147 @@ def test_one_model_writes_no_comparisons(tmp_path: Path) -> None:
     write_summary(collect_summary(exp), exp)
     assert not Layout(exp).comparisons_csv.exists()
     assert "Paired comparisons" not in (exp / "summary.md").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- several seeds, Holm
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, 12.706, 40.0])
+def test_student_t_matches_the_closed_forms(t: float) -> None:
+    # df = 1 is Cauchy: P[|T| >= t] = 1 - 2 atan(t) / pi; df = 2: 1 - t / sqrt(2 + t^2).
+    assert compare.student_t_two_sided(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi)
+    assert compare.student_t_two_sided(-t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    # df = 3: 1 - (2/pi) (atan(u) + u / (1 + u^2)), u = t / sqrt(3)
+    u = t / math.sqrt(3)
+    want = 1 - 2 / math.pi * (math.atan(u) + u / (1 + u * u))
+    assert compare.student_t_two_sided(t, 3) == pytest.approx(want, abs=1e-12)
+
+
+def test_seeds_that_disagree_are_not_a_significant_difference() -> None:
+    # Each seed alone is overwhelming (McNemar p ~ 1e-18), but in opposite directions.
+    seeds = [flags_with(b01=2, b10=80, both=100), flags_with(b01=80, b10=2, both=100)]
+    diffs = [float(a.mean() - b.mean()) for a, b in seeds]
+    ps = [mcnemar_exact(a, b) for a, b in seeds]
+    assert diffs[0] > 0 > diffs[1] and max(ps) < 1e-10
+    got = compare.across_seeds_test(diffs, ps)
+    assert got["p_value"] is not None and got["p_value"] >= compare.ALPHA
+    # Seeds that agree closely, each significant: the difference holds across seeds.
+    agree = [flags_with(b01=2, b10=80, both=100), flags_with(b01=3, b10=80, both=100)]
+    d2 = [float(a.mean() - b.mean()) for a, b in agree]
+    p2 = [mcnemar_exact(a, b) for a, b in agree]
+    got2 = compare.across_seeds_test(d2, p2)
+    assert got2["p_value"] is not None and got2["p_value"] < compare.ALPHA
+    # The combined p is never below either part: both must hold.
+    assert got2["p_value"] == max(got2["p_seeds"], got2["p_images"])  # type: ignore[type-var]
+    # Consistent across seeds but not on these images (each seed's McNemar p is large).
+    weak = [flags_with(b01=10, b10=13, both=100), flags_with(b01=10, b10=13, both=100)]
+    d3 = [float(a.mean() - b.mean()) for a, b in weak]
+    got3 = compare.across_seeds_test(d3, [mcnemar_exact(a, b) for a, b in weak])
+    assert got3["p_seeds"] == 0.0 and got3["p_value"] >= compare.ALPHA  # type: ignore[operator]
+    assert compare.across_seeds_test([0.1], [0.001])["p_value"] is None  # one seed: no test
+
+
+def holm_by_definition(ps: list[float], alpha: float) -> list[bool]:
+    """Holm (1979): order the p-values; reject H_(1), ..., H_(k-1) where k is the first rank
+    with p_(k) > alpha / (m - k + 1); reject all when there is no such k."""
+    m = len(ps)
+    ranked = sorted(range(m), key=lambda i: ps[i])
+    reject = [False] * m
+    for k, i in enumerate(ranked, start=1):
+        if ps[i] > alpha / (m - k + 1):
+            break
+        reject[i] = True
+    return reject
+
+
+@pytest.mark.parametrize(
+    "ps",
+    [
+        [0.01, 0.04, 0.03, 0.005],
+        [0.001, 0.2, 0.012, 0.013, 0.0125, 0.049],
+        [0.04, 0.04],
+        [0.05],
+        [0.3, 0.6, 0.9],
+        list(np.random.default_rng(3).uniform(0, 0.03, 12)),
+    ],
+)
+def test_holm_marks_follow_the_definition(ps: list[float]) -> None:
+    adjusted, survives = compare.holm(ps)
+    assert survives == holm_by_definition(ps, compare.ALPHA)
+    # The adjusted p-values: max over the ranks up to k of min(1, (m - j + 1) p_(j)).
+    m, ranked = len(ps), sorted(ps)
+    for i, p in enumerate(ps):
+        k = ranked.index(p) + ranked.count(p)  # ties share the largest rank's value
+        want = max(min(1.0, (m - j) * ranked[j]) for j in range(k))
+        assert adjusted[i] == pytest.approx(want)
+    assert [a <= compare.ALPHA for a in adjusted] == survives
+
+
+def make_two_seed_experiment(tmp_path: Path) -> Path:
+    """Models a and b trained with seeds 0 and 1 on fer2013: seed 0's a is far better than
+    seed 0's b, seed 1's a far worse than seed 1's b (on the same test images)."""
+    rng = np.random.default_rng(7)
+    exp = tmp_path / "exp2"
+    layout = Layout(exp)
+    keys = [f"fer2013/test/{i:05d}.png" for i in range(N_OWN)]
+    y = rng.integers(0, len(LABELS), N_OWN)
+    good, bad = rng.random(N_OWN) < 0.85, rng.random(N_OWN) < 0.45
+    correct = {("a", 0): good, ("b", 0): bad, ("a", 1): bad, ("b", 1): good}
+    pairs, statuses = [], []
+    for seed in (0, 1):
+        for model in ("a", "b"):
+            pair = PlannedPair(
+                "fer2013", model, run_key=f"rk-{model}-{seed}", run_dir=f"runs/{model}-{seed}"
+            )
+            pair.seed = seed
+            planned = PlannedEval("fer2013", f"ek-{model}-{seed}", f"eval/{model}/seed{seed}")
+            pair.evals.append(planned)
+            _write_evaluation(layout, planned, keys, y, correct[(model, seed)])
+            st = PairStatus("fer2013", model, "trained", seed=seed)
+            st.evals.append(EvalStatus("fer2013", "computed"))
+            pairs.append(pair)
+            statuses.append(st)
+    datasets = [PlannedDataset("fer2013", "fer2013", "/d/fer", "train", "f1", {"test": N_OWN})]
+    write_plan(layout, Plan("two-seeds", datasets, pairs, {}))
+    write_status(layout, statuses)
+    return exp
+
+
+def test_a_two_seed_comparison_whose_seeds_disagree_is_not_significant(tmp_path: Path) -> None:
+    exp = make_two_seed_experiment(tmp_path)
+    write_summary(collect_summary(exp), exp)
+    with Layout(exp).comparisons_csv.open(newline="", encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    # Seed 0 alone says "a better" beyond doubt; the verdict uses both seeds and does not.
+    assert float(row["p_value"]) < 1e-6 and float(row["difference"]) > 0.2
+    assert row["n_seeds"] == "2"
+    assert float(row["p_value_seeds"]) >= compare.ALPHA
+    assert row["verdict"].startswith("no significant difference across 2 seeds")
+    assert row["holm"] == "False"
+    shown = comparison_rows(load_record(exp))[0]
+    assert shown["significant"] is False and shown["holm"] is False
+    md = (exp / "summary.md").read_text(encoding="utf-8")
+    assert "p across seeds" in md
+    assert "1 comparison with a p-value in this report; 0 survive Holm's correction" in md
+    from ferlab.reporting.html import build_report
+
+    html = build_report(exp).read_text(encoding="utf-8")
+    assert "p across seeds" in html and 'data-holm="no"' in html
+
+
+def test_every_comparison_gets_a_holm_mark_and_the_report_counts_them(tmp_path: Path) -> None:
+    from ferlab.reporting.html import build_report
+
+    exp, _ = make_experiment(tmp_path)
+    write_summary(collect_summary(exp), exp)
+    rows = collect_comparisons(load_record(exp))
+    tested = [r for r in rows if r["note"] is None]
+    assert len(tested) == 1  # the rafdb pair was not compared: not in the family
+    adjusted, survives = compare.holm([r["p_value"] for r in tested])
+    assert tested[0]["p_holm"] == adjusted[0] and tested[0]["holm"] is survives[0] is True
+    assert all(r["p_holm"] is None for r in rows if r["note"] is not None)
+    md = (exp / "summary.md").read_text(encoding="utf-8")
+    assert "1 comparison with a p-value in this report; 1 survives Holm's correction" in md
+    html = build_report(exp).read_text(encoding="utf-8")
+    assert 'id="holm-note"' in html and "survive Holm's correction for all 1" in html
+    assert 'data-holm="yes"' in html

@@ -178,6 +178,13 @@ def test_comparisons_keep_the_first_seed_and_add_the_spread(experiment: dict[str
     assert row["p_value"] != "" and row["difference_ci_low"] != ""
     assert float(row["difference_mean"]) == pytest.approx(statistics.fmean(diffs))
     assert float(row["difference_std"]) == pytest.approx(statistics.stdev(diffs))
+    # The verdict is both seeds' (a t-test over the two differences and each seed's McNemar),
+    # never seed 0's McNemar p alone; Holm corrects that p over the report's comparisons.
+    p_seeds, p_images = float(row["p_seeds"]), float(row["p_images"])
+    assert float(row["p_value_seeds"]) == max(p_seeds, p_images)
+    assert p_images >= float(row["p_value"]) or diffs[0] * statistics.fmean(diffs) <= 0
+    assert "across 2 seeds" in row["verdict"]
+    assert float(row["p_holm"]) >= float(row["p_value_seeds"]) and row["holm"] in ("True", "False")
     md = (exp / "summary.md").read_text()
     assert "A - B across seeds (pp)" in md
     assert "A &minus; B across seeds" in (exp / "report.html").read_text()

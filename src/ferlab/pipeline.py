@@ -36,7 +36,7 @@ from ferlab.config import (
     check_names,
     dump_config,
 )
-from ferlab.data.base import DatasetError, LoadedDataset
+from ferlab.data.base import DatasetError, LoadedDataset, dataset_traits
 from ferlab.layout import ENSEMBLE, MEGA, METRICS, PROBS, SPLITS, Layout, write_json
 from ferlab.planning import (
     Entry,
@@ -497,7 +497,7 @@ def check_dataset_paths(cfg: ExperimentConfig) -> None:
     missing = [
         (i, ds)
         for i, ds in enumerate(cfg.datasets)
-        if ds.name != "synthetic" and not Path(ds.path).expanduser().exists()
+        if not dataset_traits(ds.name).generated and not Path(ds.path).expanduser().exists()
     ]
     if not missing:
         return

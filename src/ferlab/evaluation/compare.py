@@ -14,7 +14,11 @@ the difference itself:
 - ``seed_differences`` and ``mean_std``: with several training seeds, the accuracy difference
   of seed s of A against seed s of B for every seed, and its mean and standard deviation across
   seeds: how much of a difference the choice of seed alone moves (the paired interval above is
-  one run's and knows nothing of it).
+  one run's and knows nothing of it);
+- ``across_seeds_test``: the verdict of a comparison trained with several seeds, from every
+  seed (see its docstring for the test and why);
+- ``holm``: which of the several comparisons of one report survive Holm's step-down
+  correction for multiple comparisons.
 
 Pure numpy and the standard library, no file access: ``ferlab.reporting.tables`` reads the
 planned evaluations and calls these.
@@ -23,6 +27,7 @@ planned evaluations and calls these.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -269,7 +274,14 @@ def seed_differences(
     (model A before model B, as in ``compare_pairs``). Seed s of A is paired with seed s of B;
     a seed whose two models were not scored on the same images adds no value for that pair.
     """
-    out: dict[tuple[str, str], list[float]] = {}
+    return {models: [d for d, _ in values] for models, values in seed_comparisons(per_seed).items()}
+
+
+def seed_comparisons(
+    per_seed: Sequence[Mapping[str, tuple[Sequence[str], Any]]],
+) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """``seed_differences`` with each seed's McNemar exact p: ``(difference, p)`` per seed."""
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for correct in per_seed:
         for model_a, model_b in itertools.combinations(list(correct), 2):
             aligned = align_by_key(*correct[model_a], *correct[model_b])
@@ -277,5 +289,150 @@ def seed_differences(
                 continue
             a, b = aligned
             d = a.astype(np.int64) - b.astype(np.int64)  # (N,) as in paired_bootstrap_diff
-            out.setdefault((model_a, model_b), []).append(float(d.mean()))
+            b01, b10 = discordant(a, b)
+            out.setdefault((model_a, model_b), []).append(
+                (float(d.mean()), mcnemar_exact_counts(b01, b10))
+            )
     return out
+
+
+# --------------------------------------------------------------------------- several seeds
+def student_t_two_sided(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with ``df`` degrees of freedom: ``P[|T| >= |t|]``
+    ``= I_{df / (df + t^2)}(df / 2, 1 / 2)`` (the regularized incomplete beta function; no
+    scipy here)."""
+    if df < 1:
+        raise ValueError(f"df must be at least 1; got {df}.")
+    if math.isnan(t):
+        return 1.0
+    if math.isinf(t):
+        return 0.0
+    return min(1.0, max(0.0, _betainc(df / 2.0, 0.5, df / (df + t * t))))
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta ``I_x(a, b)`` by its continued fraction (modified Lentz),
+    used directly where it converges fast (``x < (a + 1) / (a + b + 2)``), else through
+    ``1 - I_{1-x}(b, a)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_cf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_cf(b, a, 1.0 - x) / b
+
+
+def _beta_cf(a: float, b: float, x: float) -> float:
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def t_test_mean_zero(values: Sequence[float]) -> float | None:
+    """Two-sided one-sample t-test of "the mean is 0" (None with fewer than two values). Equal
+    values give 1 when they are 0 and 0 otherwise (no spread at all: t is infinite)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size < 2:
+        return None
+    mean, sd = float(arr.mean()), float(arr.std(ddof=1))
+    if sd == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
+    return student_t_two_sided(mean / (sd / math.sqrt(arr.size)), int(arr.size) - 1)
+
+
+def across_seeds_test(
+    differences: Sequence[float], p_values: Sequence[float]
+) -> dict[str, float | None]:
+    """One p-value for a comparison trained with several seeds, from every seed.
+
+    ``differences[s]`` is seed s's paired accuracy difference A - B (seed s of A against seed
+    s of B) and ``p_values[s]`` its McNemar exact p. The combined p is
+    ``max(p_seeds, p_images)``:
+
+    - ``p_seeds``: a two-sided one-sample t-test of "the mean per-seed difference is 0" over
+      the K differences. The claim a comparison makes is about the two recipes, and the
+      training seed is their unit of replication: a difference that changes sign from seed to
+      seed is not one the recipe makes. With K seeds the test has K - 1 degrees of freedom,
+      so two seeds need nearly equal differences (|t| > 12.7) and 3-5 seeds are the useful
+      range.
+    - ``p_images``: the largest per-seed McNemar p, taken as 1 for a seed whose difference
+      has the other sign than the mean. Every seed's models are scored on the *same* test
+      images, so the t-test above treats those images as fixed and cannot see how much a
+      differently drawn test set would move the difference; McNemar sees exactly that. The
+      per-seed McNemar p-values cannot be combined by Fisher's or Stouffer's method (those
+      assume independent tests, and these share their images), nor can their discordant
+      counts be pooled (each image would count K times); requiring every seed to pass is
+      valid whatever the dependence.
+
+    Taking the larger of the two is an intersection-union test (Berger, 1982): it rejects
+    only when both nulls are rejected, and its level is ``alpha`` without any assumption on
+    how the two tests depend on each other. It is conservative by design: a verdict of
+    "better" then holds across training seeds *and* across test images. ``p_value`` is None
+    with fewer than two seeds (no test across seeds).
+    """
+    diffs = [float(d) for d in differences]
+    ps = [float(p) for p in p_values]
+    if len(diffs) != len(ps):
+        raise ValueError(f"{len(diffs)} differences but {len(ps)} p-values: one of each per seed.")
+    p_seeds = t_test_mean_zero(diffs)
+    if p_seeds is None:
+        return {"p_value": None, "p_seeds": None, "p_images": None}
+    mean = float(np.mean(diffs))
+    p_images = max(p if d * mean > 0 else 1.0 for d, p in zip(diffs, ps, strict=True))
+    return {"p_value": max(p_seeds, p_images), "p_seeds": p_seeds, "p_images": p_images}
+
+
+def seed_verdict(
+    model_a: str,
+    model_b: str,
+    mean_diff: float,
+    p_value: float | None,
+    n_seeds: int,
+    alpha: float = ALPHA,
+) -> str:
+    """``verdict`` for a comparison across ``n_seeds`` seeds (``across_seeds_test``'s p)."""
+    if p_value is None:
+        return f"not tested: {n_seeds} seed compared, a test across seeds needs 2 or more"
+    return verdict(model_a, model_b, mean_diff, p_value, alpha).replace(
+        " (p = ", f" across {n_seeds} seeds (p = "
+    )
+
+
+# --------------------------------------------------------------------------- several comparisons
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> tuple[list[float], list[bool]]:
+    """Holm's step-down correction of m p-values of one report: ``(adjusted p, survives)``.
+
+    Sorted ascending, p_(k) is rejected while ``p_(j) <= alpha / (m - j + 1)`` for every j up
+    to k; the first that fails stops the rejections. It keeps the chance of *any* false
+    "better" among the m comparisons at most ``alpha`` with no assumption on how they depend
+    on each other (they share models and test images). The adjusted p is
+    ``max_{j <= k} min(1, (m - j + 1) p_(j))``; a comparison survives when it is ``<= alpha``
+    (the same decision).
+    """
+    ps = [float(p) for p in p_values]
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted, [a <= alpha for a in adjusted]

@@ -8,16 +8,18 @@ the tables a run printed, and a result left by another plan never shows as curre
 
 The paired comparisons (``comparisons.csv`` and a section of ``summary.md``) read the per-image
 predictions (``probs.npz``) of the same planned evaluations, and test every two models trained
-on one dataset and scored on one test split (``ferlab.evaluation.compare``).
+on one dataset and scored on one test split (``ferlab.evaluation.compare``); every verdict's
+p-value is also corrected with Holm's method over all the comparisons of the experiment.
 
 With several training seeds (``seeds:``) the plan holds every pair once per seed. Then a summary
 row is one (dataset, model): the mean and sample standard deviation across seeds of each metric
 (``*_mean``, ``*_std``, ``n_seeds``) beside one run's numbers, bootstrap intervals and training
 facts, those of the first seed (``seed``); ``per_seed.csv`` keeps every seed's numbers and
 ``across_seeds.csv`` the mean and std on every test set. The cross-dataset matrix holds means
-across seeds, and a paired comparison is the first seed's, with the mean and std across seeds
-of the accuracy difference (seed s of A against seed s of B). With one seed every file is as
-before seeds existed.
+across seeds, and a paired comparison shows the first seed's interval and McNemar p, with the
+mean and std across seeds of the accuracy difference (seed s of A against seed s of B) and a
+verdict from every seed (``compare.across_seeds_test``). With one seed every file is as before
+seeds existed, with the Holm columns added to comparisons.csv.
 """
 
 from __future__ import annotations
@@ -821,17 +823,28 @@ COMPARISON_FIELDS: tuple[str, ...] = (
     "p_value",
     "verdict",
     "note",
+    "p_holm",
+    "holm",
 )
-# Several training seeds: the columns comparisons.csv gains. The row's other numbers are one
-# run's, the first seed's (``seed``); ``difference_mean``/``difference_std`` are the mean and
-# sample std across the ``n_seeds`` seeds ``seeds`` of the accuracy difference A - B, seed s of A
-# against seed s of B.
+# ``p_holm``: the verdict's p-value after Holm's correction over every comparison of the
+# experiment that has one (``compare.holm``); ``holm``: True when the verdict's difference
+# survives that correction (``p_holm`` at most ``compare.ALPHA``). Empty for a pair not compared.
+# Several training seeds: the columns comparisons.csv gains. The row's other numbers
+# (accuracies, interval, counts, ``p_value``) are one run's, the first seed's (``seed``);
+# ``difference_mean``/``difference_std`` are the mean and sample std across the ``n_seeds``
+# seeds ``seeds`` of the accuracy difference A - B, seed s of A against seed s of B. The
+# verdict is then every seed's (``compare.across_seeds_test``): ``p_value_seeds`` =
+# max(``p_seeds``, the t-test over the per-seed differences; ``p_images``, the largest per-seed
+# McNemar p), and ``p_holm`` corrects ``p_value_seeds``.
 COMPARISON_SEED_FIELDS: tuple[str, ...] = (
     "seed",
     "n_seeds",
     "seeds",
     "difference_mean",
     "difference_std",
+    "p_seeds",
+    "p_images",
+    "p_value_seeds",
 )
 COMPARISON_SEED = 0  # the paired bootstrap's seed, so a report rebuilds the same intervals
 DEFAULT_BOOTSTRAP = 1000  # resamples when the metrics do not record how many were used
@@ -928,13 +941,23 @@ def collect_comparisons(record: Record) -> list[dict[str, Any]]:
     planned key); a pair that cannot be compared (no per-image predictions, different test
     images) has a row with the reason in ``note`` and no numbers.
 
-    With several training seeds a row is the first seed's comparison (its paired interval and
-    McNemar p), with ``COMPARISON_SEED_FIELDS``: the mean and std across seeds of the accuracy
-    difference, seed s of A against seed s of B.
+    With several training seeds a row holds the first seed's comparison (its paired interval
+    and McNemar p), with ``COMPARISON_SEED_FIELDS``: the mean and std across seeds of the
+    accuracy difference, seed s of A against seed s of B, and the verdict of every seed
+    together (``compare.across_seeds_test``), not the first seed's alone.
+
+    Every row with a verdict p-value gets ``p_holm`` and ``holm``: Holm's correction over all
+    the comparisons of the experiment, the family a reader scans for a "better".
     """
     if record.comparison_cache is not None:
         return record.comparison_cache
-    from ferlab.evaluation.compare import compare_pairs, seed_differences
+    from ferlab.evaluation.compare import (
+        across_seeds_test,
+        compare_pairs,
+        holm,
+        seed_comparisons,
+        seed_verdict,
+    )
 
     multi = record.multi_seed
     fields = COMPARISON_FIELDS + COMPARISON_SEED_FIELDS if multi else COMPARISON_FIELDS
@@ -970,7 +993,7 @@ def collect_comparisons(record: Record) -> list[dict[str, Any]]:
             unavailable=unavailable,
             order=[e.model for e in evaluations],
         )
-        spread: dict[tuple[str, str], list[float]] = {}
+        spread: dict[tuple[str, str], list[tuple[float, float]]] = {}
         used: dict[tuple[str, str], list[Any]] = {}
         if multi:
             for seed in record.plan.seeds:
@@ -979,7 +1002,7 @@ def collect_comparisons(record: Record) -> list[dict[str, Any]]:
                     if seed == first_seed
                     else _correctness(by_seed.get((dataset, test, seed), []))[0]
                 )
-                for models, values in seed_differences([flags]).items():
+                for models, values in seed_comparisons([flags]).items():
                     spread.setdefault(models, []).extend(values)
                     used.setdefault(models, []).append(seed)
         for row in pairs:
@@ -988,13 +1011,38 @@ def collect_comparisons(record: Record) -> list[dict[str, Any]]:
             if multi:
                 models = (row["model_a"], row["model_b"])
                 values = spread.get(models, [])
+                diffs = [d for d, _ in values]
                 row["seed"] = first_seed
                 row["n_seeds"] = len(values)
                 row["seeds"] = used.get(models, [])
-                row["difference_mean"], row["difference_std"] = mean_std(values)
+                row["difference_mean"], row["difference_std"] = mean_std(diffs)
+                if row.get("note") is None and values:
+                    test_ = across_seeds_test(diffs, [p for _, p in values])
+                    row["p_seeds"], row["p_images"] = test_["p_seeds"], test_["p_images"]
+                    row["p_value_seeds"] = test_["p_value"]
+                    row["verdict"] = seed_verdict(
+                        row["model_a"],
+                        row["model_b"],
+                        float(row["difference_mean"]),
+                        test_["p_value"],
+                        len(values),
+                    )
             rows.append({k: row.get(k) for k in fields})
+    tested = [r for r in rows if verdict_p(r) is not None]
+    adjusted, survives = holm([float(verdict_p(r)) for r in tested])  # type: ignore[arg-type]
+    for r, p_adj, ok in zip(tested, adjusted, survives, strict=True):
+        r["p_holm"], r["holm"] = p_adj, ok
     record.comparison_cache = rows
     return rows
+
+
+def verdict_p(row: Mapping[str, Any]) -> float | None:
+    """The p-value a comparison's verdict rests on: McNemar's (one seed) or the test across
+    seeds (``p_value_seeds``, several); None for a pair not compared or not tested."""
+    if row.get("note") not in (None, ""):
+        return None
+    value = row.get("p_value_seeds") if "n_seeds" in row else row.get("p_value")
+    return None if value is None or value == "" else float(value)
 
 
 def comparisons_csv(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -1027,9 +1075,11 @@ def comparison_rows(record: Record) -> list[dict[str, Any]]:
     Each dict: ``dataset, test, model_a, model_b`` (with `` (TTA)`` when TTA predictions were
     compared), ``n, acc_a, acc_b, diff`` (percentage points, signed), ``ci``, ``only_a``,
     ``only_b``, ``p``, ``verdict``, ``note`` (why a pair was not compared, else None), and the
-    flags ``compared`` and ``significant``. With several training seeds also ``seed`` (whose run
-    the other numbers are), ``n_seeds`` and ``diff_seeds`` (the difference's mean ± std across
-    seeds, in percentage points); else these are None.
+    flags ``compared``, ``significant`` (the verdict's p below ``ALPHA``) and ``holm`` (it
+    survives Holm's correction over all the comparisons), ``p_holm`` (formatted). With several
+    training seeds also ``seed`` (whose run the other numbers are), ``n_seeds``, ``diff_seeds``
+    (the difference's mean ± std across seeds, in percentage points) and ``p_seeds`` (the
+    verdict's p across seeds); else these are None.
     """
     return _display_comparisons(collect_comparisons(record))
 
@@ -1054,6 +1104,7 @@ def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         compared = r.get("note") is None
         low, high = r.get("difference_ci_low"), r.get("difference_ci_high")
         multi = "n_seeds" in r
+        p_verdict = verdict_p(r)
         out.append(
             {
                 "dataset": str(r["dataset"]),
@@ -1071,15 +1122,35 @@ def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
                 "verdict": str(r.get("verdict")),
                 "note": r.get("note"),
                 "compared": compared,
-                "significant": compared and float(r["p_value"]) < ALPHA,
+                "significant": p_verdict is not None and p_verdict < ALPHA,
+                "holm": bool(r.get("holm")),
+                "p_holm": fmt_p(r.get("p_holm")),
                 "seed": r.get("seed") if multi else None,
                 "n_seeds": fmt_plain(r.get("n_seeds")) if multi else None,
                 "diff_seeds": fmt_points_std(r.get("difference_mean"), r.get("difference_std"))
                 if multi
                 else None,
+                "p_seeds": fmt_p(r.get("p_value_seeds")) if multi else None,
             }
         )
     return out
+
+
+def holm_note(display: Sequence[Mapping[str, Any]]) -> str | None:
+    """How many comparisons the report made and how many survive Holm's correction."""
+    from ferlab.evaluation.compare import ALPHA
+
+    tested = [d for d in display if d["p_holm"] != "-"]
+    if not tested:
+        return None
+    kept = sum(1 for d in tested if d["holm"])
+    return (
+        f"{len(tested)} comparison{'s' if len(tested) != 1 else ''} with a p-value in this "
+        f"report; {kept} survive{'s' if kept == 1 else ''} Holm's correction for all "
+        f"{len(tested)} at {ALPHA} (`Holm`: yes). With many comparisons some p below {ALPHA} "
+        'come by chance; Holm\'s step-down keeps the chance of any false "better" among them '
+        f"below {ALPHA}."
+    )
 
 
 def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -1102,10 +1173,13 @@ def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         seed = rows[0].get("seed") if rows else None
         lines[-1:-1] = [
             "",
-            f"Trained with several seeds: these numbers are one run's, seed {seed}'s. "
-            "`A - B across seeds` is the mean ± sample standard deviation (pp) of the accuracy "
-            "difference over the seeds (`seeds`: how many), seed s of A against seed s of B; a "
-            "difference smaller than that spread may be the seed's doing, not the model's.",
+            f"Trained with several seeds: the accuracies, interval, counts and `p` are one "
+            f"run's, seed {seed}'s. `A - B across seeds` is the mean ± sample standard deviation "
+            "(pp) of the accuracy difference over the seeds (`seeds`: how many), seed s of A "
+            "against seed s of B. The verdict uses every seed: `p across seeds` is the larger "
+            "of a t-test over the per-seed differences and the largest per-seed McNemar p (a "
+            "seed whose difference has the other sign counts as 1), so a difference must hold "
+            "across seeds and across test images to be called better.",
         ]
     shown = [d for d in display if d["compared"]]
     if shown:
@@ -1115,14 +1189,22 @@ def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         keys += ["only_a", "only_b", "p", "verdict"]
         right = {"n", "acc_a", "acc_b", "diff", "ci", "only_a", "only_b", "p"}
         if multi:
-            head += ["A - B across seeds (pp)", "seeds"]
-            keys += ["diff_seeds", "n_seeds"]
-            right |= {"diff_seeds", "n_seeds"}
+            head += ["A - B across seeds (pp)", "seeds", "p across seeds"]
+            keys += ["diff_seeds", "n_seeds", "p_seeds"]
+            right |= {"diff_seeds", "n_seeds", "p_seeds"}
+        head += ["Holm p", "Holm"]
+        keys += ["p_holm", "holm_mark"]
+        right |= {"p_holm"}
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join("---:" if k in right else ":---" for k in keys) + "|")
         for d in shown:
-            lines.append("| " + " | ".join(_md_escape(str(d[k])) for k in keys) + " |")
+            mark = "-" if d["p_holm"] == "-" else ("yes" if d["holm"] else "no")
+            cells = {**d, "holm_mark": mark}
+            lines.append("| " + " | ".join(_md_escape(str(cells[k])) for k in keys) + " |")
         lines.append("")
+        note = holm_note(display)
+        if note:
+            lines += [note, ""]
     skipped = [d for d in display if not d["compared"]]
     if skipped:
         lines += ["Not compared:", ""]
