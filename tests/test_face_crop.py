@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,14 @@ from PIL import Image
 
 import ferlab.face
 from conftest import shared_dataset
+from face_fakes import BrightSquare
 from ferlab.config import ConfigError, DataConfig, validate_config
 from ferlab.data import decode, facecrop
 from ferlab.data.base import DatasetError, Record
 from ferlab.data.cache import build_or_load, split_fingerprint
 from ferlab.data.facecrop import FACE_CROPS, FaceCrop
 from ferlab.data.loading import load_dataset, load_from_config
-from ferlab.face import Face, FaceToolsMissing
+from ferlab.face import FaceToolsMissing
 
 TINY = {"n_train": 24, "n_val": 8, "n_test": 8}
 
@@ -31,23 +31,6 @@ def synthetic(cache_dir: Path, **kw: Any):
     return load_dataset(
         "synthetic", "wild", size=32, channels=1, cache_dir=cache_dir, options=TINY, **kw
     )
-
-
-class BrightSquare:
-    """A fake detector: the face is the bounding box of the pixels above 200 (none: no face)."""
-
-    name = "haar"
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        grey = np.asarray(rgb)
-        grey = grey if grey.ndim == 2 else grey[:, :, 0]
-        ys, xs = np.nonzero(grey > 200)
-        if len(xs) == 0:
-            return []
-        return [Face((float(xs.min()), float(ys.min()), xs.max() + 1.0, ys.max() + 1.0), None)]
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        return [self.detect(im) for im in images]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ a known face; the framing (padding for detection, margin, square crop, resize) i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,12 @@ from PIL import Image
 
 import ferlab
 import ferlab.face
+from face_fakes import BrightSquare
 from ferlab.data import facecrop
 from ferlab.data.base import ArraySplit
 from ferlab.data.loading import load_dataset
 from ferlab.evaluation import evaluate as evaluate_model
 from ferlab.evaluation.tta import recorded_tta
-from ferlab.face import Face
 from ferlab.labels import INDEX
 from ferlab.models import load_model
 from ferlab.predict import backends
@@ -33,26 +32,9 @@ SIZE = 32
 CLASSES = ("happy", "sad", "surprise")
 
 
-class BrightBox:
-    """The face is the bounding box of the pixels above 200 in the red channel."""
-
-    name = "haar"
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        red = np.asarray(rgb)
-        red = red if red.ndim == 2 else red[:, :, 0]
-        ys, xs = np.nonzero(red > 200)
-        if len(xs) == 0:
-            return []
-        return [Face((float(xs.min()), float(ys.min()), xs.max() + 1.0, ys.max() + 1.0), None)]
-
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        return [self.detect(im) for im in images]
-
-
 @pytest.fixture
 def bright_box(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ferlab.face, "make_detector", lambda name, **kw: BrightBox())
+    monkeypatch.setattr(ferlab.face, "make_detector", lambda name, **kw: BrightSquare())
     monkeypatch.setattr(facecrop, "_DETECTORS", {})
 
 

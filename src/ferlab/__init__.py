@@ -12,9 +12,10 @@ blocks. Names are imported on first use, so ``import ferlab`` stays fast.
 
 from __future__ import annotations
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ferlab._lazy import lazy_getattr
 
 try:
     __version__ = version("ferlab")
@@ -51,9 +52,4 @@ if TYPE_CHECKING:
     from ferlab.tuning import tune
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ferlab' has no attribute {name!r}")
+__getattr__ = lazy_getattr("ferlab", globals(), _EXPORTS)

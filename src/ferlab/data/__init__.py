@@ -10,8 +10,9 @@ registry (``ferlab.data.base``) without importing the loader, which reads the co
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ferlab._lazy import lazy_getattr
 
 _EXPORTS = {
     "ArraySplit": "ferlab.data.base",
@@ -51,9 +52,4 @@ if TYPE_CHECKING:
     from ferlab.data.loading import load_dataset
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ferlab.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr("ferlab.data", globals(), _EXPORTS)
