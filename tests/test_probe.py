@@ -28,6 +28,7 @@ from ferlab.probe import KernelCrashError, probe_cpu_kernels
 from test_training import quiet_fit, tcfg, toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+REAL_BUSY = probe._machine_busy  # the autouse fixture below stands a quiet machine in
 OP = "backward of blocks.0.residual.0 Conv2d(8, 16, kernel_size=(1, 1), stride=(2, 2))"
 FAKE_CHILD = """
 import json, os, signal, sys
@@ -71,6 +72,12 @@ def kernels(tmp_path: Path, **kw):
         cache_dir=tmp_path / "cache", log=lambda s: None,
     )  # fmt: skip
     return probe_cpu_kernels("ferlab_mini_xception", **{**args, **kw})
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe's timings count as the machine's own whatever else runs beside the tests."""
+    monkeypatch.setattr(probe, "_machine_busy", lambda: None)
 
 
 @pytest.fixture
@@ -342,3 +349,21 @@ def test_processes_probing_at_once_run_one_child_and_agree(
     assert len(results) == 2 and len(calls) == 2  # one probe: oneDNN on, then off
     assert sorted(r.cached for r in results) == [False, True]
     assert results[0].onednn is results[1].onednn is False
+
+
+def test_a_timing_taken_on_a_busy_machine_is_used_once_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16_cpu: None
+) -> None:
+    calls = fake_child(monkeypatch, timings=speeds(fp32=0.15, bf16=0.1))  # 1.5x
+    monkeypatch.setattr(probe.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(probe, "_machine_busy", REAL_BUSY)
+    said: list[str] = []
+    got = kernels(tmp_path, log=said.append)
+    assert got.precision == "bf16-mixed" and not got.cached  # used for this run
+    assert any("busy machine" in s and "load average 9.0" in s for s in said)
+    kernels(tmp_path)
+    assert len(calls) == 2  # measured again: nothing was cached
+    monkeypatch.setattr(probe.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    kernels(tmp_path)
+    again = kernels(tmp_path)
+    assert len(calls) == 3 and again.cached  # a quiet machine's timing is kept

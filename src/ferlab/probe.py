@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import signal
 import statistics
@@ -400,9 +401,17 @@ def probe_cpu_kernels(
         if cached is not None:
             cached.cpu, cached.seconds = cpu, time.perf_counter() - t0
             return cached
+        busy = _machine_busy() if measure else None
         result.probed = _run_probe(result, spec, architecture, precision, measure, log)
         result.seconds = time.perf_counter() - t0
-        if result.probed:
+        if result.probed and busy and result.onednn:
+            # A speed measured beside other work is no fact of the machine: used for this run,
+            # measured again by the next (a crash, which does not depend on load, is kept).
+            log(
+                f"the bf16/fp32 timing of {architecture} ran on a busy machine ({busy}): its "
+                "choice holds for this run only and is measured again next time"
+            )
+        elif result.probed:
             try:
                 layout.write_json(
                     path, {k: v for k, v in result.to_dict().items() if k != "seconds"}
@@ -410,6 +419,17 @@ def probe_cpu_kernels(
             except OSError as e:
                 log(f"could not cache the CPU kernel probe in {path.parent} ({e}); it runs again")
     return result
+
+
+def _machine_busy() -> str | None:
+    """Why timings taken now would not be the machine's own: more runnable work than cores
+    (the 1-minute load average, which also counts ferlab's own loading just before), or None."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on this platform
+        return None
+    cores = os.cpu_count() or 1
+    return f"load average {load:.1f} on {cores} cores" if load > cores + 0.5 else None
 
 
 def _read_cached(path: Path) -> CpuKernels | None:
