@@ -38,7 +38,12 @@ def pair_run_key(
     data: LoadedDataset, m: ModelConfig, cfg: ExperimentConfig, *, seed: int | None = None
 ) -> str:
     """The run key of model ``m`` trained on ``data`` under ``cfg`` with training seed ``seed``
-    (default ``cfg.seed``; ``ferlab.training.run_key``)."""
+    (default ``cfg.seed``; ``ferlab.training.run_key``).
+
+    ``runtime:`` is in no run key, precision included: bf16-mixed and fp32 runs of one recipe
+    differ by less than two fp32 seeds do (FER2013, quick recipe, 12 epochs: -0.73 and -0.09
+    points against a seed spread of 0.64; ``bench/RESULTS.md``), so they reuse each other.
+    """
     size, ch = model_geometry(cfg, m)
     return run_key(
         data.fingerprint,
