@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ferlab.data.base import DatasetError
+from ferlab.defaults import FACE_MARGIN
 
 FACE_CROPS: tuple[str, ...] = ("none", "haar", "mtcnn")
 # Smallest face searched for, in pixels of the decoded image (before the resize): a 48 x 48
@@ -50,7 +51,7 @@ class FaceCrop:
     """How decoding crops faces: the detector and the margin (a fraction of the box size)."""
 
     detector: str
-    margin: float = 0.2
+    margin: float = FACE_MARGIN
     min_face: int = MIN_FACE
 
     def key(self) -> dict[str, Any]:

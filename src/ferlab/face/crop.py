@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from ferlab.defaults import FACE_MARGIN
 from ferlab.face.detectors import Face
 
 # Eyes closer to level than this (radians, about 0.06 degrees) are not rotated.
@@ -27,7 +28,7 @@ def crop_face(
     rgb: np.ndarray,
     face: Face,
     *,
-    margin: float = 0.2,
+    margin: float = FACE_MARGIN,
     align: bool = False,
     square: bool = True,
 ) -> np.ndarray:
