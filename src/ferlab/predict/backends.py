@@ -222,43 +222,28 @@ class TorchClassifier:
         self.temperature = _temperature(
             getattr(self.meta, "temperature", 1.0), f"the metadata of {self.source}"
         )
-        self._net = _scaled(self.model, self.temperature)
 
     def probs(self, faces: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities: the temperature divides every view's logits before its
-        softmax and the views' probabilities are averaged, as ``ferlab evaluate`` computes
-        its calibrated TTA (the temperature is fitted on the plain validation logits)."""
-        from ferlab.evaluation.tta import predict_views, recorded_tta
+        """Calibrated probabilities, by evaluation's own code (``predict_all``): the temperature
+        divides every view's fp32 logits before its softmax and the views' probabilities are
+        averaged, as ``ferlab evaluate`` computes its calibrated TTA (the temperature is fitted
+        on the plain validation logits)."""
+        from ferlab.evaluation.tta import predict_all, recorded_tta
 
         if len(faces) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         cfg = recorded_tta(self.trained.get("tta")) if self.tta else None
 
         def run(chunk: np.ndarray) -> np.ndarray:
-            plain, averaged, _ = predict_views(
-                self._net, chunk, self.meta, cfg, len(chunk), self.device
-            )
-            return averaged if averaged is not None else plain
+            p = predict_all(
+                self.model, chunk, self.meta, cfg, len(chunk), self.device,
+                temperature=self.temperature,
+            )  # fmt: skip
+            out = p.tta_calibrated if cfg is not None else p.plain_calibrated
+            assert out is not None
+            return out
 
         return padded_batches(run, faces, self.batch_size)
-
-
-def _scaled(model: Any, temperature: float) -> Any:
-    """``model`` with its logits divided by ``temperature`` (the model itself when it is 1)."""
-    if temperature == 1.0:
-        return model
-    from torch import nn
-
-    class TemperatureScaled(nn.Module):
-        def __init__(self, net: nn.Module, t: float) -> None:
-            super().__init__()
-            self.net = net
-            self.t = t
-
-        def forward(self, x: Any) -> Any:
-            return self.net(x) / self.t
-
-    return TemperatureScaled(model, temperature)
 
 
 # ------------------------------------------------------------------------------ onnxruntime
