@@ -5,10 +5,11 @@ time (``DETECT_BATCH``: the detector's ``detect_batch``, which runs same-sized v
 through MTCNN together); each face is then framed as the training images were
 (``ferlab.data.facecrop``: the same detector on the same padded image, the same margin, made
 square) and prepared at the model's input by the data layer's resize and grey/colour
-conversion, so a face looks like the training images did. Items then wait until ``batch_size`` faces are pending (or
-``max_items`` items, so that frames without faces do not pile up), all their faces go through
-the classifier at once, and the items come out in input order with their probabilities. Only
-the waiting items are in memory: a long video is never held whole.
+conversion, so a face looks like the training images did. Items then wait until
+``batch_size`` faces are pending (or ``max_items`` items, so that frames without faces do not
+pile up), all their faces go through the classifier at once, and the items come out in input
+order with their probabilities. Only the waiting items are in memory: a long video is never
+held whole.
 
 The ``none`` detector takes the whole image as the face: an image file is then decoded exactly
 as the data layer decodes a pre-cropped dataset (``decode_record``), so ``predict --detector
