@@ -53,6 +53,7 @@ import torch
 from ferlab import layout
 from ferlab.defaults import CACHE_DIR
 
+PROVISIONAL_S = 1800.0  # how long a timing taken on a busy machine holds (one run's span)
 BF16_MIN_SPEEDUP = 1.2  # bf16 autocast trains only where a step is at least this much faster
 # bf16 inference: where its forward pass measured BF16_MIN_SPEEDUP faster and the trained
 # model's validation probabilities move by at most this much (measured on FER2013's PublicTest,
@@ -404,18 +405,21 @@ def probe_cpu_kernels(
         busy = _machine_busy() if measure else None
         result.probed = _run_probe(result, spec, architecture, precision, measure, log)
         result.seconds = time.perf_counter() - t0
-        if result.probed and busy and result.onednn:
-            # A speed measured beside other work is no fact of the machine: used for this run,
-            # measured again by the next (a crash, which does not depend on load, is kept).
-            log(
-                f"the bf16/fp32 timing of {architecture} ran on a busy machine ({busy}): its "
-                "choice holds for this run only and is measured again next time"
-            )
-        elif result.probed:
-            try:
-                layout.write_json(
-                    path, {k: v for k, v in result.to_dict().items() if k != "seconds"}
+        if result.probed:
+            record = {k: v for k, v in result.to_dict().items() if k != "seconds"}
+            if busy and result.onednn:
+                # A speed measured beside other work is no fact of the machine: it holds for
+                # the runs starting now (every pair of this run, every DDP rank: one answer),
+                # and is measured again after PROVISIONAL_S (a crash, which does not depend on
+                # load, is kept for good).
+                record["provisional_until"] = time.time() + PROVISIONAL_S
+                log(
+                    f"the bf16/fp32 timing of {architecture} ran on a busy machine ({busy}): "
+                    f"its choice holds for {PROVISIONAL_S / 60:.0f} minutes, then it is measured "
+                    "again"
                 )
+            try:
+                layout.write_json(path, record)
             except OSError as e:
                 log(f"could not cache the CPU kernel probe in {path.parent} ({e}); it runs again")
     return result
@@ -436,9 +440,13 @@ def _read_cached(path: Path) -> CpuKernels | None:
     if not path.is_file():
         return None
     try:
-        cached = CpuKernels(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        record = json.loads(path.read_text())
+        until = record.pop("provisional_until", None)
+        cached = CpuKernels(**record)
+    except (OSError, ValueError, TypeError, AttributeError):
         return None  # unreadable: probe again
+    if until is not None and time.time() > float(until):
+        return None  # measured on a busy machine, a while ago: measure again
     cached.cached = True
     return cached
 
