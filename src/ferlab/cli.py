@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from ferlab import __version__
 from ferlab.config import ConfigError
 from ferlab.defaults import CACHE_DIR
+from ferlab.export import MIN_OPSET, ONNX_NAME  # light: torch and onnx load on use
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_PAIRS = 3
@@ -227,9 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress bars (the default when the output is not a terminal)",
     )
 
-    from ferlab.export import add_export_arguments
-    from ferlab.predict import add_predict_arguments
-
     add_predict_arguments(
         sub.add_parser(
             "predict",
@@ -415,16 +414,212 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from ferlab.predict import main_from_args
+# -- predict and export ----------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
-    return main_from_args(args)
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2, got {value}")
+    return value
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``ferlab predict`` arguments."""
+    p.add_argument(
+        "--weights",
+        required=True,
+        metavar="RUN_OR_FILE",
+        help="run folder (or an experiment folder holding one run), its weights.safetensors, "
+        "or an .onnx file written by ferlab export",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (recursive; OS litter ignored) and video files "
+        "(mp4, avi, mov, mkv, ...)",
+    )
+    p.add_argument(
+        "--detector",
+        choices=["haar", "mtcnn", "none"],
+        default=None,
+        help="face detector; none: each image is one face (pre-cropped faces) (default: the "
+        "run's data.face_crop detector, haar when it trained without one)",
+    )
+    p.add_argument(
+        "--min-face",
+        type=_positive_int,
+        default=20,
+        metavar="PX",
+        help="smallest face side to detect, in pixels (default: 20)",
+    )
+    p.add_argument(
+        "--margin",
+        type=_margin,
+        default=None,
+        metavar="F",
+        help="grow each face box by this share of its size on each side (default: the run's "
+        "data.face_margin, 0 for a run trained without data.face_crop: tight, as FER2013)",
+    )
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="rotate each face so the eyes are level before cropping (needs mtcnn's landmarks)",
+    )
+    p.add_argument(
+        "--frame-step",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="read every N-th video frame (default: 1, every frame)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the probabilities of the views the run's evaluation used (its eval.tta; "
+        "the mirror image for weights that do not record it), as ferlab evaluate --tta does",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=64,
+        metavar="B",
+        help="faces classified per batch (default: 64)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for predictions.jsonl/.csv, summary.json, per-video emotion shares and "
+        "annotated copies (default: JSON lines on stdout)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        default="jsonl",
+        help="row format in --out (default: jsonl)",
+    )
+    p.add_argument(
+        "--annotate",
+        action="store_true",
+        help="write copies of the images and videos with boxes and labels drawn (needs --out)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default=None,
+        help="torch (default for weights), or onnxruntime (default for an .onnx file; with a "
+        "run folder it uses <run>/model.onnx from ferlab export)",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (the default when stderr is not a terminal)",
+    )
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"ferlab: warning: {message}", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Run ``ferlab predict``; 0 when it ran (even with some unreadable files)."""
+    from ferlab.predict.run import PredictWarning, check_options
+    from ferlab.predict.run import predict as _predict
+
+    check_options(
+        detector=args.detector,
+        min_face=args.min_face,
+        margin=args.margin,
+        frame_step=args.frame_step,
+        batch_size=args.batch_size,
+        fmt=args.format,
+        out=args.out,
+        annotate=args.annotate,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PredictWarning)
+        warnings.showwarning = _show_warning  # restored by catch_warnings
+        summary = _predict(
+            args.weights,
+            args.inputs,
+            detector=args.detector,
+            min_face=args.min_face,
+            margin=args.margin,
+            align=args.align,
+            frame_step=args.frame_step,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            out=args.out,
+            format=args.format,
+            annotate=args.annotate,
+            backend=args.backend,
+            progress=False if args.no_progress else None,
+        )
+    # With no --out the rows are on stdout: the summary goes to stderr, out of their way.
+    print(summary.format(), file=sys.stderr if args.out is None else sys.stdout)
+    return 0
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``ferlab export`` arguments."""
+    p.add_argument("--weights", required=True, help="run folder or weights file")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"ONNX operator set (>= {MIN_OPSET}; default: the exporter's)",
+    )
+    p.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="accept any batch size (default: batch size 1 only)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help=f"the .onnx file to write (default: <run folder>/{ONNX_NAME}); its metadata goes "
+        "beside it as <same name>.json",
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ferlab.export import main_from_args
+    """Run ``ferlab export`` from parsed arguments; returns the exit code."""
+    from ferlab.export import INPUT_NAME, export_onnx, sidecar_path
 
-    return main_from_args(args)
+    out = export_onnx(
+        args.weights, out=args.out, opset=args.opset, dynamic_batch=bool(args.dynamic_batch)
+    )
+    sidecar = sidecar_path(out)
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    batch = "any batch size" if meta["dynamic_batch"] else "batch size 1"
+    print(
+        f"wrote {out} (opset {meta['opset']}, {batch}, input {INPUT_NAME} "
+        f"{meta['input']['shape']}, temperature {meta['temperature']:.4g}) and {sidecar}"
+    )
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

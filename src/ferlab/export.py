@@ -29,7 +29,6 @@ imported inside the functions that use them.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -49,46 +48,6 @@ INSTALL_HINT = "pip install 'ferlab[onnx]'"
 
 class ExportError(ConfigError):
     """An export that cannot be done as asked; the message says why and what to change."""
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``ferlab export`` arguments (the parser itself is built by ``ferlab.cli``)."""
-    p.add_argument("--weights", required=True, help="run folder or weights file")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
-    p.add_argument(
-        "--opset",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"ONNX operator set (>= {MIN_OPSET}; default: the exporter's)",
-    )
-    p.add_argument(
-        "--dynamic-batch",
-        action="store_true",
-        help="accept any batch size (default: batch size 1 only)",
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE",
-        help=f"the .onnx file to write (default: <run folder>/{ONNX_NAME}); its metadata goes "
-        "beside it as <same name>.json",
-    )
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run ``ferlab export`` from parsed arguments; returns the exit code."""
-    out = export_onnx(
-        args.weights, out=args.out, opset=args.opset, dynamic_batch=bool(args.dynamic_batch)
-    )
-    sidecar = sidecar_path(out)
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    batch = "any batch size" if meta["dynamic_batch"] else "batch size 1"
-    print(
-        f"wrote {out} (opset {meta['opset']}, {batch}, input {INPUT_NAME} "
-        f"{meta['input']['shape']}, temperature {meta['temperature']:.4g}) and {sidecar}"
-    )
-    return 0
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
