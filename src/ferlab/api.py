@@ -20,7 +20,6 @@ from ferlab.data.base import (
     relative_key,
 )
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
-from ferlab.evaluation.tta import recorded_tta
 from ferlab.layout import SPLITS, read_json
 from ferlab.pipeline import ExperimentResult
 from ferlab.provenance import stamp
@@ -248,6 +247,7 @@ def evaluate(
     from ferlab.data.loading import load_dataset
     from ferlab.evaluation import evaluate as evaluate_model
     from ferlab.evaluation import flat_metrics
+    from ferlab.evaluation.tta import recorded_tta
     from ferlab.models import load_model
 
     weights = Path(weights).expanduser()

@@ -20,7 +20,6 @@ from ferlab.data.base import LoadedDataset
 from ferlab.layout import ENSEMBLE, MEGA, METRICS, Layout
 from ferlab.provenance import code_digest
 from ferlab.record import Plan, PlannedDataset, PlannedEval, PlannedPair, planned_metrics
-from ferlab.training import run_key
 
 if TYPE_CHECKING:
     from ferlab.pipeline import DataStore
@@ -44,6 +43,8 @@ def pair_run_key(
     differ by less than two fp32 seeds do (FER2013, quick recipe, 12 epochs: -0.73 and -0.09
     points against a seed spread of 0.64; ``bench/RESULTS.md``), so they reuse each other.
     """
+    from ferlab.training import run_key  # torch and Lightning: not at import (ferlab report)
+
     size, ch = model_geometry(cfg, m)
     return run_key(
         data.fingerprint,
