@@ -40,8 +40,6 @@ MAX_MARGIN = 2.0
 # Measured on 100 random images each: haar finds a face in 27% of FER2013's 48 px crops
 # unpadded and 66% padded, in 49% / 65% of ExpW's; MTCNN does not need it (89% / 86% FER2013).
 DETECT_PAD = {"haar": 0.25, "mtcnn": 0.0}
-# Bump when the cropping (not the detector) changes what an image becomes.
-FACE_CROP_VERSION = 1
 # Images decoded, then detected together (same-sized images share one MTCNN call).
 BLOCK = 64
 
@@ -55,11 +53,11 @@ class FaceCrop:
     min_face: int = MIN_FACE
 
     def key(self) -> dict[str, Any]:
-        """What the cropped images depend on, for the cache fingerprint."""
+        """What the cropped images depend on, for the cache fingerprint (the cropping code is
+        keyed there too, by ``provenance.code_digest("decode")``: no version to bump)."""
         from ferlab.face import detector_settings
 
         return {
-            "version": FACE_CROP_VERSION,
             "margin": float(self.margin),
             "detect_pad": DETECT_PAD.get(self.detector, 0.0),
             **detector_settings(self.detector, min_face=self.min_face),
