@@ -115,7 +115,7 @@ def test_fingerprint_covers_the_face_crop_settings(tmp_path: Path) -> None:
 
 
 def test_run_key_differs_with_face_crop(cache_dir: Path) -> None:
-    from ferlab.planning import pair_run_key
+    from ferlab.record.planning import pair_run_key
 
     raw = {
         "datasets": [{"name": "synthetic", "path": "wild", "options": TINY}],

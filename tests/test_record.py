@@ -126,7 +126,7 @@ def test_changed_code_digest_retrains_and_reevaluates(
     assert row["reused"] == "True" and f"ferlab {ferlab.__version__}" in row["produced_by"]
 
     import ferlab.pipeline as pipeline
-    import ferlab.planning as planning
+    import ferlab.record.planning as planning
     import ferlab.training.runcache as runcache
 
     for module in (runcache, pipeline, planning):
@@ -278,8 +278,9 @@ def test_the_code_that_plans_evaluations_and_decodes_images_is_digested() -> Non
     """Editing the planning code re-keys every evaluation; editing decoding re-keys the cache."""
     import inspect
 
-    from ferlab import planning, provenance
+    from ferlab import provenance
     from ferlab.data import decode, facecrop
+    from ferlab.record import planning
 
     evaluated = provenance.source_files("eval")
     for fn in (planning.make_plan, planning.eval_key, planning.pair_run_key):

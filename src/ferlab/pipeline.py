@@ -38,13 +38,6 @@ from ferlab.config import (
 )
 from ferlab.data.base import DatasetError, LoadedDataset, dataset_traits
 from ferlab.layout import ENSEMBLE, MEGA, METRICS, PROBS, SPLITS, Layout, write_json
-from ferlab.planning import (
-    Entry,
-    drop_stale_evaluations,
-    make_plan,
-    model_geometry,
-    test_entries,
-)
 from ferlab.provenance import code_digest, library_versions, stamp
 from ferlab.record import (
     EvalStatus,
@@ -59,6 +52,13 @@ from ferlab.record import (
     run_lock,
     write_plan,
     write_status,
+)
+from ferlab.record.planning import (
+    Entry,
+    drop_stale_evaluations,
+    make_plan,
+    model_geometry,
+    test_entries,
 )
 
 log = logging.getLogger("ferlab")

@@ -8,7 +8,7 @@ what is learned or measured retrains and re-evaluates instead of reusing old num
   (data decoding, face cropping and splitting, architectures, the training loop, augmentation,
   sampling, loss, the temperature fitted after training);
 - ``eval`` scope: the ``train`` files plus ``ferlab/evaluation`` (TTA, metrics, ensembles)
-  and ``ferlab/planning.py`` (which evaluations a run plans, and which TTA is the headline);
+  and ``ferlab/record/planning.py`` (which evaluations a run plans, and which TTA is the headline);
 - ``decode`` scope: the code that turns a file into pixels (``data/decode.py``,
   ``data/facecrop.py``, ``face/``): part of every decode-cache fingerprint, so an edit there
   decodes again instead of serving pixels the new code would not make.
@@ -35,7 +35,7 @@ Scope = Literal["train", "eval", "decode"]
 _TRAIN = ("data", "face", "models", "training", "labels.py", "calibration.py")
 _SCOPES: dict[str, tuple[str, ...]] = {
     "train": _TRAIN,
-    "eval": (*_TRAIN, "evaluation", "planning.py"),
+    "eval": (*_TRAIN, "evaluation", "record/planning.py"),
     "decode": ("data/decode.py", "data/facecrop.py", "face"),
 }
 

@@ -70,9 +70,9 @@ from ferlab.pipeline import (
     experiment_logging,
     set_threads,
 )
-from ferlab.planning import model_geometry, pair_run_key
 from ferlab.provenance import stamp
 from ferlab.record import hold_lock, pid_alive
+from ferlab.record.planning import model_geometry, pair_run_key
 
 if TYPE_CHECKING:
     import optuna
