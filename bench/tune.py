@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.arm:  # a child: one study, its result as JSON on stdout
         print(json.dumps(run_arm(args, data), default=str), flush=True)
         return 0
-    from ferlab.pipeline import DataStore
+    from ferlab.service.store import DataStore
 
     started = C.now_iso()
     cfg = config(args, data, "none")

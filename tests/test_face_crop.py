@@ -215,7 +215,8 @@ def test_synthetic_data_with_a_real_detector(cache_dir: Path) -> None:
 
 def test_counts_reach_the_data_report(cache_dir: Path, tmp_path: Path) -> None:
     from ferlab.layout import Layout
-    from ferlab.pipeline import DataStore, write_data_outputs
+    from ferlab.service.outputs import write_data_outputs
+    from ferlab.service.store import DataStore
 
     cfg = validate_config(
         {

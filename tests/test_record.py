@@ -64,12 +64,12 @@ def test_removed_model_and_a_pair_failing_on_rerun_leave_no_stale_numbers(
 
     # Rerun without vgg_b, and with the training code changed so that ferlab_vgg retrains
     # and fails on synthetic-wild this time.
-    import ferlab.pipeline as pipeline
     import ferlab.provenance as provenance
+    import ferlab.service.session as session
 
     provenance.code_digest.cache_clear()
     real = provenance.code_digest
-    monkeypatch.setattr(pipeline, "code_digest", lambda scope: "changed-" + real(scope))
+    monkeypatch.setattr(session, "code_digest", lambda scope: "changed-" + real(scope))
     import ferlab.training.runcache as runcache
 
     monkeypatch.setattr(runcache, "code_digest", lambda scope: "changed-" + real(scope))
@@ -125,11 +125,11 @@ def test_changed_code_digest_retrains_and_reevaluates(
     row = _summary(first.exp_dir)[("synthetic-lab", "ferlab_vgg")]
     assert row["reused"] == "True" and f"ferlab {ferlab.__version__}" in row["produced_by"]
 
-    import ferlab.pipeline as pipeline
     import ferlab.record.planning as planning
+    import ferlab.service.session as session
     import ferlab.training.runcache as runcache
 
-    for module in (runcache, pipeline, planning):
+    for module in (runcache, session, planning):
         monkeypatch.setattr(module, "code_digest", lambda scope: f"new-{scope}")
     third = run_experiment(cfg, progress=False, console=False)
     assert [p.status for p in third.pairs] == ["trained", "trained", "computed"]

@@ -216,7 +216,7 @@ def test_a_study_runs_n_trials_writes_its_outputs_and_continues_up_to_the_total(
 @pytest.mark.slow
 def test_the_test_split_is_never_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ferlab.evaluation as evaluation
-    import ferlab.pipeline as pipeline
+    import ferlab.service.store as store
 
     class Untouchable:
         """Stands in for the test images: any read fails the test."""
@@ -235,7 +235,7 @@ def test_the_test_split_is_never_read(tmp_path: Path, monkeypatch: pytest.Monkey
         def __array__(self, *args: Any, **kwargs: Any) -> Any:
             raise AssertionError("the test split was read while tuning")
 
-    real_get = pipeline.DataStore.get
+    real_get = store.DataStore.get
 
     def guarded_get(self: Any, ds: Any, size: int, channels: int) -> Any:
         data = real_get(self, ds, size, channels)
@@ -247,7 +247,7 @@ def test_the_test_split_is_never_read(tmp_path: Path, monkeypatch: pytest.Monkey
     def no_evaluation(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("tuning evaluated a model")
 
-    monkeypatch.setattr(pipeline.DataStore, "get", guarded_get)
+    monkeypatch.setattr(store.DataStore, "get", guarded_get)
     monkeypatch.setattr(evaluation, "evaluate", no_evaluation)
     result = tune(_cfg(tmp_path), trials=2, console=False)
     assert result.count("COMPLETE") == 2, result.trials

@@ -62,17 +62,17 @@ from ferlab.config import (
     validate_config,
 )
 from ferlab.layout import HISTORY, Layout, atomic_write, write_json
-from ferlab.pipeline import (
-    DataStore,
+from ferlab.provenance import stamp
+from ferlab.record import hold_lock, pid_alive
+from ferlab.record.planning import model_geometry, pair_run_key
+from ferlab.service.session import (
     check_dataset_paths,
     check_output_folders,
     experiment_dir,
     experiment_logging,
     set_threads,
 )
-from ferlab.provenance import stamp
-from ferlab.record import hold_lock, pid_alive
-from ferlab.record.planning import model_geometry, pair_run_key
+from ferlab.service.store import DataStore
 
 if TYPE_CHECKING:
     import optuna
@@ -220,7 +220,7 @@ class _Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         from ferlab.models.pretrained import check_pretrained
-        from ferlab.pipeline import fit_or_reuse
+        from ferlab.service.fitting import fit_or_reuse
         from ferlab.training import read_history
 
         t0 = time.perf_counter()

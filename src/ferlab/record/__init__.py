@@ -60,6 +60,12 @@ class PlannedPair:
     def eval_on(self, test: str) -> PlannedEval | None:
         return next((e for e in self.evals if e.test == test), None)
 
+    @property
+    def label(self) -> str:
+        """How the log names the pair: ``lab / ferlab_vgg``, ``lab / ferlab_vgg / seed 1``."""
+        label = f"{self.dataset} / {self.model}"
+        return label if self.seed is None else f"{label} / seed {self.seed}"
+
 
 @dataclass
 class PlannedDataset:

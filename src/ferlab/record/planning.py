@@ -22,7 +22,7 @@ from ferlab.provenance import code_digest
 from ferlab.record import Plan, PlannedDataset, PlannedEval, PlannedPair, planned_metrics
 
 if TYPE_CHECKING:
-    from ferlab.pipeline import DataStore
+    from ferlab.service.store import DataStore
 
 EVAL_FORMAT = 3  # bump when metrics.json changes meaning, so cached evaluations are redone
 # 3: metrics.json gains "calibration" (temperature, ECE before/after, reliability bins)
