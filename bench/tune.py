@@ -151,7 +151,7 @@ def _study_trials(out: Path, name: str) -> list[dict[str, Any]]:
     import optuna
 
     from ferlab.layout import Layout
-    from ferlab.tuning import open_storage
+    from ferlab.tuning.study import open_storage
 
     storage, _ = open_storage(None, Layout(out))  # the study's journal file in tune/
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()

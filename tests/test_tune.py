@@ -96,7 +96,7 @@ def test_a_space_over_what_decides_the_splits_is_refused_naming_the_key(
 
 
 def _median_pruner(tmp_path: Path, *extra: str, block: str = "") -> Any:
-    from ferlab.tuning import make_pruner, protected_epochs
+    from ferlab.tuning.study import make_pruner, protected_epochs
 
     cfg = _cfg(tmp_path, block or f"{{pruner: median, space: {SPACE}}}", 6, *extra)
     train = cfg.train_for(cfg.models[0])

@@ -25,7 +25,8 @@ optuna = pytest.importorskip("optuna")
 
 from ferlab.config import ConfigError, load_config  # noqa: E402
 from ferlab.layout import DONE, Layout  # noqa: E402
-from ferlab.tuning import open_storage, tune  # noqa: E402
+from ferlab.tuning import tune  # noqa: E402
+from ferlab.tuning.study import open_storage  # noqa: E402
 
 SMALL = "{n_train: 70, n_val: 35, n_test: 35}"
 NET = "{widths: [8, 16, 16, 32], depths: [1, 1, 1, 1]}"
@@ -108,12 +109,12 @@ def test_two_workers_on_one_journal_run_exactly_n_trials(tmp_path: Path) -> None
 def test_trials_of_one_study_draw_per_trial_seeded_values(tmp_path: Path) -> None:
     """Two workers asking at once get trials 0 and 1, whose seeds differ (seed + number), and
     the same study run again draws the same values."""
-    from ferlab.tuning import _trial_seeded, make_sampler
+    from ferlab.tuning.study import make_sampler, trial_seeded_sampler
 
     cfg = load_config(_experiment(tmp_path))
     draws = []
     for _ in range(2):
-        sampler = _trial_seeded(lambda seed: make_sampler(cfg.tune, seed), cfg.seed)
+        sampler = trial_seeded_sampler(lambda seed: make_sampler(cfg.tune, seed), cfg.seed)
         study = optuna.create_study(sampler=sampler)
         draws.append([study.ask().suggest_float("x", 0.0, 1.0) for _ in range(3)])
     assert draws[0] == draws[1]  # reproducible
