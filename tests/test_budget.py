@@ -14,7 +14,7 @@ from ferlab.models import load_model
 from ferlab.training import budget as budget_mod
 from ferlab.training.budget import ResizableOneCycleLR, WarmupCosine, resize_schedule
 from ferlab.training.module import WeightEMA
-from test_training import quiet_fit, tcfg, toy_dataset
+from training_fakes import quiet_fit, tcfg, toy_dataset
 
 
 def lrs(sched: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[float]:

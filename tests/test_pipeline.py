@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,10 +33,17 @@ def _tiny_cfg(tmp_path: Path, extra: list[str] | None = None):
     )
 
 
-@pytest.mark.slow
-def test_run_end_to_end_and_rerun_from_cache(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def failed_pair_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """One experiment whose second model does not exist: (its tmp folder, its result)."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
     cfg = _tiny_cfg(tmp_path, ["models.1.name=no_such_net"])
-    res = run_experiment(cfg, progress=False, console=False)
+    return tmp_path, run_experiment(cfg, progress=False, console=False)
+
+
+@pytest.mark.slow
+def test_run_end_to_end_with_a_failed_pair(failed_pair_run: tuple[Path, Any]) -> None:
+    _, res = failed_pair_run
     exp = res.exp_dir
     # The failed pair is reported and the rest carries on.
     assert [(p.model, p.status) for p in res.failed] == [("no_such_net", "failed")] * 2
@@ -69,6 +77,13 @@ def test_run_end_to_end_and_rerun_from_cache(tmp_path: Path) -> None:
     assert float(row["tta_accuracy"]) == pytest.approx(m["tta"]["accuracy"], abs=1e-6)
     assert rows[("synthetic-lab", "no_such_net")]["status"] == "failed"
 
+
+@pytest.mark.slow
+def test_rerun_with_the_failing_model_fixed_trains_only_the_rest(
+    failed_pair_run: tuple[Path, Any],
+) -> None:
+    tmp_path, first = failed_pair_run
+    exp = first.exp_dir
     # A rerun with the failing model fixed reuses the finished pairs and trains only the rest.
     cfg2 = _tiny_cfg(tmp_path, ["models.1.name=ferlab_mini_xception"])
     res2 = run_experiment(cfg2, progress=False, console=False)
@@ -79,13 +94,23 @@ def test_run_end_to_end_and_rerun_from_cache(tmp_path: Path) -> None:
     # Two models per dataset: the soft-voting ensemble is evaluated too.
     assert (exp / "eval/synthetic-lab__ensemble/on_synthetic-lab/metrics.json").is_file()
 
+
+@pytest.mark.slow
+def test_a_changed_training_setting_trains_into_its_own_folder(
+    failed_pair_run: tuple[Path, Any],
+) -> None:
+    tmp_path, first = failed_pair_run
+    exp = first.exp_dir
     # A changed training setting trains anew into its own folder.
     cfg3 = _tiny_cfg(tmp_path, ["models.1.name=ferlab_mini_xception", "train.lr=0.001"])
     res3 = run_experiment(cfg3, progress=False, console=False)
     assert all(p.status in ("trained", "computed") for p in res3.pairs)
     assert len(list((exp / "runs" / "synthetic-lab").glob("ferlab_vgg-*"))) == 2
 
-    # The report is rebuilt from the files alone.
+
+@pytest.mark.slow
+def test_the_report_is_rebuilt_from_the_files_alone(failed_pair_run: tuple[Path, Any]) -> None:
+    exp = failed_pair_run[1].exp_dir
     (exp / "report.html").unlink()
     assert main(["report", str(exp)]) == 0
     assert (exp / "report.html").is_file()

@@ -25,7 +25,7 @@ from ferlab.evaluation.tta import predict_all
 from ferlab.layout import FIT_JSON
 from ferlab.models import ModelMeta, create_model, ferlab_models, load_model
 from ferlab.probe import KernelCrashError, probe_cpu_kernels
-from test_training import quiet_fit, tcfg, toy_dataset
+from training_fakes import quiet_fit, tcfg, toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_BUSY = probe._machine_busy  # the autouse fixture below stands a quiet machine in

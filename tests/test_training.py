@@ -11,15 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ferlab.config import AugmentConfig, ModelConfig, RuntimeConfig, TrainConfig
-from ferlab.data.base import ArraySplit, LoadedDataset
+from ferlab.config import AugmentConfig, ModelConfig, TrainConfig
+from ferlab.data.base import ArraySplit
 from ferlab.device import cpu_threads, pick_device, resolve_precision
 from ferlab.labels import CANONICAL
 from ferlab.layout import FIT_JSON, META, TRAIN_LOGS
 from ferlab.training import (
     class_counts_after_balancing,
     clear_run,
-    fit,
     is_complete,
     read_history,
     run_key,
@@ -42,66 +41,7 @@ from ferlab.training.module import (
     param_groups,
     soft_cross_entropy,
 )
-
-LABELS = ["angry", "happy", "sad", "neutral"]
-CANON = np.array([0, 3, 4, 6])  # canonical indices of LABELS
-
-
-def toy_split(n: int, seed: int, size: int = 16, probs: list[float] | None = None) -> ArraySplit:
-    """Class k = a bright horizontal band at height k over dark noise: learnable in a few
-    epochs, and unchanged by horizontal flips."""
-    rng = np.random.default_rng(seed)
-    k = rng.choice(4, size=n, p=probs)
-    imgs = (rng.random((n, size, size, 1)) * 80).astype(np.uint8)
-    band = size // 4
-    for i, c in enumerate(k):
-        imgs[i, int(c) * band + 1 : (int(c) + 1) * band - 1, 1:-1, 0] = 220
-    return ArraySplit(imgs, CANON[k], [f"{seed}/{i}" for i in range(n)])
-
-
-def toy_dataset(
-    n_train: int = 256, probs: list[float] | None = None, soft: bool = False
-) -> LoadedDataset:
-    train, val = toy_split(n_train, 0, probs=probs), toy_split(96, 1)
-    if soft:
-        s = np.zeros((len(train), len(CANONICAL)), dtype=np.float32)
-        s[np.arange(len(train)), train.labels] = 0.8
-        s[:, CANONICAL.index("neutral")] += 0.2
-        train.soft = s
-    return LoadedDataset("toy", LABELS, {"train": train, "val": val}, "toy", "fp-toy")
-
-
-TINY = ModelConfig(name="ferlab_vgg", kwargs={"widths": [8, 16, 16, 24], "depths": [1, 1, 1, 1]})
-
-
-CPU = RuntimeConfig(accelerator="cpu", threads=1, progress=False)
-
-
-def tcfg(**kw) -> TrainConfig:
-    base = dict(epochs=5, batch_size=32, lr=3e-3, patience=50)
-    return TrainConfig(**{**base, **kw})
-
-
-def quiet_fit(
-    data: LoadedDataset,
-    cfg: TrainConfig,
-    run_dir: Path,
-    model: ModelConfig = TINY,
-    seed: int = 0,
-    **kw,
-):
-    return fit(
-        data,
-        model,
-        cfg,
-        run_dir,
-        seed=seed,
-        image_size=16,
-        channels=1,
-        runtime=kw.pop("runtime", CPU),
-        log=kw.pop("log", lambda s: None),
-        **kw,
-    )
+from training_fakes import CPU, LABELS, quiet_fit, tcfg, toy_dataset, toy_split
 
 
 # -- sampling ----------------------------------------------------------------------------------
