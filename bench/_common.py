@@ -504,7 +504,7 @@ def ferlab_train_rate(
     labels = list(dataset.labels)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = create_model(
-        model_name, num_classes=len(labels), in_chans=channels, image_size=image_size,
+        model_name, num_classes=len(labels), channels=channels, image_size=image_size,
         **model_kwargs,
     )  # fmt: skip
     mean, std = default_norm(channels, model)

@@ -127,7 +127,7 @@ def reference_scores(
     cache = args.cache_dir or cfg.data.cache_dir
     size, ch = int(meta.image_size), int(meta.channels)
     out: dict[str, Any] = {"tta_variants": {}, "generalisation": {}}
-    fer = load_dataset("fer2013", str(fer_path), size=size, channels=ch, cache_dir=cache)
+    fer = load_dataset(f"fer2013:{fer_path}", image_size=size, channels=ch, cache_dir=cache)
     test = fer.splits["test"]
     for name, tta in tta_variants(cfg):
         r = score(model, meta, test, fer.labels, tta, cfg)
@@ -140,7 +140,7 @@ def reference_scores(
         if not path.is_dir():
             out["generalisation"][name] = {"skipped": f"{path} is not there"}
             continue
-        ds = load_dataset(name, str(path), size=size, channels=ch, cache_dir=cache,
+        ds = load_dataset(f"{name}:{path}", image_size=size, channels=ch, cache_dir=cache,
                           split_seed=cfg.data.split_seed)  # fmt: skip
         r = score(model, meta, ds.splits[split], ds.labels, own_tta, cfg)
         out["generalisation"][name] = {
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"the experiment failed: {res.failed[0].error}")
     # The experiment's own summary of its planned evaluation (no files read back by globbing).
     row = next(r for r in res.summary_rows if r["dataset"] == "fer2013")
-    run_dir = res.weights
+    run_dir = res.run_dir
     fit = read_json(run_dir / FIT_JSON)
     mcfg = cfg.models[0]
     train_cfg = cfg.train_for(mcfg)

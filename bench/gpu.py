@@ -316,7 +316,7 @@ def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     labels = list(dataset.labels)
     pl.seed_everything(0, workers=True, verbose=False)
     model = create_model(
-        ctx["model"], num_classes=len(labels), in_chans=CHANNELS, image_size=ctx["size"],
+        ctx["model"], num_classes=len(labels), channels=CHANNELS, image_size=ctx["size"],
         **ctx["kwargs"],
     )  # fmt: skip
     mean, std = default_norm(CHANNELS, model)

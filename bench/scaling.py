@@ -71,7 +71,9 @@ def child_prepare(a: dict[str, Any]) -> dict[str, Any]:
     from ferlab.data.loading import load_dataset
 
     t0 = time.perf_counter()
-    ds = load_dataset("fer2013", a["data"], size=a["size"], channels=1, cache_dir=a["cache_dir"])
+    ds = load_dataset(
+        f"fer2013:{a['data']}", image_size=a["size"], channels=1, cache_dir=a["cache_dir"]
+    )
     return {
         "size": a["size"],
         "seconds": time.perf_counter() - t0,
@@ -111,7 +113,9 @@ def child_point(a: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(cpu_threads(a["threads"]))
 
     rss_imports = C.current_rss_mb()
-    ds = load_dataset("fer2013", a["data"], size=a["size"], channels=1, cache_dir=a["cache_dir"])
+    ds = load_dataset(
+        f"fer2013:{a['data']}", image_size=a["size"], channels=1, cache_dir=a["cache_dir"]
+    )
     full = len(ds.splits["train"])
     n = full if a["count"] == FULL else min(int(a["count"]), full)
     train_cfg, runtime, kwargs = C.bench_train_config(

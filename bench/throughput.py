@@ -155,7 +155,7 @@ def fresh_model(name: str, kwargs: dict[str, Any], classes: int, channels: int, 
     from ferlab.models import create_model
 
     torch.manual_seed(0)
-    return create_model(name, num_classes=classes, in_chans=channels, image_size=size, **kwargs)
+    return create_model(name, num_classes=classes, channels=channels, image_size=size, **kwargs)
 
 
 def norm_of(model: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -168,7 +168,7 @@ def norm_of(model: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, 
 def load_fer2013(path: Path, size: int, channels: int, cache_dir: str | Path) -> Any:
     from ferlab.data.loading import load_dataset
 
-    return load_dataset("fer2013", str(path), size=size, channels=channels, cache_dir=cache_dir)
+    return load_dataset(f"fer2013:{path}", image_size=size, channels=channels, cache_dir=cache_dir)
 
 
 # -- limit and ferlab, interleaved ------------------------------------------------------------------

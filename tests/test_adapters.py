@@ -141,7 +141,7 @@ def test_fake_data_loads_end_to_end(name: str, tmp_path: Path, cache_dir: Path) 
     fake = write_fake(name, tmp_path / "data")
     index = index_dataset(name, fake.root, **fake.options)
     loaded = load_dataset(
-        name, fake.root, size=48, channels=1, cache_dir=cache_dir, options=fake.options
+        f"{name}:{fake.root}", image_size=48, channels=1, cache_dir=cache_dir, options=fake.options
     )
     assert list(loaded.splits) == ["train", "val", "test"]
     assert loaded.labels == fake.labels and not loaded.bad_files
@@ -169,7 +169,7 @@ def test_missing_root_is_an_error_naming_it(name: str, tmp_path: Path, cache_dir
     with pytest.raises(DatasetError, match=re.escape(str(missing))):
         get_adapter(name)(missing)
     with pytest.raises(DatasetError, match=re.escape(str(missing))):
-        load_dataset(name, str(missing), cache_dir=cache_dir)
+        load_dataset(f"{name}:{missing}", cache_dir=cache_dir)
 
 
 @pytest.mark.parametrize("damage", ["zero-byte", "not an image"])
@@ -182,12 +182,15 @@ def test_damaged_image_is_a_bad_file_named_by_its_path(
     corrupt.write_bytes(b"" if damage == "zero-byte" else b"these bytes are not an image\n" * 8)
     with pytest.raises(DatasetError, match=re.escape(str(corrupt))):
         load_dataset(
-            name, fake.root, cache_dir=tmp_path / "error", on_bad_file="error", options=fake.options
+            f"{name}:{fake.root}",
+            cache_dir=tmp_path / "error",
+            on_bad_file="error",
+            options=fake.options,
         )
     assert not list((tmp_path / "error").glob("*/meta.json"))  # nothing cached
 
     loaded = load_dataset(
-        name, fake.root, cache_dir=tmp_path / "skip", on_bad_file="skip", options=fake.options
+        f"{name}:{fake.root}", cache_dir=tmp_path / "skip", on_bad_file="skip", options=fake.options
     )
     assert len(loaded.bad_files) == 1, loaded.bad_files
     bad = loaded.bad_files[0]
@@ -241,7 +244,9 @@ def test_split_settings_among_a_datasets_options_are_refused(
 ) -> None:
     fake = write_fake(name, tmp_path)
     with pytest.raises(DatasetError) as e:
-        load_dataset(name, fake.root, cache_dir=cache_dir, options={**fake.options, option: 0.2})
+        load_dataset(
+            f"{name}:{fake.root}", cache_dir=cache_dir, options={**fake.options, option: 0.2}
+        )
     msg = str(e.value)
     assert f"{option!r} of dataset {name!r} are not accepted" in msg
     assert "data.split_seed, data.val_fraction, data.test_fraction" in msg
@@ -254,7 +259,7 @@ def test_adapters_that_split_use_the_loaders_split_settings(
 ) -> None:
     fake = write_fake(name, tmp_path)
     settings = {"split_seed": 5, "val_fraction": 0.2, "test_fraction": 0.3}
-    loaded = load_dataset(name, fake.root, size=8, cache_dir=cache_dir, **settings)
+    loaded = load_dataset(f"{name}:{fake.root}", image_size=8, cache_dir=cache_dir, **settings)
     direct = index_dataset(name, fake.root, **settings)
     assert {s: a.keys for s, a in loaded.splits.items()} == {
         s: [r.key for r in recs] for s, recs in direct.splits.items()
@@ -263,7 +268,7 @@ def test_adapters_that_split_use_the_loaders_split_settings(
     assert "seed 5" in loaded.protocol and "30% test" in loaded.protocol
     assert loaded.spec["split_seed"] == 5 and loaded.spec["options"] == {}
     other = load_dataset(
-        name, fake.root, size=8, cache_dir=cache_dir, **{**settings, "split_seed": 6}
+        f"{name}:{fake.root}", image_size=8, cache_dir=cache_dir, **{**settings, "split_seed": 6}
     )
     assert other.fingerprint != loaded.fingerprint
 
@@ -327,7 +332,9 @@ def test_litter_is_ignored_and_counted_by_every_adapter(
 
     before = index_dataset(name, clean.root, **clean.options)
     assert relative(index, dirty.root) == relative(before, clean.root)  # nothing more, nothing less
-    loaded = load_dataset(name, dirty.root, size=8, cache_dir=cache_dir, options=dirty.options)
+    loaded = load_dataset(
+        f"{name}:{dirty.root}", image_size=8, cache_dir=cache_dir, options=dirty.options
+    )
     assert loaded.ignored == index.ignored and not loaded.bad_files
     assert sum(len(s) for s in loaded.splits.values()) == dirty.total
 

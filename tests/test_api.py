@@ -83,3 +83,74 @@ def test_run_data_points_the_files_datasets_elsewhere(tmp_path: Path) -> None:
         ["run", "fer2013_cpu", "--data", "fer2013:/x", "--data", "a:b"]
     )
     assert args.data == ["fer2013:/x", "a:b"]
+
+
+def test_train_takes_typed_settings_then_overrides() -> None:
+    from ferlab.api import train_config
+    from ferlab.config import ConfigError
+
+    cfg = train_config("synthetic:lab", "ferlab_vgg", epochs=3, lr=0.01, seed=5)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.seed) == (3, 0.01, 5)
+    assert [m.name for m in cfg.models] == ["ferlab_vgg"]
+    later = train_config("synthetic:lab", epochs=3, overrides=["train.epochs=4"])
+    assert later.train.epochs == 4  # overrides apply last
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) epoch\b.*epochs"):
+        train_config("synthetic:lab", epoch=3)
+    with pytest.raises(ConfigError, match="epochs"):  # a value of the wrong type
+        train_config("synthetic:lab", epochs="many")
+
+
+def test_run_takes_a_config_object(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ferlab.config import load_config
+    from ferlab.pipeline import ExperimentResult
+
+    seen = []
+
+    def fake_run(cfg: object, **kwargs: object) -> ExperimentResult:
+        seen.append(cfg)
+        return ExperimentResult(exp_dir=tmp_path)
+
+    monkeypatch.setattr(ferlab.api, "run_experiment", fake_run)
+    cfg = load_config("default")
+    ferlab.run(cfg, overrides=["train.epochs=1"])
+    assert seen[0].train.epochs == 1 and seen[0].name == cfg.name
+    assert cfg.train.epochs != 1  # the caller's object is not changed
+
+
+def test_experiment_result_names_folders_and_files(tmp_path: Path) -> None:
+    from ferlab.layout import WEIGHTS
+    from ferlab.pipeline import ExperimentResult
+    from ferlab.record import PairStatus
+
+    one = ExperimentResult(
+        exp_dir=tmp_path,
+        pairs=[PairStatus("lab", "vgg", "trained", run_dir="runs/lab/vgg-1")],
+    )
+    assert one.run_dir == tmp_path / "runs/lab/vgg-1"
+    assert one.weights == tmp_path / "runs/lab/vgg-1" / WEIGHTS
+    two = ExperimentResult(
+        exp_dir=tmp_path,
+        pairs=[
+            PairStatus("lab", "vgg", "trained", run_dir="runs/lab/vgg-1"),
+            PairStatus("lab", "xc", "reused", run_dir="runs/lab/xc-2"),
+            PairStatus("lab", "bad", "failed", run_dir="runs/lab/bad-3"),
+        ],
+    )
+    with pytest.raises(ValueError, match=r"exactly one trained pair.*run_dir_of"):
+        _ = two.run_dir
+    assert two.run_dir_of("lab", "xc") == tmp_path / "runs/lab/xc-2"
+    assert two.run_dir_of("lab", "nope") is None
+
+
+def test_one_way_to_name_a_dataset_and_its_geometry(tmp_path: Path) -> None:
+    from ferlab.data.base import DatasetError
+
+    with pytest.raises(DatasetError, match="not NAME:PATH"):
+        ferlab.load_dataset("synthetic")
+    small = {"n_train": 14, "n_val": 7, "n_test": 7}
+    data = ferlab.load_dataset(
+        "synthetic:wild", image_size=16, channels=3, cache_dir=tmp_path, options=small
+    )
+    assert data.splits["train"].images.shape[1:] == (16, 16, 3)
+    net = ferlab.create_model("ferlab_vgg", num_classes=7, channels=3, image_size=16)
+    assert next(net.parameters()).shape[1] == 3

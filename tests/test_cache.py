@@ -379,7 +379,7 @@ def folder_dataset(root: Path, *, with_test: bool) -> Path:
 def test_load_dataset_fills_val_and_test_from_train(tmp_path: Path, cache_dir: Path) -> None:
     root = folder_dataset(tmp_path / "ds", with_test=False)
     logs: list[str] = []
-    ds = load_dataset("_test_folder", str(root), size=8, channels=3, cache_dir=cache_dir,
+    ds = load_dataset(f"_test_folder:{root}", image_size=8, channels=3, cache_dir=cache_dir,
                       split_seed=3, log=logs.append)  # fmt: skip
     assert ds.name == "_test_folder"
     assert ds.labels == ["angry", "happy", "sad"]
@@ -395,13 +395,13 @@ def test_load_dataset_fills_val_and_test_from_train(tmp_path: Path, cache_dir: P
     assert any("decoding" in m for m in logs)
 
     again = load_dataset(
-        "_test_folder", str(root), size=8, channels=3, cache_dir=cache_dir, split_seed=3
+        f"_test_folder:{root}", image_size=8, channels=3, cache_dir=cache_dir, split_seed=3
     )
     for s in ("train", "val", "test"):
         assert again.splits[s].keys == ds.splits[s].keys
     assert again.fingerprint == ds.fingerprint
     other = load_dataset(
-        "_test_folder", str(root), size=8, channels=3, cache_dir=cache_dir, split_seed=4
+        f"_test_folder:{root}", image_size=8, channels=3, cache_dir=cache_dir, split_seed=4
     )
     assert other.splits["val"].keys != ds.splits["val"].keys
     assert other.fingerprint != ds.fingerprint
@@ -409,7 +409,7 @@ def test_load_dataset_fills_val_and_test_from_train(tmp_path: Path, cache_dir: P
 
 def test_load_dataset_carves_val_only_when_test_given(tmp_path: Path, cache_dir: Path) -> None:
     root = folder_dataset(tmp_path / "ds", with_test=True)
-    ds = load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, val_fraction=0.2)
+    ds = load_dataset(f"_test_folder:{root}", image_size=8, cache_dir=cache_dir, val_fraction=0.2)
     sizes = {s: len(a) for s, a in ds.splits.items()}
     assert sizes["test"] == 10 and sizes["train"] + sizes["val"] == 60  # test as given
     assert 6 <= sizes["val"] <= 20  # about 20% of train, by hash
@@ -440,12 +440,12 @@ def test_load_dataset_bad_files_from_index_and_decode(tmp_path: Path, cache_dir:
     (root / "train" / "happy" / "zero.png").write_bytes(b"")  # found by the adapter
     (root / "train" / "sad" / "text.png").write_text("hello")  # found while decoding
     with pytest.raises(DatasetError, match=r"zero\.png"):
-        load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, on_bad_file="error")
+        load_dataset(f"_test_folder:{root}", image_size=8, cache_dir=cache_dir, on_bad_file="error")
     with pytest.raises(DatasetError, match=r"text\.png"):
-        load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, on_bad_file="error",
+        load_dataset(f"_test_folder:{root}", image_size=8, cache_dir=cache_dir, on_bad_file="error",
                      options={"index_checks": False})  # fmt: skip
     assert entries(cache_dir) == []
-    ds = load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, on_bad_file="skip")
+    ds = load_dataset(f"_test_folder:{root}", image_size=8, cache_dir=cache_dir, on_bad_file="skip")
     assert sorted(Path(b.path).name for b in ds.bad_files) == ["text.png", "zero.png"]
     assert sum(len(s) for s in ds.splits.values()) == 70
 
@@ -454,16 +454,16 @@ def test_load_from_config(tmp_path: Path, cache_dir: Path) -> None:
     root = folder_dataset(tmp_path / "ds", with_test=True)
     ds_cfg = DatasetConfig(name="_test_folder", path=str(root), label="faces")
     data = DataConfig(cache_dir=str(cache_dir), split_seed=1)
-    ds = load_from_config(ds_cfg, data, size=16, channels=1)
+    ds = load_from_config(ds_cfg, data, image_size=16, channels=1)
     assert ds.name == "faces" and ds.spec["split_seed"] == 1
     assert ds.splits["train"].images.shape[1:] == (16, 16, 1)
-    ds3 = load_from_config(ds_cfg, data, size=12, channels=3)
+    ds3 = load_from_config(ds_cfg, data, image_size=12, channels=3)
     assert ds3.splits["train"].images.shape[1:] == (12, 12, 3)
 
 
 def test_load_dataset_rejects_unknown_policy(tmp_path: Path, cache_dir: Path) -> None:
     with pytest.raises(DatasetError, match="on_bad_file"):
-        load_dataset("_test_folder", str(tmp_path), cache_dir=cache_dir, on_bad_file="ignore")
+        load_dataset(f"_test_folder:{tmp_path}", cache_dir=cache_dir, on_bad_file="ignore")
 
 
 # --- real data ------------------------------------------------------------------------------
@@ -482,7 +482,7 @@ def test_fer2013_cache_build_and_fast_reload(
         pytest.skip(f"the fer2013 adapter is not available: {e}")
     cache_dir = tmp_path / "cache"
     t0 = time.perf_counter()
-    ds = load_dataset("fer2013", str(root), size=48, channels=1, cache_dir=cache_dir)
+    ds = load_dataset(f"fer2013:{root}", image_size=48, channels=1, cache_dir=cache_dir)
     built = time.perf_counter() - t0
     total = sum(len(s) for s in ds.splits.values())
     assert total == 35_887 - len(ds.bad_files)
@@ -495,7 +495,7 @@ def test_fer2013_cache_build_and_fast_reload(
     reload_cpu, reload_wall = float("inf"), float("inf")
     for _ in range(3):
         c0, t0 = time.process_time(), time.perf_counter()
-        again = load_dataset("fer2013", str(root), size=48, channels=1, cache_dir=cache_dir)
+        again = load_dataset(f"fer2013:{root}", image_size=48, channels=1, cache_dir=cache_dir)
         reload_cpu = min(reload_cpu, time.process_time() - c0)
         reload_wall = min(reload_wall, time.perf_counter() - t0)
     assert again.fingerprint == ds.fingerprint
@@ -520,7 +520,7 @@ def test_empty_splits_are_kept(tmp_path: Path, cache_dir: Path) -> None:
 def test_error_policy_holds_for_an_entry_cached_under_skip(tmp_path: Path, cache_dir: Path) -> None:
     root = folder_dataset(tmp_path / "ds", with_test=True)
     (root / "train" / "sad" / "text.png").write_text("hello")  # found only while decoding
-    ds = load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, on_bad_file="skip")
+    ds = load_dataset(f"_test_folder:{root}", image_size=8, cache_dir=cache_dir, on_bad_file="skip")
     assert [Path(b.path).name for b in ds.bad_files] == ["text.png"]
     with pytest.raises(DatasetError, match=r"text\.png"):
-        load_dataset("_test_folder", str(root), size=8, cache_dir=cache_dir, on_bad_file="error")
+        load_dataset(f"_test_folder:{root}", image_size=8, cache_dir=cache_dir, on_bad_file="error")

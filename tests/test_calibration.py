@@ -363,7 +363,7 @@ def test_a_tiny_training_stores_a_temperature_and_the_report_shows_it(tmp_path: 
         ],
     )
     res = run_experiment(cfg, progress=False, console=False)
-    run = res.weights
+    run = res.run_dir
     meta = read_meta(run)
     assert meta.temperature != 1.0 and math.isfinite(meta.temperature)
     fit = json.loads((run / "fit.json").read_text())
@@ -387,4 +387,4 @@ def test_a_tiny_training_stores_a_temperature_and_the_report_shows_it(tmp_path: 
     # A rerun reuses the run, and with it its temperature.
     again = run_experiment(cfg, progress=False, console=False)
     assert [p.status for p in again.pairs] == ["reused"]
-    assert read_meta(again.weights).temperature == meta.temperature
+    assert read_meta(again.run_dir).temperature == meta.temperature

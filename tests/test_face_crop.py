@@ -29,7 +29,7 @@ TINY = {"n_train": 24, "n_val": 8, "n_test": 8}
 
 def synthetic(cache_dir: Path, **kw: Any):
     return load_dataset(
-        "synthetic", "wild", size=32, channels=1, cache_dir=cache_dir, options=TINY, **kw
+        "synthetic:wild", image_size=32, channels=1, cache_dir=cache_dir, options=TINY, **kw
     )
 
 
@@ -126,7 +126,7 @@ def test_run_key_differs_with_face_crop(cache_dir: Path) -> None:
     fps = {}
     for crop in ("none", "haar"):
         cfg = validate_config({**raw, "data": {**raw["data"], "face_crop": crop}})
-        data = load_from_config(cfg.datasets[0], cfg.data, size=32, channels=1)
+        data = load_from_config(cfg.datasets[0], cfg.data, image_size=32, channels=1)
         keys[crop] = pair_run_key(data, cfg.models[0], cfg)
         fps[crop] = data.fingerprint
         assert data.spec["face_crop"] == crop

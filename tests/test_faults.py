@@ -198,7 +198,7 @@ def test_two_processes_building_one_cache_both_finish_with_one_valid_cache(
 ) -> None:
     code = (
         "import sys; from ferlab.data.loading import load_dataset; "
-        "d = load_dataset('synthetic', 'wild', cache_dir=sys.argv[1], "
+        "d = load_dataset('synthetic:wild', cache_dir=sys.argv[1], "
         "options={'n_train': 700, 'n_val': 70, 'n_test': 70}); "
         "print(d.fingerprint, sum(len(s) for s in d.splits.values()))"
     )

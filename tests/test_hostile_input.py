@@ -182,7 +182,7 @@ def test_images_skip_keeps_every_valid_image_and_names_every_bad_one(
 ) -> None:
     root = tmp_path / "faces"
     litter = write_corpus(root)
-    loaded = load_dataset("folder", str(root), size=16, channels=3, cache_dir=cache_dir)
+    loaded = load_dataset(f"folder:{root}", image_size=16, channels=3, cache_dir=cache_dir)
     bad = _bad_by_name(loaded.bad_files)
     assert set(bad) == set(BAD)
     for name, reason in BAD.items():
@@ -206,7 +206,7 @@ def test_images_error_names_the_bad_files_and_caches_nothing(
     found_by_adapter = _bad_by_name(index_dataset("folder", str(root)).bad_files)
     assert {"zero.jpg", "loop.jpg", "dangling.jpg"} <= set(found_by_adapter)
     with pytest.raises(DatasetError) as e:
-        load_dataset("folder", str(root), cache_dir=cache_dir, on_bad_file="error")
+        load_dataset(f"folder:{root}", cache_dir=cache_dir, on_bad_file="error")
     msg = str(e.value)
     # All of them at once: those the adapter found and those only decoding finds.
     assert msg.startswith(f"folder: {len(BAD)} bad file(s) found before training")
@@ -229,7 +229,7 @@ def test_images_found_only_by_decoding_are_all_named_in_error_mode(
             item.write(root / item.rel)
     assert not index_dataset("folder", str(root)).bad_files  # only decoding finds these
     with pytest.raises(DatasetError) as e:
-        load_dataset("folder", str(root), cache_dir=cache_dir, on_bad_file="error")
+        load_dataset(f"folder:{root}", cache_dir=cache_dir, on_bad_file="error")
     lines = str(e.value).splitlines()
     assert lines[0] == "folder: 3 bad file(s) found before training:"
     listed = {Path(line.split(": ", 1)[0].strip()).name: line for line in lines[1:4]}
@@ -257,7 +257,7 @@ def test_an_unreadable_file_is_a_bad_file(tmp_path: Path, cache_dir: Path) -> No
     locked = write_image(tmp_path / "faces" / "happy" / "locked.png")
     locked.chmod(0)
     try:
-        loaded = load_dataset("folder", str(tmp_path / "faces"), size=8, cache_dir=cache_dir)
+        loaded = load_dataset(f"folder:{tmp_path / 'faces'}", image_size=8, cache_dir=cache_dir)
     finally:
         locked.chmod(0o644)
     bad = _bad_by_name(loaded.bad_files)
@@ -437,7 +437,7 @@ def test_list_and_csv_files_read_as_editors_save_them(
 def test_csv_gz_through_the_loader(tmp_path: Path, cache_dir: Path) -> None:
     data = tmp_path / "data"
     _write_format(data, "fer2013.csv", quoted=True, variant="utf-8 BOM", gz=True)
-    loaded = load_dataset("fer2013", str(data), size=8, cache_dir=cache_dir)
+    loaded = load_dataset(f"fer2013:{data}", image_size=8, cache_dir=cache_dir)
     assert {s: len(a) for s, a in loaded.splits.items()} == {"train": 4, "val": 4, "test": 3}
     assert not loaded.bad_files and loaded.splits["train"].keys[0].endswith("fer2013.csv.gz#row0")
 
@@ -479,14 +479,14 @@ def test_fer2013_bad_rows_skip_and_error(
     data.mkdir()
     csv_path = data / "fer2013.csv"
     expected = _fer_csv_with_bad_rows(csv_path)
-    loaded = load_dataset("fer2013", str(data), size=8, cache_dir=cache_dir)
+    loaded = load_dataset(f"fer2013:{data}", image_size=8, cache_dir=cache_dir)
     reasons = {b.path.rsplit("#", 1)[1]: b.reason for b in loaded.bad_files}
     assert {f"#{k}" for k in reasons} == set(expected)
     for key, reason in expected.items():
         assert reason in reasons[key[1:]], (key, reasons[key[1:]])
     assert {s: len(a) for s, a in loaded.splits.items()} == {"train": 2, "val": 1, "test": 1}
     with pytest.raises(DatasetError) as e:
-        load_dataset("fer2013", str(data), cache_dir=cache_dir, on_bad_file="error")
+        load_dataset(f"fer2013:{data}", cache_dir=cache_dir, on_bad_file="error")
     assert str(e.value).startswith("fer2013: 6 bad file(s)")
     assert all(f"{csv_path}{key}: " in str(e.value) for key in expected)
     code, out, err = _cli(["data", "inspect", f"fer2013:{csv_path}", "--json", "--cache-dir",
@@ -533,7 +533,7 @@ def test_expw_bad_rows_and_photos_skip_and_error(
     data = tmp_path / "data"
     data.mkdir()
     expected, litter = _expw_with_bad_rows(data)
-    loaded = load_dataset("expw", str(data), size=8, cache_dir=cache_dir)
+    loaded = load_dataset(f"expw:{data}", image_size=8, cache_dir=cache_dir)
     reasons = {int(b.path.rsplit(":", 1)[1]): b.reason for b in loaded.bad_files}
     assert set(reasons) == set(expected)
     for line, reason in expected.items():
@@ -541,7 +541,7 @@ def test_expw_bad_rows_and_photos_skip_and_error(
     assert sum(len(a) for a in loaded.splits.values()) == 6
     assert loaded.ignored == litter
     with pytest.raises(DatasetError) as e:
-        load_dataset("expw", str(data), cache_dir=cache_dir, on_bad_file="error")
+        load_dataset(f"expw:{data}", cache_dir=cache_dir, on_bad_file="error")
     assert str(e.value).startswith(f"expw: {len(expected)} bad file(s)")
     code, out, err = _cli(["data", "inspect", f"expw:{data}", "--json", "--cache-dir",
                            str(cache_dir)], capsys)  # fmt: skip
@@ -566,7 +566,7 @@ def test_text_that_is_not_utf8_or_a_damaged_gzip(
     latin.parent.mkdir()
     latin.write_bytes(b"emotion,pixels,Usage\n0," + PIXELS[0].encode() + b",Training \xe9t\xe9\n")
     with pytest.raises(DatasetError, match="is not UTF-8 text"):
-        load_dataset("fer2013", str(latin.parent), cache_dir=cache_dir)
+        load_dataset(f"fer2013:{latin.parent}", cache_dir=cache_dir)
     _one_line_error(
         *_cli(["data", "inspect", f"fer2013:{latin}"], capsys)[::2], str(latin), "UTF-8"
     )

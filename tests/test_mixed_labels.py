@@ -87,7 +87,7 @@ def test_seven_and_eight_class_datasets_are_scored_on_their_shared_classes(tmp_p
     # The 8-class models have 8 outputs, the 7-class ones 7.
     for dataset, labels in ((EIGHT, list(CANONICAL)), (LAB, list(EMOTIONS))):
         for model in MODELS:
-            run = res.run_dir(dataset, model)
+            run = res.run_dir_of(dataset, model)
             assert run is not None, (dataset, model)
             net, meta = load_model(run)
             assert meta.labels == labels

@@ -214,7 +214,7 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path, monkeypat
 
 def _rgb_source(num_classes: int = 10) -> torch.nn.Module:
     torch.manual_seed(3)
-    src = create_model("ferlab_resnet", num_classes, in_chans=3)
+    src = create_model("ferlab_resnet", num_classes, channels=3)
     with torch.no_grad():
         for p in src.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -225,7 +225,7 @@ def test_pretrained_path_adapts_rgb_conv_to_grey_and_replaces_head(tmp_path: Pat
     src = _rgb_source(num_classes=10)
     path = tmp_path / "rgb.safetensors"
     save_file(model_io.plain_state_dict(src), str(path))
-    dst = create_model("ferlab_resnet", 7, in_chans=1, pretrained=str(path)).eval()
+    dst = create_model("ferlab_resnet", 7, channels=1, pretrained=str(path)).eval()
     assert dst.stem[0].weight.shape[1] == 1  # type: ignore[index]
     assert torch.allclose(dst.stem[0].weight, src.stem[0].weight.sum(1, keepdim=True))  # type: ignore[index]
     # a grey image gives the same features through the summed conv as R=G=B through the original
@@ -235,18 +235,18 @@ def test_pretrained_path_adapts_rgb_conv_to_grey_and_replaces_head(tmp_path: Pat
         b = src.stages(src.stem(x.repeat(1, 3, 1, 1)))  # type: ignore[operator]
     assert torch.allclose(a, b, atol=1e-4)
     assert dst.head.fc.out_features == 7  # type: ignore[union-attr]
-    fresh = create_model("ferlab_resnet", 7, in_chans=1)
+    fresh = create_model("ferlab_resnet", 7, channels=1)
     assert not torch.equal(dst.head.fc.weight[:1], src.head.fc.weight[:1])  # type: ignore[index]
     assert dst.head.fc.weight.shape == fresh.head.fc.weight.shape  # type: ignore[union-attr]
 
 
 def test_pretrained_path_grey_to_rgb_and_nested_pth(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    grey = create_model("ferlab_vgg", 7, in_chans=1, width_mult=0.5)
+    grey = create_model("ferlab_vgg", 7, channels=1, width_mult=0.5)
     wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in grey.state_dict().items()}}
     path = tmp_path / "ckpt.pth"
     torch.save(wrapped, path)
-    rgb = create_model("ferlab_vgg", 7, in_chans=3, width_mult=0.5, pretrained=path).eval()
+    rgb = create_model("ferlab_vgg", 7, channels=3, width_mult=0.5, pretrained=path).eval()
     grey.eval()
     x = torch.rand(2, 1, 48, 48)
     with torch.no_grad():
@@ -254,10 +254,10 @@ def test_pretrained_path_grey_to_rgb_and_nested_pth(tmp_path: Path) -> None:
 
 
 def test_pretrained_path_into_a_timm_model(tmp_path: Path) -> None:
-    src = create_model("resnet18", 1000, in_chans=3)
+    src = create_model("resnet18", 1000, channels=3)
     path = tmp_path / "resnet18.pth"
     torch.save({"model": {f"model.{k}": v for k, v in src.state_dict().items()}}, path)
-    dst = create_model("resnet18", 7, in_chans=1, pretrained=str(path))
+    dst = create_model("resnet18", 7, channels=1, pretrained=str(path))
     assert torch.allclose(dst.conv1.weight, src.conv1.weight.sum(1, keepdim=True))  # type: ignore[union-attr]
     assert torch.equal(dst.layer1[0].conv1.weight, src.layer1[0].conv1.weight)  # type: ignore[index]
     assert dst.fc.out_features == 7  # type: ignore[union-attr]

@@ -47,13 +47,13 @@ def test_registry_lists_the_compact_nets() -> None:
 @pytest.mark.parametrize("chans", [1, 3])
 def test_ferlab_net_forward_backward(name: str, chans: int) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=7, in_chans=chans)
+    model = create_model(name, num_classes=7, channels=chans)
     _forward_backward(model, torch.randn(2, chans, 48, 48), 7)
 
 
 @pytest.mark.parametrize("name", ferlab_models())
 def test_ferlab_net_is_size_agnostic_and_deterministic_in_eval(name: str) -> None:
-    model = create_model(name, num_classes=5, in_chans=1).eval()
+    model = create_model(name, num_classes=5, channels=1).eval()
     with torch.no_grad():
         x = torch.randn(3, 1, 64, 64)
         a, b = model(x), model(x)
@@ -62,7 +62,7 @@ def test_ferlab_net_is_size_agnostic_and_deterministic_in_eval(name: str) -> Non
 
 
 def test_ferlab_net_carries_its_data_config() -> None:
-    model = create_model("ferlab_vgg", num_classes=7, in_chans=1, image_size=48)
+    model = create_model("ferlab_vgg", num_classes=7, channels=1, image_size=48)
     cfg = model.pretrained_cfg  # type: ignore[attr-defined]
     assert cfg["input_size"] == (1, 48, 48)
     assert cfg["classifier"] == "head.fc"
@@ -106,7 +106,7 @@ def test_register_model_refuses_duplicates() -> None:
 
     try:
         assert name in list_models("ferlab_*")
-        m = create_model(name, 4, in_chans=1, image_size=8)
+        m = create_model(name, 4, channels=1, image_size=8)
         assert m(torch.randn(2, 1, 8, 8)).shape == (2, 4)
         with pytest.raises(ValueError, match="already registered"):
             register_model(name)(tiny)
@@ -152,12 +152,12 @@ def test_hub_architectures_forward_backward(
     name: str, size: int, kwargs: dict[str, object], chans: int
 ) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=5, in_chans=chans, image_size=size, **kwargs)
+    model = create_model(name, num_classes=5, channels=chans, image_size=size, **kwargs)
     _forward_backward(model, torch.randn(2, chans, size, size), 5)
 
 
 def test_vit_takes_the_image_size() -> None:
-    model = create_model("vit_tiny_patch16_224", 3, in_chans=1, image_size=64)
+    model = create_model("vit_tiny_patch16_224", 3, channels=1, image_size=64)
     assert model.patch_embed.img_size == (64, 64)  # type: ignore[union-attr]
     assert model.pos_embed.shape[1] == 1 + (64 // 16) ** 2  # type: ignore[union-attr]
     with pytest.raises(AssertionError):  # a ViT built for 64 refuses 48
@@ -165,7 +165,7 @@ def test_vit_takes_the_image_size() -> None:
 
 
 def test_torchvision_first_conv_is_adapted() -> None:
-    model = create_model("tv:resnet18", 3, in_chans=1)
+    model = create_model("tv:resnet18", 3, channels=1)
     assert model.conv1.in_channels == 1  # type: ignore[union-attr]
     assert model.fc.out_features == 3  # type: ignore[union-attr]
 
@@ -200,7 +200,7 @@ def test_default_norm() -> None:
     mean1, std1 = default_norm(1, "resnet50")
     assert mean1 == pytest.approx((sum(constants.IMAGENET_MEAN) / 3,))
     assert std1 == pytest.approx((sum(constants.IMAGENET_STD) / 3,))
-    model = create_model("convnext_atto", 7, in_chans=1, image_size=32)
+    model = create_model("convnext_atto", 7, channels=1, image_size=32)
     assert default_norm(1, model) == (mean1, std1)
     assert default_norm(3, "tv:resnet18")[1] == pytest.approx(constants.IMAGENET_STD)
     cfg = default_data_config("ferlab_vgg")
@@ -235,7 +235,7 @@ def test_pretrained_true_offline_fails_fast_naming_the_path_option(
     probed: list[str] = []
     monkeypatch.setattr(pre, "_reachable", lambda host, *a, **k: probed.append(host) or False)
     with pytest.raises(PretrainedUnavailableError) as err:
-        create_model(name, 7, in_chans=1, pretrained=True)
+        create_model(name, 7, channels=1, pretrained=True)
     assert probed == []  # fast: offline said so, so not even the reachability probe ran
     msg = str(err.value)
     assert "pretrained: /path/to/weights.safetensors" in msg and "offline" in msg

@@ -72,13 +72,13 @@ def train(tmp_path: Path, root: Path, *extra: str) -> Path:
             *extra,
         ],
     )
-    return Path(result.weights)
+    return result.run_dir
 
 
 def all_images(root: Path, cache: Path, **kw: Any) -> tuple[np.ndarray, list[str], set[str]]:
     """Every image of the dataset as the data layer decodes it (``evaluate --split all``), its
     keys, and the keys where no face was found."""
-    data = load_dataset("folder", str(root), size=SIZE, channels=1, cache_dir=cache, **kw)
+    data = load_dataset(f"folder:{root}", image_size=SIZE, channels=1, cache_dir=cache, **kw)
     splits = list(data.splits.values())
     images = np.concatenate([np.asarray(s.images) for s in splits])
     keys = [k for s in splits for k in s.keys]

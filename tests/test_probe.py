@@ -249,7 +249,7 @@ def test_inference_runs_bf16_only_where_the_weights_say_so_on_a_bf16_cpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     torch.manual_seed(0)
-    model = create_model("ferlab_vgg", num_classes=4, in_chans=1, widths=[8, 16, 16, 24],
+    model = create_model("ferlab_vgg", num_classes=4, channels=1, widths=[8, 16, 16, 24],
                          depths=[1, 1, 1, 1])  # fmt: skip
     images = (np.random.default_rng(0).random((40, 16, 16, 1)) * 255).astype(np.uint8)
 

@@ -247,7 +247,7 @@ def test_evaluate_reuses_the_runs_split_and_refuses_overlap(tmp_path: Path) -> N
             f"models.0.kwargs={NET}",
         ],
     )
-    run = res.weights
+    run = res.run_dir
     splits = json.loads((run / "splits.json").read_text())
     assert splits == json.loads((Layout(res.exp_dir).splits_json("expw")).read_text())
     meta = json.loads((run / "meta.json").read_text())
@@ -255,10 +255,10 @@ def test_evaluate_reuses_the_runs_split_and_refuses_overlap(tmp_path: Path) -> N
         "margin": 0.1
     }
     m = ferlab.evaluate(run, f"expw:{root}", cache_dir=cache, bootstrap=0)
-    assert m["split_settings"]["from_run"] and m["split_settings"]["test_fraction"] == 0.3
-    assert m["n"] == len(splits["test"]) and m["overlap"] == {"n": 0, "allowed": False}
+    assert m.split_settings["from_run"] and m.split_settings["test_fraction"] == 0.3
+    assert m.n == len(splits["test"]) and m.overlap == {"n": 0, "allowed": False}
     own = json.loads((res.exp_dir / "eval/expw__ferlab_vgg/on_expw/metrics.json").read_text())
-    assert m["accuracy"] == pytest.approx(own["plain"]["accuracy"])  # the same test images
+    assert m.accuracy == pytest.approx(own["plain"]["accuracy"])  # the same test images
 
     with pytest.raises(ferlab.api.DatasetError, match="trained or validated on") as e:
         ferlab.evaluate(run, f"expw:{root}", split="all", cache_dir=cache, bootstrap=0)
@@ -266,7 +266,7 @@ def test_evaluate_reuses_the_runs_split_and_refuses_overlap(tmp_path: Path) -> N
     allowed = ferlab.evaluate(
         run, f"expw:{root}", split="train", cache_dir=cache, bootstrap=0, allow_overlap=True
     )
-    assert allowed["overlap"] == {"n": len(splits["train"]), "allowed": True}
+    assert allowed.overlap == {"n": len(splits["train"]), "allowed": True}
     # The CLI says the same.
     from ferlab.cli import main
 

@@ -188,14 +188,14 @@ def test_best_yaml_reproduces_the_best_trials_validation_score(tmp_path: Path) -
     best_row = next(r for r in result.trials if r["number"] == result.best_number)
     run = run_experiment(load_config(Layout(out).tune_best), out=out, console=False)
     # The same run key: ferlab run reuses the best trial's run folder and its weights ...
-    assert run.run_dir("synthetic-lab", "ferlab_vgg") == out / best_row["run_dir"]
+    assert run.run_dir_of("synthetic-lab", "ferlab_vgg") == out / best_row["run_dir"]
     report = (out / "report.html").read_text()
     assert 'id="tuning"' in report and "this report's plan scored it" in report
     # ... and a retrained copy (another folder) gives the same validation score.
     again = run_experiment(
         load_config(Layout(out).tune_best), out=tmp_path / "fresh", console=False
     )
-    history = read_history(again.run_dir("synthetic-lab", "ferlab_vgg") / "history.csv")
+    history = read_history(again.run_dir_of("synthetic-lab", "ferlab_vgg") / "history.csv")
     best = max(r["val_balanced_accuracy"] for r in history)
     assert best == pytest.approx(result.best_value, abs=1e-9)
 

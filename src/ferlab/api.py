@@ -6,11 +6,23 @@ The ``ferlab`` command is a thin layer over these functions; each has a runnable
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ferlab.config import ConfigError, ExperimentConfig, TTAConfig
+from ferlab.config import (
+    ConfigError,
+    DatasetConfig,
+    ExperimentConfig,
+    TrainConfig,
+    TTAConfig,
+    apply_overrides,
+    check_names,
+    load_config,
+    parse_override,
+    validate_config,
+)
 from ferlab.data.base import (
     ArraySplit,
     DatasetError,
@@ -19,14 +31,15 @@ from ferlab.data.base import (
     parse_spec,
     relative_key,
 )
+from ferlab.data.loading import load_dataset
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from ferlab.layout import SPLITS, read_json
-from ferlab.pipeline import ExperimentResult
+from ferlab.pipeline import ExperimentResult, run_experiment
 from ferlab.provenance import stamp
 
 
 def run(
-    experiment: str | Path | None = None,
+    experiment: str | Path | ExperimentConfig | None = None,
     *,
     overrides: Sequence[str] = (),
     seeds: int | None = None,
@@ -36,7 +49,8 @@ def run(
     progress: bool | None = None,
     console: bool = True,
 ) -> ExperimentResult:
-    """Run an experiment file (or a shipped one: ``default``, ``fer2013_cpu``, ``seed_gpu``).
+    """Run an experiment: a file, a shipped one (``default``, ``fer2013_cpu``, ``seed_gpu``), or
+    an ``ExperimentConfig`` built in code (``overrides`` then apply to it).
 
     Every (dataset, model) pair is trained (or reused from the run cache), evaluated with and
     without TTA on its own test split and on the other datasets', then ensembles and the
@@ -58,12 +72,13 @@ def run(
     >>> result.report.name
     'report.html'
     """
-    from ferlab.config import load_config
-    from ferlab.pipeline import run_experiment
 
     if seeds is not None:
         check_seed_count(seeds, overrides)
-    cfg = load_config(experiment, list(overrides))
+    if isinstance(experiment, ExperimentConfig):
+        cfg = apply_to(experiment, overrides)
+    else:
+        cfg = load_config(experiment, list(overrides))
     if seeds is not None:
         cfg = with_seed_count(cfg, seeds)
     if data:
@@ -74,7 +89,6 @@ def run(
 def check_seed_count(count: Any, overrides: Sequence[str] = ()) -> int:
     """``count`` as the number of training seeds (``--seeds``), or a ``ConfigError`` that says
     what is wrong: not a whole number of at least 1, or given beside ``--set seeds=...``."""
-    from ferlab.config import parse_override
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(
@@ -107,7 +121,6 @@ def with_data(cfg: ExperimentConfig, specs: Sequence[str]) -> ExperimentConfig:
     >>> [(d.name, d.path) for d in cfg.datasets]
     [('fer2013', '/data/fer2013')]
     """
-    from ferlab.config import DatasetConfig, check_names
 
     datasets = list(cfg.datasets)
     for spec in specs:
@@ -122,24 +135,61 @@ def with_data(cfg: ExperimentConfig, specs: Sequence[str]) -> ExperimentConfig:
     return out
 
 
+def apply_to(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
+    """``cfg`` with ``--set`` style ``overrides`` applied, validated again."""
+
+    if not overrides:
+        return cfg
+    raw = cfg.model_dump(mode="json", by_alias=True, exclude_none=False)
+    return validate_config(apply_overrides(raw, list(overrides)))
+
+
+def train_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword settings of ``train`` as experiment sections: each is a ``train:`` field
+    (``epochs=2``, ``lr=1e-3``, ``batch_size=64``...), or ``seed``. Anything else is a
+    ``ConfigError`` naming the fields there are."""
+
+    fields = set(TrainConfig.model_fields)
+    unknown = sorted(set(settings) - fields - {"seed"})
+    if unknown:
+        raise ConfigError(
+            f"ferlab.train: unknown setting(s) {', '.join(unknown)}. Keyword settings are the "
+            f"train: fields ({', '.join(sorted(fields))}) and seed; other sections go in "
+            "overrides=['section.field=value'] or an experiment file (config=)."
+        )
+    raw: dict[str, Any] = {k: v for k, v in settings.items() if k == "seed"}
+    train = {k: v for k, v in settings.items() if k != "seed"}
+    if train:
+        raw["train"] = train
+    return raw
+
+
 def train_config(
     data: str,
     model: str | None = None,
     *,
-    config: str | Path | None = None,
+    config: str | Path | ExperimentConfig | None = None,
     overrides: Sequence[str] = (),
+    **settings: Any,
 ) -> ExperimentConfig:
     """The experiment behind ``train``: one dataset (``NAME:PATH``), one model, no cross-eval.
 
-    Settings other than the dataset and model come from ``config`` (an experiment file) or
-    the defaults; ``overrides`` apply last.
+    Settings other than the dataset and model come from ``config`` (an experiment file or
+    object) or the defaults, then the keyword ``settings`` (``train:`` fields and ``seed``),
+    then ``overrides``.
     """
-    from ferlab.config import apply_overrides, load_config, validate_config
-    from ferlab.models import DEFAULT_CPU_MODEL
+    from ferlab.models import DEFAULT_CPU_MODEL  # lazy: torch
 
     name, path = parse_spec(data)
-    base = load_config(config) if config else None
+    base = (
+        config if isinstance(config, ExperimentConfig) else load_config(config) if config else None
+    )
     raw: dict[str, Any] = base.model_dump(mode="json") if base else {}
+    for section, value in train_settings(settings).items():
+        if isinstance(value, dict):
+            raw.setdefault(section, {}).update(value)
+        else:
+            raw[section] = value
     raw.update(
         name="train_" + display_name(name, path).replace("-", "_"),
         datasets=[{"name": name, "path": path}],
@@ -156,31 +206,66 @@ def train(
     data: str,
     model: str | None = None,
     *,
-    config: str | Path | None = None,
+    config: str | Path | ExperimentConfig | None = None,
     overrides: Sequence[str] = (),
     out: str | Path | None = None,
     force: bool = False,
     progress: bool | None = None,
     console: bool = True,
+    **settings: Any,
 ) -> ExperimentResult:
     """Train one model on one dataset (``NAME:PATH``) and evaluate it on its test split.
 
-    Early stopping and the best epoch are chosen on the validation split; the weights are
-    saved as safetensors + ``meta.json`` in ``result.weights``. The same call again returns at
-    once from the run cache; a changed setting (or changed training code) retrains.
+    Keyword ``settings`` are ``train:`` fields (``epochs=2``, ``lr=1e-3``, ``batch_size=64``)
+    and ``seed``; other sections go in ``overrides`` (``["data.face_crop=haar"]``) or
+    ``config``. Early stopping and the best epoch are chosen on the validation split; the
+    weights are saved as safetensors + ``meta.json`` in ``result.run_dir`` (the file:
+    ``result.weights``). The same call again returns at once from the run cache; a changed
+    setting (or changed training code) retrains.
 
     >>> import tempfile, ferlab
     >>> tmp = tempfile.mkdtemp()
-    >>> result = ferlab.train("synthetic:lab", "ferlab_vgg", out=tmp, progress=False,
-    ...     console=False, overrides=["train.epochs=1", "eval.bootstrap=0",
-    ...     f"data.cache_dir={tmp}/cache", "datasets.0.options={n_train: 70, n_val: 35, n_test: 35}"])
-    >>> result.pairs[0].status, (result.weights / "weights.safetensors").is_file()
-    ('trained', True)
+    >>> result = ferlab.train("synthetic:lab", "ferlab_vgg", epochs=1, out=tmp, progress=False,
+    ...     console=False, overrides=["eval.bootstrap=0", f"data.cache_dir={tmp}/cache",
+    ...     "datasets.0.options={n_train: 70, n_val: 35, n_test: 35}"])
+    >>> result.pairs[0].status, result.weights.is_file(), result.weights.parent == result.run_dir
+    ('trained', True, True)
     """
-    from ferlab.pipeline import run_experiment
 
-    cfg = train_config(data, model, config=config, overrides=overrides)
+    cfg = train_config(data, model, config=config, overrides=overrides, **settings)
     return run_experiment(cfg, out=out, force=force, progress=progress, console=console)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What ``evaluate`` measured: the plain or TTA predictions' metrics, as asked.
+
+    ``per_class`` maps a label to its precision, recall, f1 and support; ``ci`` holds the
+    bootstrap intervals; ``temperature``, ``ece`` and ``ece_calibrated`` the calibration (None
+    for runs saved before it existed); ``split_settings`` how the split was drawn
+    (``from_run``: the run's own); ``overlap`` the images the run trained or validated on.
+    ``to_dict()`` is the ``ferlab evaluate --json`` object.
+    """
+
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    n: int
+    per_class: dict[str, dict[str, Any]]
+    confusion_matrix: list[list[int]]
+    labels: list[str]
+    ci: dict[str, Any]
+    dropped_labels: list[str]
+    temperature: float | None
+    ece: float | None
+    ece_calibrated: float | None
+    split: str
+    split_settings: dict[str, Any]
+    overlap: dict[str, Any]
+    produced_by: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _concat_splits(data: LoadedDataset) -> ArraySplit:
@@ -220,7 +305,7 @@ def evaluate(
     batch_size: int = 256,
     bootstrap: int = 1000,
     allow_overlap: bool = False,
-) -> dict[str, Any]:
+) -> EvaluateResult:
     """Score saved weights (a run folder, or a ``weights.safetensors`` with its ``meta.json``)
     on a dataset's split (``"all"``: every image).
 
@@ -230,25 +315,23 @@ def evaluate(
     ``allow_overlap`` (the result then records how many). Classes the model and dataset do not
     share are left out and listed. ``tta`` also scores the views the run's evaluation used (its
     ``eval.tta``, recorded in ``meta.json``), as ``ferlab predict --tta`` runs them;
-    ``tta_crops`` (0, 5, 10) asks for the flip and that many crops instead. Returns accuracy, balanced_accuracy, macro_f1, n,
-    per_class, confusion_matrix, labels, dropped_labels, ci, plus ``split``,
-    ``split_settings`` and ``overlap``.
+    ``tta_crops`` (0, 5, 10) asks for the flip and that many crops instead. Returns an
+    ``EvaluateResult``.
 
     >>> import tempfile, ferlab
     >>> tmp = tempfile.mkdtemp()
     >>> result = ferlab.train("synthetic:lab", out=tmp, progress=False, console=False,
     ...     overrides=["train.epochs=1", "eval.bootstrap=0", f"data.cache_dir={tmp}/cache",
     ...     "datasets.0.options={n_train: 70, n_val: 35, n_test: 35}"])
-    >>> m = ferlab.evaluate(result.weights, "synthetic:wild", tta=True, cache_dir=f"{tmp}/cache",
+    >>> m = ferlab.evaluate(result.run_dir, "synthetic:wild", tta=True, cache_dir=f"{tmp}/cache",
     ...     bootstrap=0)
-    >>> m["n"], m["split_settings"]["from_run"], 0.0 <= m["accuracy"] <= 1.0  # run's n_test
+    >>> m.n, m.split_settings["from_run"], 0.0 <= m.accuracy <= 1.0  # the run's n_test
     (35, True, True)
     """
-    from ferlab.data.loading import load_dataset
-    from ferlab.evaluation import evaluate as evaluate_model
-    from ferlab.evaluation import flat_metrics
-    from ferlab.evaluation.tta import recorded_tta
-    from ferlab.models import load_model
+    from ferlab.evaluation import evaluate as evaluate_model  # lazy: torch
+    from ferlab.evaluation import flat_metrics  # lazy: torch
+    from ferlab.evaluation.tta import recorded_tta  # lazy: torch
+    from ferlab.models import load_model  # lazy: torch
 
     weights = Path(weights).expanduser()
     model, meta = load_model(weights)
@@ -268,9 +351,8 @@ def evaluate(
         "from_run": same,
     }
     loaded = load_dataset(
-        name,
-        path,
-        size=meta.image_size,
+        f"{name}:{path}",
+        image_size=meta.image_size,
         channels=meta.channels,
         cache_dir=cache_dir,
         split_seed=settings["split_seed"],
@@ -322,9 +404,10 @@ def evaluate(
         bootstrap=bootstrap,
         seed=0,
     )
-    flat = flat_metrics(result, use_tta=tta)
-    flat["split"] = split
-    flat["split_settings"] = settings
-    flat["overlap"] = {"n": overlap, "allowed": bool(allow_overlap and overlap)}
-    flat["produced_by"] = stamp("eval")  # ferlab, code digest and library versions
-    return flat
+    return EvaluateResult(
+        **flat_metrics(result, use_tta=tta),
+        split=split,
+        split_settings=settings,
+        overlap={"n": overlap, "allowed": bool(allow_overlap and overlap)},
+        produced_by=stamp("eval"),  # ferlab, code digest and library versions
+    )

@@ -301,7 +301,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
     )
     for p in result.pairs:
-        where = result.run_dir(p.dataset, p.model)
+        where = result.run_dir_of(p.dataset, p.model)
         print(f"{p.dataset} / {p.model}: {p.status}  weights: {where}")
     return EXIT_FAILED_PAIRS if result.failed else 0
 
@@ -309,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ferlab.api import evaluate
 
-    flat = evaluate(
+    result = evaluate(
         args.weights,
         args.data,
         split=args.split,
@@ -321,22 +321,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         allow_overlap=args.allow_overlap,
     )
     if args.json:
-        print(json.dumps(flat, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return 0
-    settings = flat["split_settings"]
-    source = "the run's split settings" if settings["from_run"] else "default split settings"
+    source = (
+        "the run's split settings"
+        if result.split_settings["from_run"]
+        else "default split settings"
+    )
     print(
-        f"{args.weights} on {args.data} ({args.split}, n={flat['n']}, "
+        f"{args.weights} on {args.data} ({args.split}, n={result.n}, "
         f"TTA={'on' if args.tta else 'off'}; {source})"
     )
     for k in ("accuracy", "balanced_accuracy", "macro_f1"):
-        print(f"  {k:18s} {_pct(flat[k])}")
-    if flat.get("dropped_labels"):
-        print(f"  left out (not shared by model and data): {', '.join(flat['dropped_labels'])}")
-    if flat["overlap"]["n"]:
-        print(f"  WARNING: {flat['overlap']['n']} scored images were trained or validated on")
+        print(f"  {k:18s} {_pct(getattr(result, k))}")
+    if result.dropped_labels:
+        print(f"  left out (not shared by model and data): {', '.join(result.dropped_labels)}")
+    if result.overlap["n"]:
+        print(f"  WARNING: {result.overlap['n']} scored images were trained or validated on")
     print("  per class (precision / recall / F1 / support):")
-    for label, pc in flat["per_class"].items():
+    for label, pc in result.per_class.items():
         print(
             f"    {label:9s} {100 * pc['precision']:6.1f} {100 * pc['recall']:6.1f} "
             f"{100 * pc['f1']:6.1f} {pc['support']:6d}"

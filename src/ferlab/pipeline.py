@@ -21,7 +21,7 @@ from typing import Any
 
 from ferlab.config import ExperimentConfig, ModelConfig, check_names
 from ferlab.data.base import DatasetError
-from ferlab.layout import Layout
+from ferlab.layout import WEIGHTS, Layout
 from ferlab.record import (
     EvalStatus,
     PairStatus,
@@ -57,6 +57,9 @@ log = logging.getLogger("ferlab")
 
 @dataclass
 class ExperimentResult:
+    """What a run left: its folder, plan, one status per planned pair, the report and the
+    summary rows; ``run_dir``/``weights`` name the trained pair of a one-pair run."""
+
     exp_dir: Path
     plan: Plan | None = None
     pairs: list[PairStatus] = field(default_factory=list)
@@ -68,18 +71,23 @@ class ExperimentResult:
         return [p for p in self.pairs if p.status == "failed"]
 
     @property
-    def weights(self) -> Path:
-        """The run folder (weights + metadata) of the only trained pair, as ``ferlab.train``
-        makes; with several pairs use ``run_dir(dataset, model)``."""
+    def run_dir(self) -> Path:
+        """The run folder (weights, ``meta.json``, history) of the only trained pair, as
+        ``ferlab.train`` makes; with several pairs use ``run_dir_of(dataset, model)``."""
         trained = [p for p in self.pairs if p.run_dir and p.status in ("trained", "reused")]
         if len(trained) != 1:
             raise ValueError(
-                f"weights needs exactly one trained pair; this experiment has {len(trained)}: "
-                "use run_dir(dataset, model)."
+                f"run_dir needs exactly one trained pair; this experiment has {len(trained)}: "
+                "use run_dir_of(dataset, model)."
             )
         return Layout(self.exp_dir).resolve(str(trained[0].run_dir))
 
-    def run_dir(self, dataset: str, model: str, seed: int | None = None) -> Path | None:
+    @property
+    def weights(self) -> Path:
+        """The weights file (safetensors) of the only trained pair; ``meta.json`` is beside it."""
+        return self.run_dir / WEIGHTS
+
+    def run_dir_of(self, dataset: str, model: str, seed: int | None = None) -> Path | None:
         """The run folder of a trained pair (None for failed pairs and ensembles); with several
         training seeds, of ``seed`` (default: the first seed)."""
         for p in self.pairs:

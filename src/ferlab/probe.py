@@ -248,7 +248,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     c, s, k = int(spec["in_chans"]), int(spec["image_size"]), int(spec["num_classes"])
     model = create_model(
-        spec["architecture"], num_classes=k, in_chans=c, image_size=s, **spec["kwargs"]
+        spec["architecture"], num_classes=k, channels=c, image_size=s, **spec["kwargs"]
     )
 
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Data: dataset adapters (one per dataset, in ``adapters/``), decode-once cache, loading.
 
-``load_dataset("fer2013", "/data/fer2013")`` indexes, splits, validates and decodes a dataset;
+``load_dataset("fer2013:/data/fer2013")`` indexes, splits, validates and decodes a dataset;
 ``list_datasets()`` names the adapters; ``register_dataset`` adds one. Errors about bad input
 are ``DatasetError`` and name the file and the fix.
 

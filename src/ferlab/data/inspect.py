@@ -148,9 +148,8 @@ def _decode_problems(
 
         try:
             loaded = load_dataset(
-                name,
-                path,
-                size=size,
+                f"{name}:{path}",
+                image_size=size,
                 channels=channels,
                 cache_dir=cache_dir,
                 on_bad_file="skip",

@@ -26,6 +26,7 @@ from ferlab.data.base import (
     display_name,
     get_adapter,
     index_dataset,
+    parse_spec,
     stratified_split,
 )
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message, build_or_load
@@ -37,10 +38,9 @@ USES = ("train", "test")
 
 
 def load_dataset(
-    name: str,
-    path: str,
+    data: str,
     *,
-    size: int = 48,
+    image_size: int = 48,
     channels: int = 1,
     cache_dir: str | Path = CACHE_DIR,
     on_bad_file: str = "skip",
@@ -55,9 +55,11 @@ def load_dataset(
     face_crop: str = "none",
     face_margin: float = FACE_MARGIN,
 ) -> LoadedDataset:
-    """Index, split, validate and decode the dataset ``name`` at ``path``.
+    """Index, split, validate and decode the dataset ``data``, named ``NAME:PATH`` as everywhere
+    in ferlab (``fer2013:/data/fer2013``, ``synthetic:wild``), at ``image_size`` x
+    ``image_size`` x ``channels``.
 
-    ``path`` is the dataset root (for ``synthetic``, the domain). The result's splits are
+    ``PATH`` is the dataset root (for ``synthetic``, the domain). The result's splits are
     memory-mapped arrays from the decode-once cache in ``cache_dir``. Bad files are dropped
     and listed (``on_bad_file="skip"``) or raise ``DatasetError`` naming them (``"error"``)
     before anything is added to the cache. ``display`` overrides the result's name (default:
@@ -73,6 +75,7 @@ def load_dataset(
     split's ``no_face`` lists them and ``spec["face_crop_counts"]`` counts them. The settings
     are part of the fingerprint (the cache entry and the run key).
     """
+    name, path = parse_spec(data)
     if on_bad_file not in ON_BAD_FILE:
         raise DatasetError(
             f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r} (data.on_bad_file)."
@@ -117,7 +120,7 @@ def load_dataset(
         from ferlab.data.decode import decode_problems
 
         records = [r for recs in splits.values() for r in recs]
-        found = [BadFile(e.path, e.reason) for e in decode_problems(records, size, channels)]
+        found = [BadFile(e.path, e.reason) for e in decode_problems(records, image_size, channels)]
         raise DatasetError(bad_files_message(label, merge_bad_files(index.bad_files, found)))
 
     spec = {
@@ -145,7 +148,7 @@ def load_dataset(
     arrays, decode_bad, fp = build_or_load(
         label,
         splits,
-        size=size,
+        size=image_size,
         channels=channels,
         cache_dir=Path(cache_dir).expanduser(),
         on_bad_file=on_bad_file,
@@ -210,17 +213,16 @@ def load_from_config(
     ds: DatasetConfig,
     data: DataConfig,
     *,
-    size: int = 48,
+    image_size: int = 48,
     channels: int = 1,
     log: Log | None = None,
 ) -> LoadedDataset:
     """``load_dataset`` from the experiment file's sections, decoded at a model's input
-    geometry (``size`` x ``channels``, from its ``models:`` entry)."""
+    geometry (``image_size`` x ``channels``, from its ``models:`` entry)."""
     path = ds.path if dataset_traits(ds.name).generated else str(Path(ds.path).expanduser())
     return load_dataset(
-        ds.name,
-        path,
-        size=size,
+        f"{ds.name}:{path}",
+        image_size=image_size,
         channels=channels,
         cache_dir=data.cache_dir,
         on_bad_file=data.on_bad_file,

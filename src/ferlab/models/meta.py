@@ -26,7 +26,7 @@ HEADER_KEY = "ferlab_meta"  # the metadata is also stored in the safetensors hea
 SAVE_HINT = "ferlab.models.save_model writes both"
 # create_model's own arguments: an architecture kwarg of these names would override them
 RESERVED_KWARGS = frozenset(
-    {"name", "num_classes", "in_chans", "pretrained", "image_size", "labels"}
+    {"name", "num_classes", "channels", "in_chans", "pretrained", "image_size", "labels"}
 )
 
 

@@ -109,20 +109,21 @@ def _unknown(name: str) -> UnknownModelError:
 def create_model(
     name: str,
     num_classes: int,
-    in_chans: int = 1,
+    channels: int = 1,
     pretrained: bool | str | Path = False,
     image_size: int = 48,
     *,
     labels: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a classifier with ``num_classes`` outputs for ``in_chans``-channel input.
+    """Build a classifier with ``num_classes`` outputs for ``channels``-channel input
+    (ferlab's one name for it, as in ``ModelMeta`` and ``load_dataset``; timm's ``in_chans``).
 
     ``image_size`` is passed to architectures that need it (ViT, DeiT, Swin... through timm's
     ``img_size``); convolutional nets ignore it. ``kwargs`` go to the architecture
     (``drop_rate``, ferlab's ``width_mult``...). ``pretrained=True`` loads hub weights (offline:
     a fast error naming the path option); a path (a weights file or a ferlab run folder) loads
-    a local state dict with the first conv adapted to ``in_chans``. ``labels`` (the output
+    a local state dict with the first conv adapted to ``channels``. ``labels`` (the output
     classes in order) decide whether a ferlab run's classifier head is kept: only when they are
     the run's labels; without them, or for a plain state dict, the head is kept when the class
     count matches (see ``ferlab.models.pretrained.load_pretrained_path``).
@@ -131,8 +132,8 @@ def create_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if labels is not None and len(labels) != num_classes:
         raise ValueError(f"labels {list(labels)} are not num_classes={num_classes} names")
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
     hub, path = pre.parse_pretrained(pretrained)
     if name in ferlab_models():
         if hub:
@@ -140,11 +141,11 @@ def create_model(
                 f"ferlab net {name!r} has no hub weights; train it, then pass the file: "
                 f"pretrained: /path/to/weights.safetensors"
             )
-        model = _create_ferlab(name, num_classes, in_chans, image_size, kwargs)
+        model = _create_ferlab(name, num_classes, channels, image_size, kwargs)
     elif name.startswith(TV_PREFIX):
-        model = _create_tv(name[len(TV_PREFIX) :], num_classes, in_chans, image_size, hub, kwargs)
+        model = _create_tv(name[len(TV_PREFIX) :], num_classes, channels, image_size, hub, kwargs)
     else:
-        model = _create_timm(name, num_classes, in_chans, image_size, hub, kwargs)
+        model = _create_timm(name, num_classes, channels, image_size, hub, kwargs)
     if path is not None:
         report = pre.load_pretrained_path(model, path, labels=labels)
         log.info(

@@ -27,7 +27,9 @@ class DataStore:
         key = (ds.display, size, channels)  # display names are unique (config.check_names)
         if key not in self._cache:
             t0 = time.perf_counter()
-            loaded = load_from_config(ds, self.cfg.data, size=size, channels=channels, log=log.info)
+            loaded = load_from_config(
+                ds, self.cfg.data, image_size=size, channels=channels, log=log.info
+            )
             sizes = ", ".join(f"{k} {len(v)}" for k, v in loaded.splits.items())
             log.info(
                 "Loaded %s at %dx%dx%d in %.1f s: %s",

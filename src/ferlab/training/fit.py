@@ -281,7 +281,7 @@ def fit(
     model = create_model(
         model_cfg.name,
         num_classes=len(labels),
-        in_chans=channels,
+        channels=channels,
         pretrained=model_cfg.pretrained,
         image_size=image_size,
         labels=labels,  # a fine-tuned run's head is kept only for the same labels

@@ -225,7 +225,7 @@ def check_model_choices(cfg: ExperimentConfig) -> None:
                 continue
             size, ch = model_geometry(c, m)
             try:
-                create_model(m.name, num_classes=7, in_chans=ch, image_size=size, **m.kwargs)
+                create_model(m.name, num_classes=7, channels=ch, image_size=size, **m.kwargs)
             except Exception as e:
                 raise ConfigError(
                     "Invalid experiment configuration:\n  tune.space."
