@@ -42,6 +42,28 @@ def _add_set(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_output_options(p: argparse.ArgumentParser, default_out: str, force: str = "") -> None:
+    """--out, --force (when the command retrains) and --no-progress."""
+    p.add_argument("--out", help=f"experiment folder (default: {default_out})")
+    if force:
+        p.add_argument("--force", action="store_true", help=force)
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (the default when the output is not a terminal)",
+    )
+
+
+def _add_adapter_option(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"adapter option, e.g. --option margin=0.1{note}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferlab",
@@ -83,13 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set seed=N; replaces the file's seeds: list); the report gives mean and standard "
         "deviation across seeds beside one run's bootstrap interval",
     )
-    p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
-    p.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars (the default when the output is not a terminal)",
-    )
+    _add_output_options(p, "<output_dir>/<name>", force="retrain and re-evaluate everything")
 
     p = sub.add_parser(
         "train",
@@ -102,13 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name (default: the compact CPU net)")
     p.add_argument("--config", default=None, help="base experiment file for the other settings")
     _add_set(p)
-    p.add_argument("--out", help="experiment folder (default: runs/train_<dataset>)")
-    p.add_argument("--force", action="store_true", help="retrain even if a matching run exists")
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars (the default when the output is not a terminal)",
-    )
+    _add_output_options(p, "runs/train_<dataset>", force="retrain even if a matching run exists")
 
     p = sub.add_parser(
         "evaluate",
@@ -144,13 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score images the run trained or validated on anyway (the output records it)",
     )
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="adapter option, e.g. --option margin=0.1 (added to the run's recorded options)",
-    )
+    _add_adapter_option(p, " (added to the run's recorded options)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cache-dir", default=CACHE_DIR)
     p.add_argument("--batch-size", type=int, default=256)
@@ -175,13 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="skip",
         help="skip: list bad files in the report (default); error: stop with the list",
     )
-    q.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="adapter option, e.g. --option margin=0.1",
-    )
+    _add_adapter_option(q)
 
     p = sub.add_parser(
         "tune",
@@ -222,12 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Refused with a message (not argparse's "unrecognized arguments"): see cmd_tune.
     p.add_argument("--seeds", type=int, default=None, help=argparse.SUPPRESS)
     _add_set(p)
-    p.add_argument("--out", help="experiment folder (default: <output_dir>/<name>)")
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bars (the default when the output is not a terminal)",
-    )
+    _add_output_options(p, "<output_dir>/<name>")
 
     add_predict_arguments(
         sub.add_parser(
