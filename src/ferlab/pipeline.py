@@ -41,7 +41,7 @@ from ferlab.record.planning import (
 )
 from ferlab.service.fitting import fit_or_reuse
 from ferlab.service.outputs import write_data_outputs, write_leakage
-from ferlab.service.scoring import evaluate_planned, run_ensemble
+from ferlab.service.scoring import eval_failed, evaluate_planned, run_ensemble
 from ferlab.service.session import (
     check_dataset_paths,
     check_output_folders,
@@ -227,8 +227,7 @@ def run_pair(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
-            status.evals.append(EvalStatus(planned.test, "failed", f"{type(e).__name__}: {e}"))
-            log.error("[%s] on %s failed: %s", name, planned.test, e)
+            eval_failed(status, planned.test, name, e)
             continue
         status.evals.append(
             EvalStatus(

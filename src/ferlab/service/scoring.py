@@ -60,6 +60,12 @@ def evaluate_planned(
     return metrics, False
 
 
+def eval_failed(status: PairStatus, test: str, name: str, e: Exception) -> None:
+    """Record and log one failed evaluation; the pair's other evaluations go on."""
+    status.evals.append(EvalStatus(test, "failed", f"{type(e).__name__}: {e}"))
+    log.error("[%s] on %s failed: %s", name, test, e)
+
+
 def run_ensemble(
     pair: PlannedPair,
     status: PairStatus,
@@ -120,8 +126,7 @@ def run_ensemble(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
-            status.evals.append(EvalStatus(planned.test, "failed", f"{type(e).__name__}: {e}"))
-            log.error("[%s] on %s failed: %s", name, planned.test, e)
+            eval_failed(status, planned.test, name, e)
             continue
         status.evals.append(EvalStatus(planned.test, "computed", None, stamp("eval")))
     failed = [e for e in status.evals if e.status == "failed"]
