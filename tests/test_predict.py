@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -385,6 +386,48 @@ def test_annotated_copies_are_written_and_readable(run, folder, tmp_path):
     cap.release()
     assert frames == 4  # every second frame of eight
     assert summary.outputs["annotated_files"] == 5
+
+
+def test_annotate_writes_a_gallery_of_every_image_and_face(run, folder, tmp_path):
+    video = _video(tmp_path / "clip.avi", frames=8)
+    out = tmp_path / "out"
+    summary = predict(run, [folder, video], detector="none", frame_step=2, annotate=True,
+                      out=out, progress=False)  # fmt: skip
+    page = out / "gallery.html"
+    assert summary.outputs["gallery"] == str(page)
+    html = page.read_text(encoding="utf-8")
+    rows = [r for r in _rows(out / "predictions.jsonl") if r["frame"] is None]
+    assert html.count('<div class="face">') == len(rows) == 4  # one card per image face
+    for r in rows:
+        assert r["file"] in html
+        top = f"{r['label']} {100 * r['probs'][r['label']]:.0f}%"
+        assert top in html, top
+        assert f'{100 * r["probs"]["sad"]:.1f}%"></span>' in html  # a bar, as wide as its prob
+    for rel in re.findall(r'<img src="(annotated/[^"]+)"', html):
+        assert (out / rel).is_file(), rel  # the links lead to the annotated copies
+    assert html.count("data:image/jpeg;base64,") == 4  # the face thumbnails are embedded
+    assert "clip.avi" in html and 'href="annotated/clip.' in html
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_gallery_renders_in_chromium(run, folder, tmp_path):
+    from browser import VIEWPORTS, DevTools, chromium_binary, open_page, selfcheck
+
+    binary = chromium_binary()
+    summary = predict(run, [folder], detector="none", annotate=True, out=tmp_path / "out",
+                      progress=False)  # fmt: skip
+    page = Path(summary.outputs["gallery"])
+    for name, viewport in VIEWPORTS.items():
+        tools = DevTools(binary, tmp_path / f"profile_{name}")
+        try:
+            check = selfcheck(tools, open_page(tools, page.as_uri() + "#selfcheck", viewport))
+        finally:
+            tools.close()
+        assert check["data-images"] == "8", check  # 4 annotated images + 4 face thumbnails
+        assert check["data-broken"] == "0", f"images that did not load at {name} width: {check}"
+        assert (check["data-faces"], check["data-bars"]) == ("4", str(4 * len(LABELS))), check
+        assert check["data-overflow"] == "false", f"wider than the {name} viewport: {check}"
 
 
 # ------------------------------------------------------------------------------ detectors

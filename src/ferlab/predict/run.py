@@ -24,6 +24,7 @@ from ferlab.data.facecrop import FaceCrop
 from ferlab.defaults import FACE_MARGIN
 from ferlab.predict.backends import Classifier, load_classifier
 from ferlab.predict.engine import ERROR, NO_FACE, STAGES, Engine, Item, SourceDone
+from ferlab.predict.gallery import Gallery
 from ferlab.predict.media import Inputs, expand_inputs
 from ferlab.predict.outputs import (
     ANNOTATED,
@@ -107,7 +108,7 @@ class PredictSummary:
             lines.append(f"  error: {bad['file']}: {bad['reason']}")
         if len(self.error_files) > 10:
             lines.append(f"  ... and {len(self.error_files) - 10} more errors")
-        for key in ("predictions", "summary", "annotated"):
+        for key in ("predictions", "summary", "annotated", "gallery"):
             if key in self.outputs:
                 lines.append(f"  wrote {self.outputs[key]}")
         for v in self.outputs.get("videos", []):
@@ -417,6 +418,9 @@ def predict(
         if annotate:
             summary.outputs["annotated"] = str(out_dir / ANNOTATED)
             summary.outputs["annotated_files"] = outputs.annotated
+        if outputs.gallery is not None:
+            title = f"ferlab predict: {len(s.inputs.sources)} input file(s), {summary.weights}"
+            summary.outputs["gallery"] = str(outputs.gallery.write(title))
         summary.outputs["videos"] = outputs.videos
         summary.outputs["summary"] = str(out_dir / SUMMARY)
         from ferlab.layout import write_json
@@ -451,6 +455,7 @@ class _Outputs:
         self.video_rel = ""
         self.annotated = 0
         self.videos: list[dict[str, str]] = []
+        self.gallery = Gallery(out_dir, labels) if self.annotator is not None and out_dir else None
 
     def item(self, item: Item) -> None:
         for row in rows_of(item, self.summary.labels):
@@ -467,14 +472,16 @@ class _Outputs:
         elif self.annotator is not None and item.status != ERROR:
             written = self.annotator.image(item, annotated_name(self.names, item))
             self.annotated += written is not None
+            if self.gallery is not None:
+                self.gallery.add_image(item, written)
         item.rgb = None  # the frame is no longer needed
 
     def done(self, done: SourceDone) -> None:
         _count_file(self.summary, done)
         if self.shares is None:
             return
-        if self.annotator is not None and self.annotator.close_video() is not None:
-            self.annotated += 1
+        video = self.annotator.close_video() if self.annotator is not None else None
+        self.annotated += video is not None
         if self.out_dir is not None and done.kind == "video":
             base = self.out_dir / VIDEOS / self.video_rel
             csv_path, png_path = self.shares.write(
@@ -485,6 +492,8 @@ class _Outputs:
             self.videos.append(
                 {"file": done.source.path, "shares_csv": str(csv_path), "shares_png": str(png_path)}
             )
+            if self.gallery is not None:
+                self.gallery.add_video(done.source.path, video, png_path)
         self.shares = None
 
 
