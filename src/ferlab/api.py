@@ -332,8 +332,9 @@ def evaluate(
     from ferlab.evaluation import flat_metrics  # lazy: torch
     from ferlab.evaluation.tta import recorded_tta  # lazy: torch
     from ferlab.models import load_model  # lazy: torch
+    from ferlab.models.meta import resolve_weights  # lazy: ferlab.models imports torch
 
-    weights = Path(weights).expanduser()
+    weights = resolve_weights(weights)
     model, meta = load_model(weights)
     run_dir = weights if weights.is_dir() else weights.parent
     name, path = parse_spec(data)

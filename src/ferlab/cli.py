@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "images the run trained or validated on is refused unless --allow-overlap. Classes "
         "the model and dataset do not share are left out and listed.",
     )
-    p.add_argument("--weights", required=True, help="run folder or weights file")
+    p.add_argument(
+        "--weights", required=True, help="run folder, weights file, or default (ferlab's model)"
+    )
     p.add_argument("--data", required=True, metavar="NAME:PATH")
     p.add_argument(
         "--split",
@@ -435,10 +437,11 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     """The ``ferlab predict`` arguments."""
     p.add_argument(
         "--weights",
-        required=True,
+        default="default",
         metavar="RUN_OR_FILE",
         help="run folder (or an experiment folder holding one run), its weights.safetensors, "
-        "or an .onnx file written by ferlab export",
+        "an .onnx file written by ferlab export, or default: the model shipped with ferlab "
+        "(the default)",
     )
     p.add_argument(
         "inputs",
@@ -578,7 +581,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """The ``ferlab export`` arguments."""
-    p.add_argument("--weights", required=True, help="run folder or weights file")
+    p.add_argument(
+        "--weights", required=True, help="run folder, weights file, or default (ferlab's model)"
+    )
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
     p.add_argument(
         "--opset",

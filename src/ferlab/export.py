@@ -56,8 +56,13 @@ def sidecar_path(onnx_path: str | Path) -> Path:
 
 
 def default_out(weights: str | Path) -> Path:
-    """``<run folder>/model.onnx`` for a run folder, a weights file or a meta.json."""
-    p = Path(weights).expanduser()
+    """``<run folder>/model.onnx`` for a run folder, a weights file or a meta.json;
+    ``default.onnx`` in the working directory for the shipped model (never inside the package)."""
+    from ferlab.models.meta import DEFAULT, resolve_weights  # lazy: ferlab.models imports torch
+
+    if weights == DEFAULT:
+        return Path(f"{DEFAULT}.onnx")
+    p = resolve_weights(weights)
     return (p if p.is_dir() else p.parent) / ONNX_NAME
 
 

@@ -25,7 +25,14 @@ from ferlab.models.errors import (
     WeightsNotFoundError,
     one_line,
 )
-from ferlab.models.meta import HEADER_KEY, META_FORMAT, ModelMeta, locate, read_meta
+from ferlab.models.meta import (
+    HEADER_KEY,
+    META_FORMAT,
+    ModelMeta,
+    locate,
+    read_meta,
+    resolve_weights,
+)
 from ferlab.models.pretrained import classifier_prefixes, fit_problems, read_state_file
 from ferlab.models.registry import create_model
 
@@ -115,7 +122,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     weights or metadata, a refused pickle, a truncated file, invalid metadata, or metadata that
     describes another model than the weights hold.
     """
-    weights, meta_path = locate(Path(path))
+    weights, meta_path = locate(resolve_weights(path))
     if not weights.is_file():
         raise WeightsNotFoundError(
             f"No weights at {weights}: pass a run folder holding {WEIGHTS} and {META}, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,12 @@ from typing import Any
 from ferlab import __version__
 from ferlab.labels import CANONICAL
 from ferlab.layout import META, WEIGHTS
-from ferlab.models.errors import WeightsMetadataError, one_line, unreadable_safetensors
+from ferlab.models.errors import (
+    WeightsMetadataError,
+    WeightsNotFoundError,
+    one_line,
+    unreadable_safetensors,
+)
 
 META_FORMAT = "ferlab-model/1"
 HEADER_KEY = "ferlab_meta"  # the metadata is also stored in the safetensors header
@@ -151,6 +157,25 @@ class ModelMeta:
         return cls.from_dict(json.loads(text))
 
 
+DEFAULT = "default"  # what --weights / load_model call the model shipped inside the package
+SHIPPED = Path(__file__).resolve().parent / "default"  # its run folder (weights + meta.json)
+
+
+def resolve_weights(path: str | os.PathLike[str]) -> Path:
+    """The folder or file that ``path`` names: the word ``"default"`` is the model shipped inside
+    ferlab (a folder of that name in the working directory is ``./default``), anything else a
+    path (``~`` expanded)."""
+    if isinstance(path, str) and path == DEFAULT:
+        if not (SHIPPED / WEIGHTS).is_file():
+            raise WeightsNotFoundError(
+                f"This ferlab build ships no default model ({SHIPPED} holds no {WEIGHTS}). "
+                "Pass --weights RUN_FOLDER (a folder written by ferlab run or ferlab train), or "
+                "train the default recipe yourself: ferlab run fer2013_cpu."
+            )
+        return SHIPPED
+    return Path(path).expanduser()
+
+
 def locate(path: Path) -> tuple[Path, Path]:
     """(weights file, meta.json) for a run folder, a weights file or a meta.json."""
     if path.is_dir():
@@ -187,7 +212,7 @@ def _header_meta(weights: Path) -> str | None:
 def find_meta(path: str | Path) -> ModelMeta | None:
     """The metadata of a run folder or weights file: its ``meta.json``, else the metadata in
     a safetensors header, else None. Metadata that is there but invalid is an error."""
-    weights, meta_path = locate(Path(path))
+    weights, meta_path = locate(resolve_weights(path))
     if meta_path.is_file():
         try:
             text = meta_path.read_text(encoding="utf-8")

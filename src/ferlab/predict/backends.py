@@ -39,6 +39,7 @@ from ferlab.models.errors import (
     WeightsNotFoundError,
     one_line,
 )
+from ferlab.models.meta import resolve_weights
 
 BACKENDS = ("torch", "onnxruntime")
 ONNX_NAME = "model.onnx"  # what ``ferlab export`` writes into a run folder by default
@@ -134,7 +135,7 @@ def locate_weights(weights: str | os.PathLike[str], backend: str | None = None) 
     """
     if backend is not None and backend not in BACKENDS:
         raise WeightsError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-    path = Path(weights).expanduser()
+    path = resolve_weights(weights)
     if not path.exists():
         raise WeightsNotFoundError(
             f"No weights at {path}: pass a run folder (holding {WEIGHTS} and {META}), its "
