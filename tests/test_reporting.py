@@ -145,13 +145,13 @@ def capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import ferlab.reporting.plots as plots
 
     figures: dict[str, Any] = {}
-    real = plots._save
+    real = plots.save_figure
 
     def save(fig: Any, path: Path) -> Path:
         figures[Path(path).name] = fig
         return real(fig, path)
 
-    monkeypatch.setattr(plots, "_save", save)
+    monkeypatch.setattr(plots, "save_figure", save)
     return figures
 
 

@@ -33,7 +33,9 @@ def plain_text(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` (folders made) and close it; every figure of ferlab
+    goes through here, so they share one resolution and background."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -111,7 +113,7 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(plain_text(title), fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
@@ -190,7 +192,7 @@ def plot_learning_curves(
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(plain_text(title), fontsize=12)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _line(
@@ -257,7 +259,7 @@ def plot_cross_dataset(
     ax.set_xlabel("tested on")
     ax.set_ylabel("trained on")
     ax.set_title(plain_text(title), fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 RELIABILITY_PNG = RELIABILITY  # in an evaluation folder, beside its metrics.json
@@ -309,4 +311,4 @@ def plot_reliability(
     ax_n.set_ylabel("images")
     ax_n.grid(True, alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
