@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ferlab.evaluation.analysis import (
+    collect_cross_dataset,
+    collect_dropped_labels,
+    collect_summary,
+)
 from ferlab.labels import CANONICAL, EMOTIONS
 from ferlab.layout import Layout, ReportInputError
 from ferlab.record import PairStatus, Plan, PlannedEval, PlannedPair, write_plan, write_status
 from ferlab.reporting import (
     build_report,
-    collect_cross_dataset,
-    collect_dropped_labels,
-    collect_summary,
     format_console_table,
     format_markdown_table,
     plot_confusion_matrix,

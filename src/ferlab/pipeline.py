@@ -37,6 +37,7 @@ from ferlab.config import (
     dump_config,
 )
 from ferlab.data.base import DatasetError, LoadedDataset, dataset_traits
+from ferlab.evaluation.analysis import collect_summary
 from ferlab.layout import ENSEMBLE, MEGA, METRICS, PROBS, SPLITS, Layout, write_json
 from ferlab.provenance import code_digest, library_versions, stamp
 from ferlab.record import (
@@ -536,7 +537,7 @@ def _run(
     force: bool,
     on_pair_done: Callable[[PairStatus], None] | None,
 ) -> ExperimentResult:
-    from ferlab.reporting import build_report, collect_summary, format_console_table
+    from ferlab.reporting import build_report, format_console_table  # lazy: matplotlib
 
     store = DataStore(cfg)
     _validate_datasets(cfg, store)

@@ -7,6 +7,7 @@ writes one PNG and closes its figure, so a report can be rebuilt without a model
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,14 @@ def save_figure(fig: Any, path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def data_uri(path: Path) -> str | None:
+    """A PNG file as a ``data:`` URI, or None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def row_normalise(cm: np.ndarray) -> np.ndarray:
