@@ -104,9 +104,9 @@ def config(args: argparse.Namespace, data: Path, arm: str) -> Any:
 def run_arm(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """One study (a child process): tune for the budget, then ``ferlab run`` its best.yaml."""
     from ferlab.config import load_config
+    from ferlab.evaluation.analysis import collect_summary
     from ferlab.layout import Layout
     from ferlab.pipeline import run_experiment
-    from ferlab.reporting.tables import collect_summary
     from ferlab.tuning import tune
 
     assert args.arm is not None

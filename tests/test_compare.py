@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ferlab.evaluation import compare
+from ferlab.evaluation.analysis import COMPARISON_FIELDS, collect_comparisons, collect_summary
 from ferlab.evaluation.compare import (
     align_by_key,
     compare_pairs,
@@ -40,13 +41,9 @@ from ferlab.record import (
     write_plan,
     write_status,
 )
-from ferlab.reporting import collect_summary, write_summary
-from ferlab.reporting.tables import (
-    COMPARISON_FIELDS,
-    collect_comparisons,
-    comparison_rows,
-    load_record,
-)
+from ferlab.record.reader import load_record
+from ferlab.reporting import write_summary
+from ferlab.reporting.html import comparison_rows
 
 
 def flags_with(b01: int, b10: int, both: int = 0, neither: int = 0) -> tuple[np.ndarray, ...]:

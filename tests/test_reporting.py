@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ferlab.evaluation.analysis import (
+    collect_cross_dataset,
+    collect_dropped_labels,
+    collect_summary,
+)
 from ferlab.labels import CANONICAL, EMOTIONS
 from ferlab.layout import Layout, ReportInputError
 from ferlab.record import PairStatus, Plan, PlannedEval, PlannedPair, write_plan, write_status
 from ferlab.reporting import (
     build_report,
-    collect_cross_dataset,
-    collect_dropped_labels,
-    collect_summary,
     format_console_table,
     format_markdown_table,
     plot_confusion_matrix,
@@ -145,13 +147,13 @@ def capture_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     import ferlab.reporting.plots as plots
 
     figures: dict[str, Any] = {}
-    real = plots._save
+    real = plots.save_figure
 
     def save(fig: Any, path: Path) -> Path:
         figures[Path(path).name] = fig
         return real(fig, path)
 
-    monkeypatch.setattr(plots, "_save", save)
+    monkeypatch.setattr(plots, "save_figure", save)
     return figures
 
 

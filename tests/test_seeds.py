@@ -242,15 +242,15 @@ def test_seeds_flag_is_checked_and_combines_with_set_seed(
     assert main(["tune", "tune_demo", "--seeds", "3"]) == 2
     assert "ferlab run <experiment>/tune/best.yaml --seeds K" in capsys.readouterr().err
 
-    import ferlab.pipeline as pipeline
+    import ferlab.api as api
 
     seen = []
 
-    def fake_run(cfg: Any, **kwargs: Any) -> pipeline.ExperimentResult:
+    def fake_run(cfg: Any, **kwargs: Any) -> api.ExperimentResult:
         seen.append(cfg)
-        return pipeline.ExperimentResult(exp_dir=tmp_path)
+        return api.ExperimentResult(exp_dir=tmp_path)
 
-    monkeypatch.setattr(pipeline, "run_experiment", fake_run)
+    monkeypatch.setattr(api, "run_experiment", fake_run)
     assert main(["run", "--seeds", "3", "--set", "seed=5"]) == 0
     assert main(["run", "--seeds", "1"]) == 0
     assert main(["run", "--set", "seeds=[7, 2]"]) == 0

@@ -213,12 +213,12 @@ class Layout:
 
     @property
     def comparisons_csv(self) -> Path:
-        """Paired comparisons of the models trained on one dataset (``reporting.tables``)."""
+        """Paired comparisons of the models trained on one dataset (``evaluation.analysis``)."""
         return self.root / "comparisons.csv"
 
     @property
     def per_seed_csv(self) -> Path:
-        """Several training seeds: one row per (pair, seed, test set) (``reporting.tables``)."""
+        """Several training seeds: one row per (pair, seed, test set) (``evaluation.analysis``)."""
         return self.root / "per_seed.csv"
 
     @property

@@ -21,6 +21,7 @@ from typing import Any
 
 from ferlab.config import ExperimentConfig, ModelConfig, check_names
 from ferlab.data.base import DatasetError
+from ferlab.evaluation.analysis import collect_summary
 from ferlab.layout import WEIGHTS, Layout
 from ferlab.record import (
     EvalStatus,
@@ -111,7 +112,7 @@ def run_experiment(
 
     ``progress`` overrides ``cfg.runtime.progress``; ``force`` retrains and re-evaluates.
     """
-    from ferlab.reporting import build_report, collect_summary  # lazy: matplotlib
+    from ferlab.reporting import build_report  # lazy: matplotlib
 
     check_names(cfg)  # a config built in code has not been through load_config's checks
     if progress is not None:

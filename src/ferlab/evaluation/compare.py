@@ -20,7 +20,7 @@ the difference itself:
 - ``holm``: which of the several comparisons of one report survive Holm's step-down
   correction for multiple comparisons.
 
-Pure numpy and the standard library, no file access: ``ferlab.reporting.tables`` reads the
+Pure numpy and the standard library, no file access: ``ferlab.evaluation.analysis`` reads the
 planned evaluations and calls these.
 """
 

@@ -207,7 +207,7 @@ def _plot_shares(rows: list[dict[str, Any]], labels: list[str], path: Path, titl
     ax.set_ylim(0, 1)
     ax.set_title(plots.plain_text(title))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------ annotation

@@ -2,7 +2,7 @@
 
 ``build_report`` regenerates the derived plots (confusion matrices, learning curves, the
 cross-dataset heatmaps, reliability diagrams) and tables from the planned entries of the experiment folder
-(``ferlab.reporting.tables.load_record``), then renders one page with the images embedded as
+(``ferlab.record.reader.load_record``), then renders one page with the images embedded as
 data URIs and inline CSS: it can be mailed, archived or opened offline. It says which runs and
 evaluations were reused and from which ferlab version, and lists folders on disk that the plan
 does not name apart, without their numbers. No model is loaded and nothing is retrained.
@@ -15,7 +15,6 @@ table lists every seed's own numbers.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,22 +23,26 @@ from typing import Any
 import jinja2
 import yaml
 
+from ferlab.evaluation.analysis import (
+    METRIC_NAMES,
+    collect_across_seeds,
+    collect_comparisons,
+    collect_dropped_labels,
+    collect_summary,
+    summary_row,
+)
 from ferlab.layout import HISTORY, Layout, ReportInputError, atomic_write, read_json
 from ferlab.record import produced_by_text, unplanned_folders
+from ferlab.record.reader import Evaluation, ExperimentRecord, load_record, read_csv_rows
 from ferlab.reporting.plots import (
     RELIABILITY_PNG,
+    data_uri,
     plot_confusion_matrix,
     plot_learning_curves,
     plot_reliability,
 )
 from ferlab.reporting.tables import (
-    METRICS,
-    Evaluation,
-    Record,
-    collect_across_seeds,
-    collect_dropped_labels,
-    collect_summary,
-    comparison_rows,
+    display_comparisons,
     fmt_ci,
     fmt_count,
     fmt_mean_std,
@@ -47,25 +50,13 @@ from ferlab.reporting.tables import (
     fmt_plain,
     fmt_seconds,
     headline,
-    load_record,
-    read_csv_rows,
-    summary_row,
-    write_cross_dataset,
-    write_summary,
 )
 from ferlab.reporting.tuning import tuning_section
+from ferlab.reporting.writers import write_cross_dataset, write_summary
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOG_TAIL_LINES = 60
 ENVIRONMENT_KEYS = ("ferlab", "torch", "python", "device", "git_commit", "platform", "started")
-
-
-def data_uri(path: Path) -> str | None:
-    """A PNG file as a ``data:`` URI, or None when the file does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def render_pair_plots(
@@ -199,7 +190,7 @@ def _log_tail(layout: Layout) -> tuple[str | None, str]:
     return logs[-1].name, "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def data_sections(record: Record) -> list[dict[str, Any]]:
+def data_sections(record: ExperimentRecord) -> list[dict[str, Any]]:
     """One entry per planned dataset (then mega): splits, protocol, bad files, distributions."""
     layout = record.layout
     names = [d.name for d in record.plan.datasets] + [
@@ -247,7 +238,7 @@ def data_sections(record: Record) -> list[dict[str, Any]]:
     return out
 
 
-def reused_entries(record: Record) -> list[dict[str, Any]]:
+def reused_entries(record: ExperimentRecord) -> list[dict[str, Any]]:
     """Every reused run and evaluation of this plan, with the version that produced it."""
     out = []
     for pair in record.plan.pairs:
@@ -399,7 +390,7 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
         "comparisons": comparison_rows(record),
         "tuning": tuning_section(layout, {p.run_dir for p in record.plan.pairs if p.run_dir}),
         "data": data_sections(record),
-        "metrics": METRICS,
+        "metrics": METRIC_NAMES,
         "seeds": list(record.plan.seeds) if multi else [],
         "first_seed": record.first_seed,
         "provenance": record.plan.provenance,
@@ -408,7 +399,7 @@ def build_context(exp_dir: Path) -> dict[str, Any]:
     }
 
 
-def leakage_rows(record: Record) -> list[dict[str, Any]]:
+def leakage_rows(record: ExperimentRecord) -> list[dict[str, Any]]:
     """Planned evaluations whose test images training or validation already saw, beside the
     accuracy they inflate (from ``data/leakage.json``; near duplicates include exact ones)."""
     path = record.layout.leakage
@@ -474,6 +465,12 @@ def _mean_row(mean: Mapping[str, Any], e: Evaluation) -> dict[str, Any]:
         row[f"{key}_std"] = mean.get(f"{key}_std")
     row["n_seeds"] = mean.get("n_seeds")
     return row
+
+
+def comparison_rows(record: ExperimentRecord) -> list[dict[str, Any]]:
+    """The record's paired comparisons (``collect_comparisons``) formatted for display
+    (``display_comparisons``)."""
+    return display_comparisons(collect_comparisons(record))
 
 
 def render_report(context: Mapping[str, Any]) -> str:

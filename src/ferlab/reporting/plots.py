@@ -7,6 +7,7 @@ writes one PNG and closes its figure, so a report can be rebuilt without a model
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +34,9 @@ def plain_text(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as a PNG at ``path`` (folders made) and close it; every figure of ferlab
+    goes through here, so they share one resolution and background."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -41,6 +44,14 @@ def _save(fig: Any, path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def data_uri(path: Path) -> str | None:
+    """A PNG file as a ``data:`` URI, or None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def row_normalise(cm: np.ndarray) -> np.ndarray:
@@ -111,7 +122,7 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(plain_text(title), fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
@@ -190,7 +201,7 @@ def plot_learning_curves(
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(plain_text(title), fontsize=12)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _line(
@@ -257,7 +268,7 @@ def plot_cross_dataset(
     ax.set_xlabel("tested on")
     ax.set_ylabel("trained on")
     ax.set_title(plain_text(title), fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 RELIABILITY_PNG = RELIABILITY  # in an evaluation folder, beside its metrics.json
@@ -309,4 +320,4 @@ def plot_reliability(
     ax_n.set_ylabel("images")
     ax_n.grid(True, alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,25 +1,15 @@
-"""Summary and cross-dataset tables, read back from an experiment's recorded plan.
+"""The summary, per-seed, across-seed, comparison and cross-dataset tables as text: CSV at full
+precision, aligned console columns and Markdown.
 
-Nothing here trains or loads a model, and nothing globs for results: every number comes from
-an evaluation the experiment's ``plan.json`` names, and only when its ``metrics.json`` carries
-the planned key (``ferlab.record.planned_metrics``); statuses come from ``status.json`` and
-training facts from the planned run folder's ``fit.json``. So ``ferlab report DIR`` rebuilds
-the tables a run printed, and a result left by another plan never shows as current.
+Nothing here reads an experiment or computes a statistic: the rows come from
+``ferlab.evaluation.analysis`` (which reads the record with ``ferlab.record.reader``), and
+``ferlab.reporting.writers`` writes the files. The ``*_FIELDS`` tuples are the columns of the
+CSV files, in order, and the keys of the rows the analysis gives.
 
-The paired comparisons (``comparisons.csv`` and a section of ``summary.md``) read the per-image
-predictions (``probs.npz``) of the same planned evaluations, and test every two models trained
-on one dataset and scored on one test split (``ferlab.evaluation.compare``); every verdict's
-p-value is also corrected with Holm's method over all the comparisons of the experiment.
-
-With several training seeds (``seeds:``) the plan holds every pair once per seed. Then a summary
-row is one (dataset, model): the mean and sample standard deviation across seeds of each metric
-(``*_mean``, ``*_std``, ``n_seeds``) beside one run's numbers, bootstrap intervals and training
-facts, those of the first seed (``seed``); ``per_seed.csv`` keeps every seed's numbers and
-``across_seeds.csv`` the mean and std on every test set. The cross-dataset matrix holds means
-across seeds, and a paired comparison shows the first seed's interval and McNemar p, with the
-mean and std across seeds of the accuracy difference (seed s of A against seed s of B) and a
-verdict from every seed (``compare.across_seeds_test``). With one seed every file is as before
-seeds existed, with the Holm columns added to comparisons.csv.
+With several training seeds a summary row carries ``SEED_FIELDS`` too: the mean and sample
+standard deviation across seeds of each metric beside one run's numbers (the first seed's), and
+the console and Markdown tables show ``mean ± sd`` columns. With one seed every table is as
+before seeds existed.
 """
 
 from __future__ import annotations
@@ -28,23 +18,18 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from ferlab.layout import FIT_JSON, META, PROBS, Layout, atomic_write, read_json
-from ferlab.record import (
-    PairStatus,
-    Plan,
-    PlannedEval,
-    PlannedPair,
-    planned_metrics,
-    produced_by_text,
-    read_plan,
-    read_status,
+from ferlab.evaluation.analysis import (
+    COMPARISON_FIELDS,
+    COMPARISON_SEED_FIELDS,
+    METRIC_NAMES,
+    CrossDataset,
+    verdict_p,
 )
+from ferlab.evaluation.compare import ALPHA
 
-METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
 METRIC_TITLES: dict[str, str] = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
@@ -55,7 +40,7 @@ METRIC_TITLES: dict[str, str] = {
 METRIC_FIELDS: tuple[str, ...] = tuple(
     name
     for prefix in ("", "tta_")
-    for metric in METRICS
+    for metric in METRIC_NAMES
     for name in (
         f"{prefix}{metric}",
         f"{prefix}{metric}_ci_low",
@@ -93,7 +78,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
 SEED_STAT_FIELDS: tuple[str, ...] = tuple(
     f"{prefix}{metric}_{stat}"
     for prefix in ("", "tta_")
-    for metric in METRICS
+    for metric in METRIC_NAMES
     for stat in ("mean", "std")
 )
 SEED_FIELDS: tuple[str, ...] = ("seed", "n_seeds", "seeds", *SEED_STAT_FIELDS)
@@ -131,332 +116,6 @@ ACROSS_SEEDS_FIELDS: tuple[str, ...] = (
     "n_test",
     *METRIC_FIELDS,
 )
-
-
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """``ferlab.evaluation.compare.mean_std``, imported when needed (``ferlab.evaluation``
-    brings torch, which reading an experiment folder does not need)."""
-    from ferlab.evaluation.compare import mean_std as compute
-
-    return compute(values)
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file with a header line, as dicts of strings."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-# --------------------------------------------------------------------------- the record
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One planned evaluation with its numbers: a pair trained on ``train_dataset`` scored on
-    ``test_dataset``."""
-
-    train_dataset: str
-    model: str
-    test_dataset: str
-    directory: Path
-    data: dict[str, Any]
-    relative: str = ""  # the folder as plan.json names it, relative to the experiment
-    seed: int | None = None  # the planned pair's training seed (None: the experiment's one seed)
-
-    def result(self, use_tta: bool) -> dict[str, Any] | None:
-        """The TTA block when asked for and present, else the plain block."""
-        if use_tta and self.data.get("tta"):
-            return dict(self.data["tta"])
-        plain = self.data.get("plain")
-        return dict(plain) if plain else None
-
-
-@dataclass
-class Record:
-    """An experiment folder as its plan describes it, with the results that match the plan."""
-
-    layout: Layout
-    plan: Plan
-    status: dict[tuple[str, str, int | None], PairStatus]  # (dataset, model, seed)
-    evaluations: list[Evaluation]
-    # collect_comparisons' rows, kept so the summary and the report bootstrap only once
-    comparison_cache: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def multi_seed(self) -> bool:
-        """Every pair was planned with several training seeds."""
-        return self.plan.multi_seed
-
-    @property
-    def first_seed(self) -> int | None:
-        """The seed whose run gives the single-run numbers (None: the experiment's one seed)."""
-        seeds = self.plan.seeds
-        return seeds[0] if seeds else None
-
-    def pair_status(self, pair: PlannedPair) -> PairStatus:
-        return self.status.get(
-            (pair.dataset, pair.model, pair.seed),
-            PairStatus(pair.dataset, pair.model, run_dir=pair.run_dir, seed=pair.seed),
-        )
-
-    def evaluation(
-        self, dataset: str, model: str, test: str, seed: int | None = None
-    ) -> Evaluation | None:
-        """The pair's evaluation on ``test`` (of ``seed``; None: of the first seed)."""
-        want = (dataset, model, test, self.first_seed if seed is None else seed)
-        for e in self.evaluations:
-            if (e.train_dataset, e.model, e.test_dataset, e.seed) == want:
-                return e
-        return None
-
-    def evaluations_of(self, dataset: str, model: str, seed: int | None = None) -> list[Evaluation]:
-        """The pair's evaluations (of ``seed``; None: of the first seed)."""
-        want = (dataset, model, self.first_seed if seed is None else seed)
-        return [e for e in self.evaluations if (e.train_dataset, e.model, e.seed) == want]
-
-    def first_seed_evaluations(self) -> list[Evaluation]:
-        """The evaluations of the first seed (all of them with one seed)."""
-        return [e for e in self.evaluations if e.seed == self.first_seed]
-
-    def pair_groups(self) -> list[list[PlannedPair]]:
-        """The planned pairs per (dataset, model), one per seed, in plan order."""
-        groups: dict[tuple[str, str], list[PlannedPair]] = {}
-        for p in self.plan.pairs:
-            groups.setdefault((p.dataset, p.model), []).append(p)
-        return list(groups.values())
-
-
-def load_record(exp_dir: Path | Layout) -> Record:
-    """Read ``plan.json``, ``status.json`` and every planned evaluation whose key matches.
-
-    An evaluation of a pair that is not ``ok`` in this run's status is left out even if a
-    file with the planned key exists (the pair failed after it was written).
-    """
-    layout = exp_dir if isinstance(exp_dir, Layout) else Layout(Path(exp_dir))
-    plan = read_plan(layout)
-    status = read_status(layout)
-    evaluations = []
-    for pair in plan.pairs:
-        st = status.get((pair.dataset, pair.model, pair.seed))
-        if st is None or not st.ok:
-            continue
-        failed = {e.test for e in st.evals if e.status == "failed"}
-        for planned in pair.evals:
-            if planned.test in failed:
-                continue
-            data = planned_metrics(layout, planned)
-            if data is not None:
-                evaluations.append(
-                    Evaluation(
-                        pair.dataset,
-                        pair.model,
-                        planned.test,
-                        layout.resolve(planned.dir),
-                        data,
-                        planned.dir,
-                        pair.seed,
-                    )
-                )
-    return Record(layout, plan, status, evaluations)
-
-
-def fit_summary(layout: Layout, pair: PlannedPair) -> dict[str, Any] | None:
-    """The planned run folder's ``fit.json`` (None for ensembles and runs not finished)."""
-    if not pair.run_dir:
-        return None
-    path = layout.resolve(pair.run_dir) / FIT_JSON
-    return read_json(path) if path.is_file() else None
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def _metric_fields(block: Mapping[str, Any] | None, prefix: str) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    ci = (block or {}).get("ci") or {}
-    for metric in METRICS:
-        row[f"{prefix}{metric}"] = (block or {}).get(metric)
-        bounds = ci.get(metric) or [None, None]
-        row[f"{prefix}{metric}_ci_low"], row[f"{prefix}{metric}_ci_high"] = bounds[0], bounds[1]
-    row[f"{prefix}log_loss"] = (block or {}).get("log_loss")
-    return row
-
-
-def summary_row(record: Record, pair: PlannedPair) -> dict[str, Any]:
-    """One summary row: status, own-test metrics (plain and TTA, with CIs) and training facts."""
-    st = record.pair_status(pair)
-    evaluation = record.evaluation(pair.dataset, pair.model, pair.dataset, pair.seed)
-    fit = fit_summary(record.layout, pair) if st.ok else None
-    data = evaluation.data if evaluation else {}
-    plain = data.get("plain")
-    tta = data.get("tta")
-    return {
-        "dataset": pair.dataset,
-        "model": pair.model,
-        "status": st.status,
-        "error": st.error,
-        "n_test": (plain or {}).get("n"),
-        **_metric_fields(plain, ""),
-        **_metric_fields(tta, "tta_"),
-        "tta_views": data.get("tta_views"),
-        "train_seconds": (fit or {}).get("train_seconds"),
-        "epochs": (fit or {}).get("epochs_run"),
-        "best_epoch": (fit or {}).get("best_epoch"),
-        "stopped_early": (fit or {}).get("stopped_early"),
-        "training_notes": (fit or {}).get("notes") or [],  # report only (not a CSV column)
-        "params": _params(record.layout, pair, fit),
-        "throughput_ips": data.get("throughput_ips"),
-        "reused": st.status == "reused",
-        "produced_by": produced_by_text(st.produced_by) if st.status == "reused" else None,
-        "run_dir": pair.run_dir,
-    }
-
-
-def _params(layout: Layout, pair: PlannedPair, fit: Mapping[str, Any] | None) -> int | None:
-    """The parameter count from fit.json, else from meta.json's ``extra`` block."""
-    if fit and fit.get("params") is not None:
-        return int(fit["params"])
-    if not pair.run_dir or not (layout.resolve(pair.run_dir) / META).is_file():
-        return None
-    meta = read_json(layout.resolve(pair.run_dir) / META)
-    extra = meta.get("extra") if isinstance(meta, dict) else None
-    value = (extra or {}).get("params") if isinstance(extra, dict) else None
-    return int(value) if value is not None else None
-
-
-def seed_stats(first_seed: int | None, results: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
-    """``SEED_FIELDS`` of one pair on one test set from ``(seed, metrics.json data or None)``
-    per seed: the mean and sample std across the seeds with a result, and which they are."""
-    scored = [(seed, data) for seed, data in results if data and data.get("plain")]
-    out: dict[str, Any] = {
-        "seed": first_seed,
-        "n_seeds": len(scored),
-        "seeds": [seed for seed, _ in scored],
-    }
-    for prefix, block in (("", "plain"), ("tta_", "tta")):
-        for metric in METRICS:
-            values = [
-                float(v)
-                for _, data in scored
-                if (v := (data.get(block) or {}).get(metric)) is not None
-            ]
-            out[f"{prefix}{metric}_mean"], out[f"{prefix}{metric}_std"] = mean_std(values)
-    return out
-
-
-def _combined_status(statuses: Sequence[str]) -> str:
-    """One status for a pair trained with several seeds: theirs when they agree, else the
-    first that needs attention (failed, skipped, pending), else ``trained`` or ``computed``."""
-    distinct = list(dict.fromkeys(statuses))
-    if len(distinct) == 1:
-        return distinct[0]
-    for status in ("failed", "skipped", "pending", "trained", "computed"):
-        if status in distinct:
-            return status
-    return distinct[0]
-
-
-def seed_summary_row(record: Record, pairs: Sequence[PlannedPair]) -> dict[str, Any]:
-    """One summary row of a (dataset, model) trained with several seeds (``pairs``, one per
-    seed): the first seed's row (one run's numbers, intervals and training facts) with the
-    combined status, every seed's error, and ``SEED_FIELDS`` on its own test set."""
-    first = pairs[0]
-    row = summary_row(record, first)
-    statuses = [record.pair_status(p) for p in pairs]
-    row["status"] = _combined_status([st.status for st in statuses])
-    errors = [
-        f"seed {p.seed}: {st.error}" for p, st in zip(pairs, statuses, strict=True) if st.error
-    ]
-    row["error"] = "; ".join(errors) or None
-    row["reused"] = all(st.status == "reused" for st in statuses)
-    row["produced_by"] = produced_by_text(statuses[0].produced_by) if row["reused"] else None
-    results = []
-    for p in pairs:
-        e = record.evaluation(p.dataset, p.model, p.dataset, p.seed)
-        results.append((p.seed, e.data if e else None))
-    row.update(seed_stats(first.seed, results))
-    return row
-
-
-def collect_summary(exp_dir: Path | Record) -> list[dict[str, Any]]:
-    """One row per planned (dataset, model) pair, ensembles and failed pairs included, in the
-    plan's order. Metrics are from the pair's own test set; a failed pair has its error and no
-    metrics (an evaluation-only dataset has no own test: its models are scored in the matrix).
-    Keys are ``SUMMARY_FIELDS``; missing values are None. With several training seeds, one row
-    per (dataset, model) with ``SEED_FIELDS`` too (``seed_summary_row``).
-    """
-    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
-    if record.multi_seed:
-        return [seed_summary_row(record, group) for group in record.pair_groups()]
-    return [summary_row(record, p) for p in record.plan.pairs]
-
-
-def _eval_fields(e: Evaluation | None) -> dict[str, Any]:
-    data = e.data if e else {}
-    plain, tta = data.get("plain"), data.get("tta")
-    return {
-        "n_test": (plain or {}).get("n"),
-        **_metric_fields(plain, ""),
-        **_metric_fields(tta, "tta_"),
-        "tta_views": data.get("tta_views"),
-    }
-
-
-def collect_per_seed(exp_dir: Path | Record) -> list[dict[str, Any]]:
-    """One row per planned (pair, seed, test set) in plan order (``PER_SEED_FIELDS``): every
-    seed's own numbers with its bootstrap intervals; a failed seed's rows have no numbers."""
-    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
-    rows = []
-    for pair in record.plan.pairs:
-        st = record.pair_status(pair)
-        fit = fit_summary(record.layout, pair) if st.ok else None
-        common = {
-            "dataset": pair.dataset,
-            "model": pair.model,
-            "seed": pair.seed,
-            "status": st.status,
-            "train_seconds": (fit or {}).get("train_seconds"),
-            "epochs": (fit or {}).get("epochs_run"),
-            "best_epoch": (fit or {}).get("best_epoch"),
-            "reused": st.status == "reused",
-            "run_dir": pair.run_dir,
-        }
-        planned_evals: list[PlannedEval | None] = [*pair.evals] or [None]
-        for planned in planned_evals:
-            test = planned.test if planned else None
-            e = record.evaluation(pair.dataset, pair.model, test, pair.seed) if test else None
-            rows.append(
-                {
-                    **common,
-                    "test_dataset": test,
-                    **_eval_fields(e),
-                    "eval_dir": planned.dir if planned else None,
-                }
-            )
-    return rows
-
-
-def collect_across_seeds(exp_dir: Path | Record) -> list[dict[str, Any]]:
-    """One row per planned (dataset, model, test set) (``ACROSS_SEEDS_FIELDS``): the mean and
-    std across seeds of every metric, and the first seed's numbers with their intervals."""
-    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
-    rows = []
-    for group in record.pair_groups():
-        first = group[0]
-        tests = list(dict.fromkeys(e.test for p in group for e in p.evals))
-        for test in tests:
-            per_seed = [(p, record.evaluation(p.dataset, p.model, test, p.seed)) for p in group]
-            stats = seed_stats(first.seed, [(p.seed, e.data if e else None) for p, e in per_seed])
-            rows.append(
-                {
-                    "dataset": first.dataset,
-                    "model": first.model,
-                    "test_dataset": test,
-                    **stats,
-                    **_eval_fields(per_seed[0][1]),
-                }
-            )
-    return rows
 
 
 def headline(row: Mapping[str, Any], metric: str = "accuracy") -> float | None:
@@ -677,7 +336,7 @@ def format_console_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _md_escape(text: str) -> str:
+def md_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
@@ -689,83 +348,8 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "|" + "|".join("---:" if c.right else ":---" for c in cols) + "|",
     ]
     for values in _cells(rows, cols):
-        lines.append("| " + " | ".join(_md_escape(v) for v in values) + " |")
+        lines.append("| " + " | ".join(md_escape(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_summary(
-    rows: Sequence[Mapping[str, Any]], exp_dir: Path | Layout, *, record: Record | None = None
-) -> tuple[Path, Path]:
-    """Write ``summary.csv`` (full precision) and ``summary.md`` (formatted) in the experiment
-    folder, and the paired comparisons of its models (``comparisons.csv`` and a section of
-    ``summary.md``; ``record`` saves reading the experiment again when the caller has it)."""
-    layout = exp_dir if isinstance(exp_dir, Layout) else Layout(Path(exp_dir))
-    if record is None and layout.plan.is_file():
-        record = load_record(layout)
-    csv_path = atomic_write(layout.summary_csv, summary_csv(rows))
-    multi = is_multi_seed(rows)
-    intro = (
-        "Metrics on each training dataset's own test split; `TTA` columns use test-time "
-        "augmentation. Confidence intervals are 95% bootstrap intervals."
-    )
-    if multi:
-        seeds = (record.plan.seeds if record else None) or sorted(
-            {s for r in rows for s in (r.get("seeds") or [])}
-        )
-        intro = (
-            f"Every pair was trained with {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
-            "Metrics on each training dataset's own test split: `mean ± sd` is the mean across "
-            "the seeds with its sample standard deviation in percentage points (`seeds`: how "
-            "many gave a result); `TTA` columns use test-time augmentation. The 95% bootstrap "
-            f"intervals, training time and epochs are one run's, seed {rows[0].get('seed')}'s. "
-            "An ensemble is built per seed, from that seed's models. "
-            "Every seed's numbers: `per_seed.csv`; mean and sd on every test set: "
-            "`across_seeds.csv`."
-        )
-    notes = ["# Summary", "", intro, "", format_markdown_table(rows)]
-    failed = [r for r in rows if r.get("status") == "failed"]
-    if failed:
-        notes += ["", "## Failed pairs", ""]
-        notes += [
-            f"- {r['dataset']} / {r['model']}: {_md_escape(str(r.get('error')))}" for r in failed
-        ]
-        notes.append("")
-    reused = [r for r in rows if r.get("reused")]
-    if multi and record is not None:  # every seed's run that was reused
-        reused = [
-            {
-                "dataset": p.dataset,
-                "model": f"{p.model} (seed {p.seed})",
-                "produced_by": produced_by_text(st.produced_by),
-            }
-            for p in record.plan.pairs
-            if (st := record.pair_status(p)).status == "reused"
-        ]
-    if reused:
-        notes += ["", "## Reused runs", ""]
-        notes += [
-            f"- {r['dataset']} / {r['model']}: {_md_escape(str(r.get('produced_by')))}"
-            for r in reused
-        ]
-        notes.append("")
-    if multi and record is not None:
-        across = collect_across_seeds(record)
-        atomic_write(layout.per_seed_csv, rows_csv(collect_per_seed(record), PER_SEED_FIELDS))
-        atomic_write(layout.across_seeds_csv, rows_csv(across, ACROSS_SEEDS_FIELDS))
-        notes += ["", format_across_seeds_markdown(across)]
-    else:  # never an earlier plan's seeds
-        layout.per_seed_csv.unlink(missing_ok=True)
-        layout.across_seeds_csv.unlink(missing_ok=True)
-    if record is not None:
-        comparisons = collect_comparisons(record)
-        comparisons_path = layout.comparisons_csv
-        if comparisons:
-            atomic_write(comparisons_path, comparisons_csv(comparisons))
-            notes += ["", format_comparisons_markdown(comparisons)]
-        else:
-            comparisons_path.unlink(missing_ok=True)  # never an earlier plan's comparisons
-    md_path = atomic_write(layout.summary_md, "\n".join(notes))
-    return csv_path, md_path
 
 
 def format_across_seeds_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -784,9 +368,9 @@ def format_across_seeds_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         p = "tta_" if r.get("tta_accuracy_mean") is not None else ""
         cells = [
-            _md_escape(str(r["dataset"])),
-            _md_escape(str(r["model"])),
-            _md_escape(str(r["test_dataset"])),
+            md_escape(str(r["dataset"])),
+            md_escape(str(r["model"])),
+            md_escape(str(r["test_dataset"])),
             fmt_plain(r.get("n_seeds")),
             fmt_mean_std(r.get(f"{p}accuracy_mean"), r.get(f"{p}accuracy_std")),
             fmt_ci(r.get(f"{p}accuracy_ci_low"), r.get(f"{p}accuracy_ci_high")),
@@ -796,253 +380,6 @@ def format_across_seeds_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- paired comparisons
-
-# In the experiment folder, beside summary.csv.
-
-# Columns of comparisons.csv, in order. ``difference`` is accuracy A minus accuracy B (a
-# fraction); ``b01``: images only B gets right, ``b10``: images only A gets right; ``variant_*``
-# says which predictions were compared (``tta`` or ``plain``, the headline of the summary).
-COMPARISON_FIELDS: tuple[str, ...] = (
-    "dataset",
-    "test_dataset",
-    "model_a",
-    "model_b",
-    "variant_a",
-    "variant_b",
-    "n",
-    "accuracy_a",
-    "accuracy_b",
-    "difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "b01",
-    "b10",
-    "p_value",
-    "verdict",
-    "note",
-    "p_holm",
-    "holm",
-)
-# ``p_holm``: the verdict's p-value after Holm's correction over every comparison of the
-# experiment that has one (``compare.holm``); ``holm``: True when the verdict's difference
-# survives that correction (``p_holm`` at most ``compare.ALPHA``). Empty for a pair not compared.
-# Several training seeds: the columns comparisons.csv gains. The row's other numbers
-# (accuracies, interval, counts, ``p_value``) are one run's, the first seed's (``seed``);
-# ``difference_mean``/``difference_std`` are the mean and sample std across the ``n_seeds``
-# seeds ``seeds`` of the accuracy difference A - B, seed s of A against seed s of B. The
-# verdict is then every seed's (``compare.across_seeds_test``): ``p_value_seeds`` =
-# max(``p_seeds``, the t-test over the per-seed differences; ``p_images``, the largest per-seed
-# McNemar p), and ``p_holm`` corrects ``p_value_seeds``.
-COMPARISON_SEED_FIELDS: tuple[str, ...] = (
-    "seed",
-    "n_seeds",
-    "seeds",
-    "difference_mean",
-    "difference_std",
-    "p_seeds",
-    "p_images",
-    "p_value_seeds",
-)
-COMPARISON_SEED = 0  # the paired bootstrap's seed, so a report rebuilds the same intervals
-DEFAULT_BOOTSTRAP = 1000  # resamples when the metrics do not record how many were used
-
-
-@dataclass(frozen=True)
-class Correctness:
-    """The headline predictions of one evaluation, image by image."""
-
-    keys: list[str]  # (M,) image keys of the scored images
-    correct: Any  # (M,) bool numpy array: prediction equals the true class
-    variant: str  # "tta" or "plain"
-
-
-def headline_correctness(e: Evaluation) -> Correctness | str:
-    """Right-or-wrong per image of the evaluation's headline predictions (TTA when its metrics
-    have a TTA block, as in the summary), read from its ``probs.npz``; or why they cannot be.
-
-    The flags must reproduce the recorded accuracy and image count, so a ``probs.npz`` that
-    does not belong to the planned ``metrics.json`` is never compared.
-    """
-    from ferlab.evaluation.evaluate import load_result
-
-    # Named inside the experiment folder: a moved or copied experiment gives the same report.
-    shown = Path(e.relative or e.directory) / PROBS
-    if not (e.directory / PROBS).is_file():
-        return f"no per-image predictions ({shown}); rerun the evaluation"
-    use_tta = bool(e.data.get("tta"))
-    variant = "tta" if use_tta else "plain"
-    try:
-        result, keys = load_result(e.directory)
-    except ValueError as err:
-        return str(err)
-    probs = result.probs_tta if use_tta else result.probs_plain
-    if probs is None:
-        return f"{shown} has no TTA probabilities although metrics.json has TTA"
-    if probs.ndim != 2 or probs.shape[0] != result.y_true.shape[0]:
-        return (
-            f"{shown} is inconsistent: probabilities of shape {probs.shape} for "
-            f"{result.y_true.shape[0]} labels; rerun the evaluation"
-        )
-    correct = probs.argmax(axis=1) == result.y_true  # (M,)
-    block = e.result(use_tta) or {}
-    n, accuracy = block.get("n"), block.get("accuracy")
-    m = int(correct.shape[0])
-    consistent = (
-        len(keys) == result.kept_mask.shape[0]
-        and int(result.kept_mask.sum()) == m
-        and n == m
-        and m > 0
-        and accuracy is not None
-        and abs(float(correct.mean()) - float(accuracy)) <= 1e-9
-    )
-    if not consistent:
-        return (
-            f"{shown} does not match its metrics.json ({m} scored images against "
-            f"n={n}, accuracy {float(correct.mean()) if m else 0.0:.4f} against {accuracy}); "
-            "rerun the evaluation"
-        )
-    kept = [k for k, keep in zip(keys, result.kept_mask.tolist(), strict=True) if keep]
-    return Correctness(kept, correct, variant)
-
-
-def _bootstrap_count(evaluations: Sequence[Evaluation]) -> int:
-    counts = [
-        int(block["bootstrap"])
-        for e in evaluations
-        if (block := e.result(bool(e.data.get("tta")))) and block.get("bootstrap") is not None
-    ]
-    return max(counts) if counts else DEFAULT_BOOTSTRAP
-
-
-def _correctness(
-    evaluations: Sequence[Evaluation],
-) -> tuple[dict[str, tuple[list[str], Any]], dict[str, str], dict[str, str]]:
-    """Per model: its headline flags ``(keys, correct)``, why it has none, and its variant."""
-    correct: dict[str, tuple[list[str], Any]] = {}
-    unavailable: dict[str, str] = {}
-    variants: dict[str, str] = {}
-    for e in evaluations:
-        got = headline_correctness(e)
-        if isinstance(got, str):
-            unavailable[e.model] = got
-        else:
-            correct[e.model] = (got.keys, got.correct)
-            variants[e.model] = got.variant
-    return correct, unavailable, variants
-
-
-def collect_comparisons(record: Record) -> list[dict[str, Any]]:
-    """One row per unordered pair of planned models trained on the same dataset and scored on
-    the same test split (keys ``COMPARISON_FIELDS``), own test split first, models in plan
-    order. Only evaluations the record holds count (planned, of pairs that completed, with the
-    planned key); a pair that cannot be compared (no per-image predictions, different test
-    images) has a row with the reason in ``note`` and no numbers.
-
-    With several training seeds a row holds the first seed's comparison (its paired interval
-    and McNemar p), with ``COMPARISON_SEED_FIELDS``: the mean and std across seeds of the
-    accuracy difference, seed s of A against seed s of B, and the verdict of every seed
-    together (``compare.across_seeds_test``), not the first seed's alone.
-
-    Every row with a verdict p-value gets ``p_holm`` and ``holm``: Holm's correction over all
-    the comparisons of the experiment, the family a reader scans for a "better".
-    """
-    if record.comparison_cache is not None:
-        return record.comparison_cache
-    from ferlab.evaluation.compare import (
-        across_seeds_test,
-        compare_pairs,
-        holm,
-        seed_comparisons,
-        seed_verdict,
-    )
-
-    multi = record.multi_seed
-    fields = COMPARISON_FIELDS + COMPARISON_SEED_FIELDS if multi else COMPARISON_FIELDS
-    first_seed = record.first_seed
-    by_seed: dict[tuple[str, str, int | None], list[Evaluation]] = {}
-    for e in record.evaluations:
-        by_seed.setdefault((e.train_dataset, e.test_dataset, e.seed), []).append(e)
-    groups: dict[tuple[str, str], list[Evaluation]] = {}
-    for e in record.evaluations:
-        if e.seed == first_seed:
-            groups.setdefault((e.train_dataset, e.test_dataset), []).append(e)
-    test_order = {t: i for i, t in enumerate(record.plan.test_sets)}
-    ordered = sorted(
-        groups,
-        key=lambda g: (
-            record.plan.train_datasets.index(g[0]) if g[0] in record.plan.train_datasets else 0,
-            g[1] != g[0],
-            test_order.get(g[1], len(test_order)),
-        ),
-    )
-    rows: list[dict[str, Any]] = []
-    for dataset, test in ordered:
-        evaluations = groups[(dataset, test)]
-        if len(evaluations) < 2:
-            continue
-        correct, unavailable, variants = _correctness(evaluations)
-        pairs = compare_pairs(
-            correct,
-            dataset=dataset,
-            test=test,
-            n_boot=_bootstrap_count(evaluations),
-            seed=COMPARISON_SEED,
-            unavailable=unavailable,
-            order=[e.model for e in evaluations],
-        )
-        spread: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        used: dict[tuple[str, str], list[Any]] = {}
-        if multi:
-            for seed in record.plan.seeds:
-                flags = (
-                    correct
-                    if seed == first_seed
-                    else _correctness(by_seed.get((dataset, test, seed), []))[0]
-                )
-                for models, values in seed_comparisons([flags]).items():
-                    spread.setdefault(models, []).extend(values)
-                    used.setdefault(models, []).append(seed)
-        for row in pairs:
-            row["variant_a"] = variants.get(row["model_a"])
-            row["variant_b"] = variants.get(row["model_b"])
-            if multi:
-                models = (row["model_a"], row["model_b"])
-                values = spread.get(models, [])
-                diffs = [d for d, _ in values]
-                row["seed"] = first_seed
-                row["n_seeds"] = len(values)
-                row["seeds"] = used.get(models, [])
-                row["difference_mean"], row["difference_std"] = mean_std(diffs)
-                if row.get("note") is None and values:
-                    test_ = across_seeds_test(diffs, [p for _, p in values])
-                    row["p_seeds"], row["p_images"] = test_["p_seeds"], test_["p_images"]
-                    row["p_value_seeds"] = test_["p_value"]
-                    row["verdict"] = seed_verdict(
-                        row["model_a"],
-                        row["model_b"],
-                        float(row["difference_mean"]),
-                        test_["p_value"],
-                        len(values),
-                    )
-            rows.append({k: row.get(k) for k in fields})
-    tested = [r for r in rows if verdict_p(r) is not None]
-    adjusted, survives = holm([float(verdict_p(r)) for r in tested])  # type: ignore[arg-type]
-    for r, p_adj, ok in zip(tested, adjusted, survives, strict=True):
-        r["p_holm"], r["holm"] = p_adj, ok
-    record.comparison_cache = rows
-    return rows
-
-
-def verdict_p(row: Mapping[str, Any]) -> float | None:
-    """The p-value a comparison's verdict rests on: McNemar's (one seed) or the test across
-    seeds (``p_value_seeds``, several); None for a pair not compared or not tested."""
-    if row.get("note") not in (None, ""):
-        return None
-    value = row.get("p_value_seeds") if "n_seeds" in row else row.get("p_value")
-    return None if value is None or value == "" else float(value)
 
 
 def comparisons_csv(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -1069,8 +406,17 @@ def fmt_p(value: Any) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def comparison_rows(record: Record) -> list[dict[str, Any]]:
-    """The comparisons formatted for display (the summary's Markdown and the HTML report).
+def fmt_points_std(mean: Any, std: Any) -> str:
+    """A mean difference across seeds with its std, in percentage points (``+1.2 ± 0.8``)."""
+    if mean is None or mean == "":
+        return "-"
+    if std is None or std == "":
+        return fmt_points(mean)
+    return f"{fmt_points(mean)} ± {100 * float(std):.1f}"
+
+
+def display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``collect_comparisons`` rows formatted for display (summary.md and the HTML report).
 
     Each dict: ``dataset, test, model_a, model_b`` (with `` (TTA)`` when TTA predictions were
     compared), ``n, acc_a, acc_b, diff`` (percentage points, signed), ``ci``, ``only_a``,
@@ -1081,20 +427,6 @@ def comparison_rows(record: Record) -> list[dict[str, Any]]:
     (the difference's mean ± std across seeds, in percentage points) and ``p_seeds`` (the
     verdict's p across seeds); else these are None.
     """
-    return _display_comparisons(collect_comparisons(record))
-
-
-def fmt_points_std(mean: Any, std: Any) -> str:
-    """A mean difference across seeds with its std, in percentage points (``+1.2 ± 0.8``)."""
-    if mean is None or mean == "":
-        return "-"
-    if std is None or std == "":
-        return fmt_points(mean)
-    return f"{fmt_points(mean)} ± {100 * float(std):.1f}"
-
-
-def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    from ferlab.evaluation.compare import ALPHA
 
     def name(model: Any, variant: Any) -> str:
         return f"{model} (TTA)" if variant == "tta" else str(model)
@@ -1138,8 +470,6 @@ def _display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, An
 
 def holm_note(display: Sequence[Mapping[str, Any]]) -> str | None:
     """How many comparisons the report made and how many survive Holm's correction."""
-    from ferlab.evaluation.compare import ALPHA
-
     tested = [d for d in display if d["p_holm"] != "-"]
     if not tested:
         return None
@@ -1155,9 +485,7 @@ def holm_note(display: Sequence[Mapping[str, Any]]) -> str | None:
 
 def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The ``## Paired comparisons`` section of summary.md from ``collect_comparisons`` rows."""
-    from ferlab.evaluation.compare import ALPHA
-
-    display = _display_comparisons(rows)
+    display = display_comparisons(rows)
     multi = any("n_seeds" in r for r in rows)
     lines = [
         "## Paired comparisons",
@@ -1200,7 +528,7 @@ def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         for d in shown:
             mark = "-" if d["p_holm"] == "-" else ("yes" if d["holm"] else "no")
             cells = {**d, "holm_mark": mark}
-            lines.append("| " + " | ".join(_md_escape(str(cells[k])) for k in keys) + " |")
+            lines.append("| " + " | ".join(md_escape(str(cells[k])) for k in keys) + " |")
         lines.append("")
         note = holm_note(display)
         if note:
@@ -1209,106 +537,12 @@ def format_comparisons_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     if skipped:
         lines += ["Not compared:", ""]
         lines += [
-            f"- {_md_escape(d['dataset'])} on {_md_escape(d['test'])}: {_md_escape(d['model_a'])} "
-            f"vs {_md_escape(d['model_b'])}: {_md_escape(str(d['note']))}"
+            f"- {md_escape(d['dataset'])} on {md_escape(d['test'])}: {md_escape(d['model_a'])} "
+            f"vs {md_escape(d['model_b'])}: {md_escape(str(d['note']))}"
             for d in skipped
         ]
         lines.append("")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- cross-dataset
-
-
-@dataclass
-class CrossDataset:
-    """A train x test matrix of one metric.
-
-    ``values`` maps (row name, test set) to a fraction; a row name is ``"<dataset> / <model>"``
-    and ``rows`` gives the (dataset, model) behind each row name, in order. With several
-    training seeds a value is the mean across the seeds with a result (``counts`` of them,
-    ``seeds`` the plan's); with one seed ``seeds`` is empty.
-    """
-
-    metric: str
-    use_tta: bool
-    values: dict[tuple[str, str], float] = field(default_factory=dict)
-    train_names: list[str] = field(default_factory=list)
-    test_names: list[str] = field(default_factory=list)
-    rows: list[tuple[str, str]] = field(default_factory=list)
-    tta_used: bool = False  # at least one cell is a TTA result
-    seeds: list[Any] = field(default_factory=list)
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    @property
-    def fewer_seeds(self) -> bool:
-        """Some cell averages fewer seeds than the plan has (a seed failed there)."""
-        return any(n < len(self.seeds) for n in self.counts.values())
-
-    def __iter__(self) -> Any:  # unpack as (values, train_names, test_names)
-        return iter((self.values, self.train_names, self.test_names))
-
-
-def row_name(dataset: str, model: str) -> str:
-    """How a (trained dataset, model) pair is named in the cross-dataset matrix."""
-    return f"{dataset} / {model}"
-
-
-def collect_cross_dataset(
-    exp_dir: Path | Record, metric: str = "accuracy", use_tta: bool = True
-) -> CrossDataset:
-    """The planned cross-dataset matrix of ``metric`` (TTA where measured): one row per planned
-    pair that completed, one column per planned test set; a cell is blank unless its planned
-    evaluation produced a result in this plan. With several training seeds a cell is the mean
-    across the seeds whose evaluation produced a result."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
-    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
-    out = CrossDataset(metric=metric, use_tta=use_tta)
-    out.rows = list(
-        dict.fromkeys(
-            (p.dataset, p.model) for p in record.plan.pairs if record.pair_status(p).ok and p.evals
-        )
-    )
-    out.train_names = [row_name(d, m) for d, m in out.rows]
-    out.test_names = record.plan.test_sets
-    out.seeds = list(record.plan.seeds) if record.multi_seed else []
-    cells: dict[tuple[str, str], list[float]] = {}
-    for e in record.evaluations:
-        block = e.result(use_tta)
-        if block is None or block.get(metric) is None:
-            continue
-        cells.setdefault((row_name(e.train_dataset, e.model), e.test_dataset), []).append(
-            float(block[metric])
-        )
-        out.tta_used = out.tta_used or (use_tta and bool(e.data.get("tta")))
-    for cell, values in cells.items():
-        mean = values[0] if len(values) == 1 else mean_std(values)[0]
-        assert mean is not None
-        out.values[cell] = mean
-        out.counts[cell] = len(values)
-    return out
-
-
-def collect_dropped_labels(exp_dir: Path | Record) -> list[dict[str, Any]]:
-    """Planned evaluations scored on a subset of classes: which labels were left out, how many
-    images."""
-    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
-    out = []
-    for e in record.first_seed_evaluations():  # the labels, not the seed, decide what is left out
-        dropped = list(e.data.get("dropped_labels") or [])
-        if dropped:
-            out.append(
-                {
-                    "train_dataset": e.train_dataset,
-                    "model": e.model,
-                    "test_dataset": e.test_dataset,
-                    "dropped_labels": dropped,
-                    "n_dropped_images": e.data.get("n_dropped_images"),
-                    "labels": list(e.data.get("labels") or []),
-                }
-            )
-    return out
 
 
 def cross_dataset_csv(cross: CrossDataset) -> str:
@@ -1320,36 +554,3 @@ def cross_dataset_csv(cross: CrossDataset) -> str:
         cells = [_csv_value(cross.values.get((name, t))) for t in cross.test_names]
         writer.writerow([dataset, model, *cells])
     return buf.getvalue()
-
-
-def write_cross_dataset(exp_dir: Path | Record) -> list[Path]:
-    """Write ``cross_dataset.csv`` (accuracy), ``cross_dataset_evaluation.png`` and the
-    balanced-accuracy heatmap; returns the files written (none when nothing was evaluated).
-    With several training seeds they hold the means across seeds (the heatmaps say so)."""
-    from ferlab.reporting.plots import plot_cross_dataset
-
-    record = exp_dir if isinstance(exp_dir, Record) else load_record(Path(exp_dir))
-    layout = record.layout
-    written: list[Path] = []
-    for metric in ("accuracy", "balanced_accuracy"):
-        cross = collect_cross_dataset(record, metric=metric, use_tta=True)
-        if not cross.values:
-            layout.cross_png(metric).unlink(missing_ok=True)  # never an earlier plan's picture
-            continue
-        if metric == "accuracy":
-            written.append(atomic_write(layout.cross_csv, cross_dataset_csv(cross)))
-        suffix = " (TTA where measured)" if cross.tta_used else ""
-        if cross.seeds:
-            suffix = f", mean over {len(cross.seeds)} seeds{suffix}"
-        title = f"Cross-dataset {METRIC_TITLES[metric]}{suffix}"
-        written.append(
-            plot_cross_dataset(
-                cross.values,
-                cross.train_names,
-                cross.test_names,
-                layout.cross_png(metric),
-                title,
-                METRIC_TITLES[metric],
-            )
-        )
-    return written

@@ -14,6 +14,8 @@ from typing import Any
 
 from ferlab.layout import Layout, read_json
 from ferlab.record import produced_by_text
+from ferlab.record.reader import read_csv_rows
+from ferlab.reporting.plots import data_uri
 
 TOP_TRIALS = 10  # rows of the trials table
 
@@ -39,9 +41,6 @@ def tuning_section(layout: Layout, planned_run_dirs: Collection[str]) -> dict[st
     ``planned_run_dirs``: the run folders (relative, as in ``plan.json``) this report's plan
     trained; the best trial's folder among them means this report scores the tuned config.
     """
-    from ferlab.reporting.html import data_uri
-    from ferlab.reporting.tables import read_csv_rows
-
     if not layout.tune_study.is_file():
         return None
     study = read_json(layout.tune_study)

@@ -186,7 +186,7 @@ def _figure(path: Path, figsize: tuple[float, float]) -> Iterator[Any]:
     except BaseException:
         plots.plt.close(fig)
         raise
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
 def _plot_history(layout: Layout, rows: list[dict[str, Any]], tune_cfg: TuneConfig) -> list[Path]:
