@@ -42,8 +42,7 @@ from ferlab.record import (
     write_status,
 )
 from ferlab.record.reader import load_record
-from ferlab.reporting import write_summary
-from ferlab.reporting.html import comparison_rows
+from ferlab.report import comparison_rows, write_summary
 
 
 def flags_with(b01: int, b10: int, both: int = 0, neither: int = 0) -> tuple[np.ndarray, ...]:
@@ -555,14 +554,14 @@ def test_a_two_seed_comparison_whose_seeds_disagree_is_not_significant(tmp_path:
     md = (exp / "summary.md").read_text(encoding="utf-8")
     assert "p across seeds" in md
     assert "1 comparison with a p-value in this report; 0 survive Holm's correction" in md
-    from ferlab.reporting.html import build_report
+    from ferlab.report import build_report
 
     html = build_report(exp).read_text(encoding="utf-8")
     assert "p across seeds" in html and 'data-holm="no"' in html
 
 
 def test_every_comparison_gets_a_holm_mark_and_the_report_counts_them(tmp_path: Path) -> None:
-    from ferlab.reporting.html import build_report
+    from ferlab.report import build_report
 
     exp, _ = make_experiment(tmp_path)
     write_summary(collect_summary(exp), exp)

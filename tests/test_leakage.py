@@ -76,7 +76,7 @@ def test_split_duplicates_and_leakage_count_what_they_should() -> None:
 
 def test_the_report_shows_leakage_beside_the_accuracy(tmp_path: Path) -> None:
     from ferlab.layout import Layout
-    from ferlab.reporting import build_report
+    from ferlab.report import build_report
     from fixtures_report import DATASETS, MODELS, make_fake_experiment
 
     exp = make_fake_experiment(tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from browser import VIEWPORTS, DevTools, chromium_binary, open_page, screenshot, selfcheck
-from ferlab.reporting import build_report
+from ferlab.report import build_report
 from fixtures_report import make_fake_experiment
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

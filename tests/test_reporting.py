@@ -26,15 +26,13 @@ from ferlab.evaluation.analysis import (
 from ferlab.labels import CANONICAL, EMOTIONS
 from ferlab.layout import Layout, ReportInputError
 from ferlab.record import PairStatus, Plan, PlannedEval, PlannedPair, write_plan, write_status
+from ferlab.report import build_report, write_cross_dataset, write_summary
 from ferlab.reporting import (
-    build_report,
     format_console_table,
     format_markdown_table,
     plot_confusion_matrix,
     plot_cross_dataset,
     plot_learning_curves,
-    write_cross_dataset,
-    write_summary,
 )
 from ferlab.reporting.tables import fmt_count, fmt_pct, fmt_seconds
 from fixtures_report import (

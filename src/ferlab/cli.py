@@ -625,7 +625,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ferlab.evaluation.analysis import collect_summary  # lazy: numpy, not for --help
-    from ferlab.reporting import build_report, format_console_table  # lazy: matplotlib
+    from ferlab.report import build_report  # lazy: matplotlib
+    from ferlab.reporting import format_console_table  # lazy: matplotlib
 
     exp = Path(args.dir)
     if not exp.is_dir():

@@ -112,7 +112,7 @@ def run_experiment(
 
     ``progress`` overrides ``cfg.runtime.progress``; ``force`` retrains and re-evaluates.
     """
-    from ferlab.reporting import build_report  # lazy: matplotlib
+    from ferlab.report import build_report  # lazy: matplotlib
 
     check_names(cfg)  # a config built in code has not been through load_config's checks
     if progress is not None:

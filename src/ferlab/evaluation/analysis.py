@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.evaluation.compare import (
+    ALPHA,
     across_seeds_test,
     compare_pairs,
     holm,
@@ -464,6 +465,9 @@ def collect_comparisons(record: ExperimentRecord) -> list[dict[str, Any]]:
     adjusted, survives = holm([float(verdict_p(r)) for r in tested])  # type: ignore[arg-type]
     for r, p_adj, ok in zip(tested, adjusted, survives, strict=True):
         r["p_holm"], r["holm"] = p_adj, ok
+    for r in rows:  # the verdict's own p below ALPHA (before Holm's correction)
+        p = verdict_p(r)
+        r["significant"] = p is not None and p < ALPHA
     record.comparison_cache = rows
     return rows
 

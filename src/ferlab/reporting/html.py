@@ -1,9 +1,7 @@
-"""The self-contained HTML report of an experiment, rebuilt from its recorded plan alone.
-
-``build_report`` regenerates the derived plots (confusion matrices, learning curves, the
-cross-dataset heatmaps, reliability diagrams) and tables from the planned entries of the experiment folder
-(``ferlab.record.reader.load_record``), then renders one page with the images embedded as
-data URIs and inline CSS: it can be mailed, archived or opened offline. It says which runs and
+"""The HTML report's pieces: per-pair plots and tables, the data, leakage, reuse and calibration
+sections, and the page itself (``render_report``) from a context that ``ferlab.report``
+builds out of the record and its analysis. One page with the images embedded as data URIs and
+inline CSS: it can be mailed, archived or opened offline. It says which runs and
 evaluations were reused and from which ferlab version, and lists folders on disk that the plan
 does not name apart, without their numbers. No model is loaded and nothing is retrained.
 
@@ -15,7 +13,6 @@ table lists every seed's own numbers.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,17 +20,9 @@ from typing import Any
 import jinja2
 import yaml
 
-from ferlab.evaluation.analysis import (
-    METRIC_NAMES,
-    collect_across_seeds,
-    collect_comparisons,
-    collect_dropped_labels,
-    collect_summary,
-    summary_row,
-)
-from ferlab.layout import HISTORY, Layout, ReportInputError, atomic_write, read_json
-from ferlab.record import produced_by_text, unplanned_folders
-from ferlab.record.reader import Evaluation, ExperimentRecord, load_record, read_csv_rows
+from ferlab.layout import HISTORY, Layout, read_json
+from ferlab.record import produced_by_text
+from ferlab.record.reader import Evaluation, ExperimentRecord, read_csv_rows
 from ferlab.reporting.plots import (
     RELIABILITY_PNG,
     data_uri,
@@ -42,7 +31,6 @@ from ferlab.reporting.plots import (
     plot_reliability,
 )
 from ferlab.reporting.tables import (
-    display_comparisons,
     fmt_ci,
     fmt_count,
     fmt_mean_std,
@@ -51,8 +39,6 @@ from ferlab.reporting.tables import (
     fmt_seconds,
     headline,
 )
-from ferlab.reporting.tuning import tuning_section
-from ferlab.reporting.writers import write_cross_dataset, write_summary
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOG_TAIL_LINES = 60
@@ -162,7 +148,7 @@ def per_class_table(evaluation: Evaluation | None) -> list[dict[str, Any]]:
     return out
 
 
-def _read_config(layout: Layout) -> tuple[str, dict[str, Any]]:
+def read_config(layout: Layout) -> tuple[str, dict[str, Any]]:
     path = layout.config
     if not path.is_file():
         return "", {}
@@ -174,7 +160,7 @@ def _read_config(layout: Layout) -> tuple[str, dict[str, Any]]:
     return text, data if isinstance(data, dict) else {}
 
 
-def _read_environment(layout: Layout) -> dict[str, Any]:
+def read_environment(layout: Layout) -> dict[str, Any]:
     path = layout.environment
     if not path.is_file():
         return {}
@@ -182,7 +168,7 @@ def _read_environment(layout: Layout) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _log_tail(layout: Layout) -> tuple[str | None, str]:
+def log_tail(layout: Layout) -> tuple[str | None, str]:
     logs = layout.log_files()
     if not logs:
         return None, ""
@@ -265,7 +251,7 @@ def reused_entries(record: ExperimentRecord) -> list[dict[str, Any]]:
     return out
 
 
-def _best_rows(rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
+def best_rows(rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
     """Per dataset, the pair with the highest headline accuracy (highlighted in the table)."""
     best: dict[str, tuple[float, str]] = {}
     scored: dict[str, int] = {}
@@ -297,106 +283,6 @@ def _environment() -> jinja2.Environment:
         ms=fmt_mean_std,
     )
     return env
-
-
-def build_context(exp_dir: Path) -> dict[str, Any]:
-    """Regenerate tables and plots and gather everything the template shows."""
-    record = load_record(Path(exp_dir))
-    layout = record.layout
-    rows = collect_summary(record)
-    write_summary(rows, layout, record=record)
-    cross_files = {p.name: p for p in write_cross_dataset(record)}
-    test_order = {t: i for i, t in enumerate(record.plan.test_sets)}
-    multi = record.multi_seed
-    groups = {(g[0].dataset, g[0].model): g for g in record.pair_groups()}
-    across: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in collect_across_seeds(record) if multi else []:
-        across.setdefault((r["dataset"], r["model"]), []).append(r)
-
-    pairs = []
-    calibration = []
-    for i, row in enumerate(rows):
-        if row["status"] in ("failed", "skipped", "pending"):
-            continue
-        dataset, model = str(row["dataset"]), str(row["model"])
-        evaluation = record.evaluation(dataset, model, dataset)
-        plots = render_pair_plots(layout, row, evaluation)
-        cal = calibration_entry(row, evaluation)
-        if cal is not None:
-            calibration.append(cal)
-        others = sorted(
-            record.evaluations_of(dataset, model),
-            key=lambda e: (e.test_dataset != dataset, test_order.get(e.test_dataset, 0)),
-        )
-        evaluations = [_evaluation_row(e) for e in others]
-        seed_rows: list[dict[str, Any]] = []
-        if multi:  # every test set's mean across seeds, and every seed's own run
-            means = {r["test_dataset"]: r for r in across.get((dataset, model), [])}
-            evaluations = [_mean_row(means[e.test_dataset], e) for e in others]
-            seed_rows = [summary_row(record, p) for p in groups[(dataset, model)]]
-            for seed_row, p in zip(seed_rows, groups[(dataset, model)], strict=True):
-                seed_row["seed"] = p.seed
-        pairs.append(
-            {
-                "anchor": f"pair-{i}",
-                "row": row,
-                "curves": data_uri(plots["curves"]) if "curves" in plots else None,
-                "cm": data_uri(plots["cm"]) if "cm" in plots else None,
-                "cm_tta": data_uri(plots["cm_tta"]) if "cm_tta" in plots else None,
-                "per_class": per_class_table(evaluation),
-                "has_tta": bool(evaluation and evaluation.data.get("tta")),
-                "evaluations": evaluations,
-                "seed_rows": seed_rows,
-            }
-        )
-
-    config_text, config = _read_config(layout)
-    environment = _read_environment(layout)
-    log_name, log_tail = _log_tail(layout)
-    started = environment.get("started") or _dt.datetime.fromtimestamp(
-        layout.root.stat().st_mtime
-    ).isoformat(timespec="seconds")
-    failed = [r for r in rows if r["status"] == "failed"]
-    return {
-        "name": config.get("name") or record.plan.name or layout.root.name,
-        "exp_dir": str(layout.root),
-        "started": started,
-        "generated": _dt.datetime.now().isoformat(timespec="seconds"),
-        "environment": [(k, environment[k]) for k in ENVIRONMENT_KEYS if k in environment]
-        + [(k, v) for k, v in environment.items() if k not in ENVIRONMENT_KEYS],
-        "config_text": config_text,
-        "log_name": log_name,
-        "log_tail": log_tail,
-        "rows": rows,
-        "best": _best_rows(rows),
-        "any_tta": any(r.get("tta_accuracy") is not None for r in rows),
-        "counts": {
-            "pairs": len(rows),
-            "ok": sum(r["status"] in ("trained", "reused", "computed") for r in rows),
-            "failed": len(failed),
-        },
-        "failed": failed,
-        "cross_accuracy": data_uri(cross_files["cross_dataset_evaluation.png"])
-        if "cross_dataset_evaluation.png" in cross_files
-        else None,
-        "cross_balanced": data_uri(cross_files["cross_dataset_evaluation_balanced_accuracy.png"])
-        if "cross_dataset_evaluation_balanced_accuracy.png" in cross_files
-        else None,
-        "eval_only": [d.name for d in record.plan.datasets if d.use == "test"],
-        "dropped": collect_dropped_labels(record),
-        "leakage": leakage_rows(record),
-        "pairs": pairs,
-        "calibration": calibration,
-        "comparisons": comparison_rows(record),
-        "tuning": tuning_section(layout, {p.run_dir for p in record.plan.pairs if p.run_dir}),
-        "data": data_sections(record),
-        "metrics": METRIC_NAMES,
-        "seeds": list(record.plan.seeds) if multi else [],
-        "first_seed": record.first_seed,
-        "provenance": record.plan.provenance,
-        "reused": reused_entries(record),
-        "unplanned": unplanned_folders(layout, record.plan),
-    }
 
 
 def leakage_rows(record: ExperimentRecord) -> list[dict[str, Any]]:
@@ -442,7 +328,7 @@ def leakage_rows(record: ExperimentRecord) -> list[dict[str, Any]]:
     return out
 
 
-def _evaluation_row(e: Evaluation) -> dict[str, Any]:
+def evaluation_row(e: Evaluation) -> dict[str, Any]:
     plain = e.data.get("plain") or {}
     tta = e.data.get("tta") or {}
     return {
@@ -456,10 +342,10 @@ def _evaluation_row(e: Evaluation) -> dict[str, Any]:
     }
 
 
-def _mean_row(mean: Mapping[str, Any], e: Evaluation) -> dict[str, Any]:
+def mean_row(mean: Mapping[str, Any], e: Evaluation) -> dict[str, Any]:
     """A test set's row of the "All test sets" table with several seeds: means across seeds
     (``collect_across_seeds``) with their std; ``n`` and the classes left out are the data's."""
-    row = _evaluation_row(e)
+    row = evaluation_row(e)
     for key in ("accuracy", "tta_accuracy", "macro_f1", "tta_macro_f1"):
         row[key] = mean.get(f"{key}_mean")
         row[f"{key}_std"] = mean.get(f"{key}_std")
@@ -467,30 +353,6 @@ def _mean_row(mean: Mapping[str, Any], e: Evaluation) -> dict[str, Any]:
     return row
 
 
-def comparison_rows(record: ExperimentRecord) -> list[dict[str, Any]]:
-    """The record's paired comparisons (``collect_comparisons``) formatted for display
-    (``display_comparisons``)."""
-    return display_comparisons(collect_comparisons(record))
-
-
 def render_report(context: Mapping[str, Any]) -> str:
     """The report page from a context built by ``build_context``."""
     return _environment().get_template("report.html").render(**context)
-
-
-def build_report(exp_dir: Path) -> Path:
-    """Rebuild plots and tables from the experiment's plan and write ``<exp_dir>/report.html``."""
-    layout = Layout(Path(exp_dir))
-    if not layout.root.is_dir():
-        raise FileNotFoundError(
-            f"experiment folder {layout.root} does not exist; pass the folder `ferlab run` "
-            "wrote (it holds plan.json, config.yaml, runs/ and eval/)"
-        )
-    if not layout.looks_like_experiment():
-        raise ReportInputError(
-            f"{layout.root} does not look like an experiment folder: it has no plan.json, "
-            "config.yaml, status.json or runs/. Pass the folder `ferlab run` printed, e.g. "
-            "runs/<experiment name>."
-        )
-    html = render_report(build_context(layout.root))
-    return atomic_write(layout.report, html)

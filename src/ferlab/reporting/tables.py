@@ -26,7 +26,6 @@ from ferlab.evaluation.analysis import (
     COMPARISON_SEED_FIELDS,
     METRIC_NAMES,
     CrossDataset,
-    verdict_p,
 )
 from ferlab.evaluation.compare import ALPHA
 
@@ -436,7 +435,6 @@ def display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
         compared = r.get("note") is None
         low, high = r.get("difference_ci_low"), r.get("difference_ci_high")
         multi = "n_seeds" in r
-        p_verdict = verdict_p(r)
         out.append(
             {
                 "dataset": str(r["dataset"]),
@@ -454,7 +452,7 @@ def display_comparisons(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
                 "verdict": str(r.get("verdict")),
                 "note": r.get("note"),
                 "compared": compared,
-                "significant": p_verdict is not None and p_verdict < ALPHA,
+                "significant": bool(r.get("significant")),
                 "holm": bool(r.get("holm")),
                 "p_holm": fmt_p(r.get("p_holm")),
                 "seed": r.get("seed") if multi else None,
