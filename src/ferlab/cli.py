@@ -22,9 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from ferlab import __version__
-from ferlab.config import ConfigError
+from ferlab.config import ConfigError, load_config, parse_override
+from ferlab.data.base import DatasetError, list_datasets, parse_spec
 from ferlab.defaults import CACHE_DIR
-from ferlab.export import MIN_OPSET, ONNX_NAME  # light: torch and onnx load on use
+from ferlab.export import (  # light: torch and onnx load on use
+    INPUT_NAME,
+    MIN_OPSET,
+    ONNX_NAME,
+    export_onnx,
+    sidecar_path,
+)
+from ferlab.labels import UnknownLabelError
+from ferlab.layout import ReportInputError
+from ferlab.record import ExperimentLockedError, NotWritableError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_PAIRS = 3
@@ -259,8 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_options(items: Sequence[str]) -> dict[str, Any]:
-    from ferlab.config import parse_override
-
     opts: dict[str, Any] = {}
     for item in items:
         path, value = parse_override(item)
@@ -269,7 +277,7 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ferlab.api import run
+    from ferlab.api import run  # lazy: PIL
 
     result = run(
         args.experiment,
@@ -284,7 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ferlab.api import train
+    from ferlab.api import train  # lazy: PIL
 
     result = train(
         args.data,
@@ -302,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ferlab.api import evaluate
+    from ferlab.api import evaluate  # lazy: PIL
 
     result = evaluate(
         args.weights,
@@ -347,8 +355,11 @@ def _pct(v: float | None) -> str:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from ferlab.data.base import parse_spec
-    from ferlab.data.inspect import format_inspection, inspect_dataset, write_inspection_outputs
+    from ferlab.data.inspect import (  # lazy: PIL
+        format_inspection,
+        inspect_dataset,
+        write_inspection_outputs,
+    )
 
     name, path = parse_spec(args.spec)
     report = inspect_dataset(
@@ -370,8 +381,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from ferlab.config import load_config
-    from ferlab.tuning import tune
+    from ferlab.tuning import tune  # lazy: PIL, lightning, matplotlib, torch, torchvision
 
     if args.seeds is not None:
         raise ConfigError(
@@ -542,8 +552,8 @@ def _show_warning(
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``ferlab predict``; 0 when it ran (even with some unreadable files)."""
-    from ferlab.predict.run import PredictWarning, check_options
-    from ferlab.predict.run import predict as _predict
+    from ferlab.predict.run import PredictWarning, check_options  # lazy: PIL, jinja2, torch
+    from ferlab.predict.run import predict as _predict  # lazy: PIL, jinja2, torch
 
     check_options(
         detector=args.detector,
@@ -608,8 +618,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run ``ferlab export`` from parsed arguments; returns the exit code."""
-    from ferlab.export import INPUT_NAME, export_onnx, sidecar_path
-
     out = export_onnx(
         args.weights, out=args.out, opset=args.opset, dynamic_batch=bool(args.dynamic_batch)
     )
@@ -638,7 +646,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ferlab.models import list_models
+    from ferlab.models import list_models  # lazy: torch
 
     for name in list_models(args.pattern):
         print(name)
@@ -646,8 +654,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from ferlab.data.base import list_datasets
-
     for name in list_datasets():
         print(name)
     return 0
@@ -682,11 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Bad input and refused situations: one ``ferlab: error:`` line, exit code 2."""
-    from ferlab.data.base import DatasetError
-    from ferlab.labels import UnknownLabelError
-    from ferlab.layout import ReportInputError
-    from ferlab.models.errors import WeightsError
-    from ferlab.record import ExperimentLockedError, NotWritableError
+    from ferlab.models.errors import WeightsError  # lazy: torch
 
     return (
         ConfigError,

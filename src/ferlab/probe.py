@@ -52,6 +52,7 @@ import torch
 
 from ferlab import layout
 from ferlab.defaults import CACHE_DIR
+from ferlab.models import create_model
 
 PROVISIONAL_S = 1800.0  # how long a timing taken on a busy machine holds (one run's span)
 BF16_MIN_SPEEDUP = 1.2  # bf16 autocast trains only where a step is at least this much faster
@@ -239,8 +240,6 @@ def _markers(model: torch.nn.Module) -> Iterator[None]:
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Step the model as training would; time fp32 against bf16 when asked."""
     import torch.nn.functional as F
-
-    from ferlab.models import create_model
 
     torch.set_num_threads(int(spec["threads"]))
     torch._C._set_mkldnn_enabled(bool(spec["onednn"]))

@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 
 def predict(weights: Any, inputs: Any, **options: Any) -> PredictSummary:
     """Find and classify every face in ``inputs``; see ``ferlab.predict.run.predict``."""
-    from ferlab.predict.run import predict as _predict
+    from ferlab.predict.run import predict as _predict  # lazy: PIL, jinja2, torch
 
     return _predict(weights, inputs, **options)
 
 
 def iter_predictions(weights: Any, inputs: Any, **options: Any) -> Any:
     """The rows of ``predict`` one by one; see ``ferlab.predict.run.iter_predictions``."""
-    from ferlab.predict.run import iter_predictions as _iter
+    from ferlab.predict.run import iter_predictions as _iter  # lazy: PIL, jinja2, torch
 
     return _iter(weights, inputs, **options)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ferlab.config import ConfigError
+from ferlab.face import FaceToolsMissing
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
@@ -59,7 +60,7 @@ class Inputs:
 
 
 def kind_of(name: str) -> Kind:
-    from ferlab.data.adapters.utils import IMAGE_EXTENSIONS
+    from ferlab.data.adapters.utils import IMAGE_EXTENSIONS  # lazy: PIL
 
     ext = os.path.splitext(name)[1].lower()
     if ext in IMAGE_EXTENSIONS:
@@ -73,7 +74,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> Inputs:
     """Every image and video named by ``inputs`` (files and folders, folders recursively), in
     the order given and, within a folder, sorted by path. Missing inputs are an error naming
     them all; a folder without any image or video is an error too."""
-    from ferlab.data.adapters.utils import path_problem
+    from ferlab.data.adapters.utils import path_problem  # lazy: PIL
 
     if not inputs:
         raise PredictInputError("No input given: name image files, folders or video files.")
@@ -110,7 +111,7 @@ def _describe(ignored: Counter[str]) -> str:
 
 
 def _walk(folder: Path, name: Path, ignored: Counter[str]) -> Iterator[Source]:
-    from ferlab.data.adapters.utils import BROKEN_LINK, list_dir, unused_kind
+    from ferlab.data.adapters.utils import BROKEN_LINK, list_dir, unused_kind  # lazy: PIL
 
     listing = list_dir(folder, ignored)
     for entry in listing.files:
@@ -139,7 +140,7 @@ def load_rgb(path: str) -> np.ndarray:
     """
     from PIL import ImageOps
 
-    from ferlab.data.decode import BadImageError, _to_basic_mode, open_image
+    from ferlab.data.decode import BadImageError, _to_basic_mode, open_image  # lazy: PIL
 
     with open_image(path) as im:
         try:
@@ -161,8 +162,6 @@ def import_cv2() -> Any:
     try:
         import cv2
     except ImportError as e:
-        from ferlab.face import FaceToolsMissing
-
         raise FaceToolsMissing(
             "ferlab predict needs OpenCV for videos and annotated copies: "
             "pip install 'ferlab[face]'"
@@ -186,7 +185,7 @@ class VideoReader:
     """
 
     def __init__(self, path: str) -> None:
-        from ferlab.data.decode import unreadable_reason
+        from ferlab.data.decode import unreadable_reason  # lazy: PIL
 
         problem = unreadable_reason(path)
         if problem is not None:

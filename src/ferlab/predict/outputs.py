@@ -28,6 +28,7 @@ import numpy as np
 from ferlab.layout import safe_name
 from ferlab.predict.backends import label_columns
 from ferlab.predict.engine import ERROR, NO_FACE, OK, Item, SourceDone
+from ferlab.predict.media import import_cv2
 
 FORMATS = ("jsonl", "csv")
 PREDICTIONS = "predictions"  # predictions.jsonl / predictions.csv in --out
@@ -188,7 +189,7 @@ class EmotionShares:
 
 
 def _plot_shares(rows: list[dict[str, Any]], labels: list[str], path: Path, title: str) -> None:
-    from ferlab.reporting import plots
+    from ferlab.reporting import plots  # lazy: matplotlib
 
     plt = plots.plt
     t = np.array([(r["start_s"] + r["end_s"]) / 2 for r in rows], dtype=float)
@@ -217,8 +218,6 @@ class Annotator:
     """Copies of the inputs with every face's box and label drawn (OpenCV)."""
 
     def __init__(self, folder: Path, labels: Sequence[str]) -> None:
-        from ferlab.predict.media import import_cv2
-
         self.cv2 = import_cv2()
         self.folder = folder
         self.labels = list(labels)

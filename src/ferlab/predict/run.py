@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ferlab import face
 from ferlab.config import ConfigError
 from ferlab.data.facecrop import FaceCrop
 from ferlab.defaults import FACE_MARGIN
+from ferlab.layout import write_json
 from ferlab.predict.backends import Classifier, load_classifier
 from ferlab.predict.engine import ERROR, NO_FACE, STAGES, Engine, Item, SourceDone
 from ferlab.predict.gallery import Gallery
@@ -40,7 +42,6 @@ from ferlab.predict.outputs import (
     rows_of,
 )
 
-DETECTOR_NAMES = ("haar", "mtcnn", "none")  # ferlab.face.DETECTORS, without importing it here
 DEFAULT_FPS = 10.0  # annotated copy of a video that does not say its frame rate
 
 
@@ -136,8 +137,8 @@ def check_options(
 ) -> None:
     """Refuse option values that cannot work, naming the option and the accepted values."""
     problems = []
-    if detector is not None and detector not in DETECTOR_NAMES:
-        problems.append(f"--detector {detector!r}: use one of {', '.join(DETECTOR_NAMES)}")
+    if detector is not None and detector not in face.DETECTORS:
+        problems.append(f"--detector {detector!r}: use one of {', '.join(face.DETECTORS)}")
     if not (isinstance(min_face, int) and min_face >= 1):
         problems.append(f"--min-face {min_face!r}: must be a whole number of pixels >= 1")
     if margin is not None and not (
@@ -233,10 +234,8 @@ def _setup(
     classifier = load_classifier(
         weights, backend=backend, tta=tta, batch_size=batch_size, device=device
     )
-    from ferlab.face import make_detector
-
     name, framing, grey = predict_framing(classifier.trained, detector, margin, min_face)
-    det = make_detector(name, min_face=min_face, device=device)
+    det = face.make_detector(name, min_face=min_face, device=device)
     if align and name != "mtcnn":
         _warn(
             f"--align levels the eyes that MTCNN finds; the {name} detector gives no "
@@ -423,8 +422,6 @@ def predict(
             summary.outputs["gallery"] = str(outputs.gallery.write(title))
         summary.outputs["videos"] = outputs.videos
         summary.outputs["summary"] = str(out_dir / SUMMARY)
-        from ferlab.layout import write_json
-
         write_json(out_dir / SUMMARY, summary.to_dict())
     return summary
 

@@ -28,8 +28,12 @@ from ferlab.config import (
     validate_config,
 )
 from ferlab.layout import HISTORY, Layout
+from ferlab.models import create_model
+from ferlab.models.pretrained import check_pretrained
 from ferlab.record.planning import model_geometry, pair_run_key
+from ferlab.service.fitting import fit_or_reuse
 from ferlab.service.store import DataStore
+from ferlab.training import read_history
 from ferlab.tuning.study import require_optuna
 
 if TYPE_CHECKING:
@@ -134,10 +138,6 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
-        from ferlab.models.pretrained import check_pretrained
-        from ferlab.service.fitting import fit_or_reuse
-        from ferlab.training import read_history
-
         t0 = time.perf_counter()
         params = suggest(trial, self.tune.space)
         cfg = apply_params(self.cfg, params)
@@ -211,8 +211,6 @@ def check_model_choices(cfg: ExperimentConfig) -> None:
     """Every model a ``tune.space`` choice can make is built once (untrained, no weights
     loaded), so an unknown name or kwargs that do not fit an architecture fail before the
     study starts, naming the field and the value."""
-    from ferlab.models import create_model
-
     assert cfg.tune is not None
     for path, spec in cfg.tune.space.items():
         parts = path.split(".")

@@ -22,6 +22,7 @@ from ferlab.config import (
 )
 from ferlab.layout import Layout, atomic_write, write_json
 from ferlab.provenance import stamp
+from ferlab.reporting import plots
 from ferlab.tuning.objective import apply_params
 from ferlab.tuning.study import require_optuna
 
@@ -178,8 +179,6 @@ def write_outputs(
 @contextmanager
 def _figure(path: Path, figsize: tuple[float, float]) -> Iterator[Any]:
     """A matplotlib figure saved to ``path`` and closed by the report's one PNG writer."""
-    from ferlab.reporting import plots
-
     fig, ax = plots.plt.subplots(figsize=figsize)
     try:
         yield ax
