@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -259,14 +257,19 @@ def test_synthetic_draw_uses_render(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((domain, seed, size, channels))
         return np.full((size, size, channels), seed, dtype=np.uint8)
 
-    fake = types.ModuleType("ferlab.data.adapters.synthetic")
-    fake.render = render  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ferlab.data.adapters.synthetic", fake)
+    from ferlab.data import base
+
+    base.dataset_traits("synthetic")  # the built-in adapters are registered
+    traits = base.DatasetTraits(generated=True, render=render)
+    monkeypatch.setitem(base._TRAITS, "synthetic", traits)
     r = Record(path="synthetic", label=1, draw=("wild", 7))
     out = decode_record(r, 12, 3)
     assert calls == [("wild", 7, 12, 3)] and out.shape == (12, 12, 3) and out[0, 0, 0] == 7
 
-    fake.render = lambda d, s, size, ch: np.zeros((size, size), dtype=np.uint8)  # type: ignore[attr-defined]
+    flat = base.DatasetTraits(
+        generated=True, render=lambda d, s, size, ch: np.zeros((size, size), dtype=np.uint8)
+    )
+    monkeypatch.setitem(base._TRAITS, "synthetic", flat)
     with pytest.raises(BadImageError, match="render"):
         decode_record(r, 12, 3)
 

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,9 @@ def relative_key(key: str, root: str) -> str:
 
 
 Adapter = Callable[..., DatasetIndex]
+Renderer = Callable[[str, int, int, int], Any]  # (domain, seed, size, channels) -> uint8 image
 _ADAPTERS: dict[str, Adapter] = {}
+BUILTIN_ADAPTERS = "ferlab.data.adapters"  # the package whose modules register the built-ins
 
 
 @dataclass(frozen=True)
@@ -152,23 +155,29 @@ class DatasetTraits:
     """
 
     generated: bool = False
+    # A generated adapter's image maker, ``render(domain, seed, size, channels)``: decoding
+    # draws a record's image with it (``renderer_of``), and its source keys the decode cache.
+    render: Renderer | None = None
 
 
 _TRAITS: dict[str, DatasetTraits] = {}
 
 
-def register_dataset(name: str, *, generated: bool = False) -> Callable[[Adapter], Adapter]:
+def register_dataset(
+    name: str, *, generated: bool = False, render: Renderer | None = None
+) -> Callable[[Adapter], Adapter]:
     """Register ``fn(root: Path, **options) -> DatasetIndex`` under ``name``; names are unique.
 
     ``generated=True`` for an adapter that draws its images (see ``DatasetTraits``): it is then
-    called with the ``PATH`` string itself, not a ``Path`` that must exist.
+    called with the ``PATH`` string itself, not a ``Path`` that must exist, and ``render``
+    draws a record's image (its records carry ``draw=(domain, seed)`` and the path
+    ``NAME:domain``).
     """
-
     def wrap(fn: Adapter) -> Adapter:
         if name in _ADAPTERS:
             raise ValueError(f"dataset adapter {name!r} is already registered")
         _ADAPTERS[name] = fn
-        _TRAITS[name] = DatasetTraits(generated=generated)
+        _TRAITS[name] = DatasetTraits(generated=generated, render=render)
         return fn
 
     return wrap
@@ -178,6 +187,16 @@ def dataset_traits(name: str) -> DatasetTraits:
     """The traits of adapter ``name`` (an unknown name has the defaults: on disk)."""
     _import_builtin_adapters()
     return _TRAITS.get(name, DatasetTraits())
+
+
+def renderer_of(record: Record) -> Renderer:
+    """The function that draws a generated record's image (its adapter is ``NAME`` of its
+    ``NAME:domain`` path)."""
+    name = record.path.partition(":")[0]
+    render = dataset_traits(name).render
+    if render is None:
+        raise DatasetError(f"{record.path}: no generated dataset {name!r} draws this record")
+    return render
 
 
 def display_name(name: str, path: str) -> str:
@@ -228,8 +247,9 @@ def index_dataset(name: str, path: str, **options: Any) -> DatasetIndex:
 
 
 def _import_builtin_adapters() -> None:
-    # Importing the modules runs their @register_dataset decorators.
-    from ferlab.data import adapters  # noqa: F401
+    """Load the built-in adapters, whose modules register themselves. The registry loads its
+    plugins by name, as an entry point would: they import it, it never imports them."""
+    import_module(BUILTIN_ADAPTERS)
 
 
 def split_unit(seed: int, key: str) -> float:

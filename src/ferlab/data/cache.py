@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ferlab.data import decode
-from ferlab.data.base import ArraySplit, BadFile, DatasetError, Record
+from ferlab.data.base import ArraySplit, BadFile, DatasetError, Record, renderer_of
 from ferlab.labels import CANONICAL
 from ferlab.provenance import code_digest
 from ferlab.record import pid_alive
@@ -84,9 +85,9 @@ def fingerprint(
         for r in records
     ]
     h.update("".join(lines).encode())
-    has_draw = any(r.draw is not None for r in records)
-    if has_draw:
-        h.update(_renderer_hash().encode())
+    renderers = {renderer_of(r) for r in records if r.draw is not None}
+    for render in sorted(renderers, key=lambda f: f"{f.__module__}.{f.__qualname__}"):
+        h.update(_source_hash(render).encode())
     return h.hexdigest()
 
 
@@ -102,12 +103,12 @@ def _stat(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _renderer_hash() -> str:
-    from ferlab.data.adapters import synthetic
-
-    src = getattr(synthetic, "__file__", None)
+def _source_hash(fn: Callable[..., Any]) -> str:
+    """The sha256 of the file that defines ``fn`` (a generated dataset's renderer): an edit to
+    it draws the images again."""
+    src = inspect.getsourcefile(fn)
     if not src:
-        return "synthetic"
+        return f"{fn.__module__}.{fn.__qualname__}"
     return hashlib.sha256(Path(src).read_bytes()).hexdigest()
 
 

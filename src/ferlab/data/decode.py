@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ferlab.data.base import Record
+from ferlab.data.base import Record, renderer_of
 
 if TYPE_CHECKING:
     from ferlab.data.facecrop import FaceCrop
@@ -91,7 +91,7 @@ def decode_record(
     if record.pixels is not None:
         return _finish(_pixels_image(record), size, channels)
     if record.draw is not None:
-        return _render_synthetic(record.draw, size, channels)
+        return _render(record, size, channels)
     return _decode_file(record.path, record.box, size, channels)
 
 
@@ -107,7 +107,7 @@ def _source_image(record: Record, size: int, channels: int) -> Image.Image:
     if record.pixels is not None:
         return _pixels_image(record)
     if record.draw is not None:
-        arr = _render_synthetic(record.draw, size, channels)
+        arr = _render(record, size, channels)
         return Image.fromarray(arr[:, :, 0] if channels == 1 else arr)
     return _decode_file(record.path, record.box, size, channels, keep_size=True)
 
@@ -159,14 +159,14 @@ def _pixels_image(record: Record) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8).reshape(side, side), mode="L")
 
 
-def _render_synthetic(draw: tuple[str, int], size: int, channels: int) -> np.ndarray:
-    from ferlab.data.adapters.synthetic import render  # lazy: only synthetic datasets need it
-
-    domain, seed = draw
-    arr = np.asarray(render(domain, seed, size, channels))
+def _render(record: Record, size: int, channels: int) -> np.ndarray:
+    """A generated record's image, drawn by its adapter's renderer (``DatasetTraits.render``)."""
+    assert record.draw is not None
+    domain, seed = record.draw
+    arr = np.asarray(renderer_of(record)(domain, seed, size, channels))
     if arr.shape != (size, size, channels) or arr.dtype != np.uint8:
         raise BadImageError(
-            f"synthetic:{domain}#{seed}",
+            record.key,
             f"render() returned {arr.dtype} {arr.shape}, expected uint8 {(size, size, channels)}",
         )
     return arr

@@ -61,7 +61,6 @@ def label_of_seed(seed: int) -> int:
 # --------------------------------------------------------------------------- the adapter
 
 
-@register_dataset("synthetic", generated=True)
 def synthetic(root: str, **options: Any) -> DatasetIndex:
     """Index ferlab's synthetic faces; ``root`` names the domain: ``lab``, ``wild`` or ``mixed``.
 
@@ -473,3 +472,6 @@ def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 __all__ = ["DOMAINS", "draw_seed", "label_of_seed", "render", "synthetic"]
+
+
+register_dataset("synthetic", generated=True, render=render)(synthetic)
