@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import shared_dataset
 from ferlab.config import DataConfig, DatasetConfig
 from ferlab.data import base, cache, decode
-from ferlab.data.base import BadFile, DatasetError, DatasetIndex, Record, register_dataset
+from ferlab.data.base import BadFile, DatasetError, DatasetIndex, Record
 from ferlab.data.cache import build_or_load, fingerprint
 from ferlab.data.loading import fill_splits, load_dataset, load_from_config
 from ferlab.labels import INDEX, canonical_index, ordered
@@ -339,7 +339,15 @@ def test_error_message_lists_at_most_20(tmp_path: Path) -> None:
 # --- load_dataset ---------------------------------------------------------------------------
 
 
-@register_dataset("_test_folder")
+@pytest.fixture(autouse=True)
+def test_folder_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_test_folder`` registered for each test of this file only (never seen by the adapter
+    tests, whatever the order the files run in)."""
+    base.list_datasets()  # the built-in adapters first
+    monkeypatch.setitem(base._ADAPTERS, "_test_folder", _test_folder)
+    monkeypatch.setitem(base._TRAITS, "_test_folder", base.DatasetTraits())
+
+
 def _test_folder(root: Path, **options) -> DatasetIndex:
     """A minimal `<root>/<split>/<class>/*.png` adapter for these tests only."""
     splits: dict[str, list[Record]] = {}

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ferlab.evaluation.metrics import log_loss
+
 ECE_BINS = 15
 T_MIN, T_MAX = 0.05, 20.0  # the search range of the temperature
 _TOL = 1e-7  # width of the final bracket, in log T
@@ -209,8 +211,6 @@ def calibration_block(
     bins: int = ECE_BINS,
 ) -> dict[str, Any]:
     """ECE, NLL and reliability bins before (T = 1) and after calibration, for metrics.json."""
-    from ferlab.evaluation.metrics import log_loss
-
     y = np.asarray(y_true, dtype=np.int64)
     before = reliability(probs, y, bins)
     after = reliability(probs_calibrated, y, bins)

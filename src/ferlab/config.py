@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ferlab.data.base import display_name
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
+from ferlab.layout import atomic_write, safe_name
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -387,8 +388,6 @@ def name_clashes(cfg: ExperimentConfig) -> list[tuple[str, int, int, str]]:
     Results are filed by display name, so two entries with one name would share one slot;
     ``mega`` and ``ensemble`` are taken by the mega dataset and the ensembles.
     """
-    from ferlab.layout import safe_name
-
     out: list[tuple[str, int, int, str]] = []
     sections: dict[str, list[str]] = {
         "datasets": [d.display for d in cfg.datasets],
@@ -753,6 +752,4 @@ def validate_config(
 
 
 def dump_config(cfg: BaseModel, path: Path) -> None:
-    from ferlab.layout import atomic_write
-
     atomic_write(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

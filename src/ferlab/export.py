@@ -36,6 +36,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ferlab import __version__, layout
 from ferlab.config import ConfigError
 
 ONNX_FORMAT = "ferlab-onnx/1"
@@ -118,8 +119,7 @@ def export_onnx(
 
     import torch
 
-    from ferlab import __version__, layout
-    from ferlab.models import load_model
+    from ferlab.models import load_model  # lazy: torch
 
     model, meta = load_model(weights, device="cpu")
     graph = _deployable(model, meta.mean, meta.std, meta.temperature)
@@ -149,7 +149,7 @@ def export_onnx(
         proto = program.model_proto
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # the exporter's errors are many and version-specific
-        from ferlab.models.errors import one_line
+        from ferlab.models.errors import one_line  # lazy: torch
 
         tail = one_line(printed.getvalue(), 300)
         raise ExportError(

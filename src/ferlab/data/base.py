@@ -173,6 +173,7 @@ def register_dataset(
     draws a record's image (its records carry ``draw=(domain, seed)`` and the path
     ``NAME:domain``).
     """
+
     def wrap(fn: Adapter) -> Adapter:
         if name in _ADAPTERS:
             raise ValueError(f"dataset adapter {name!r} is already registered")

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ferlab.data.base import Record, renderer_of
+from ferlab.data.facecrop import BLOCK, crop_faces, fork_safe, single_threaded
 
 if TYPE_CHECKING:
     from ferlab.data.facecrop import FaceCrop
@@ -119,8 +120,6 @@ def _decode_with_faces(
 
     The images are decoded first and then detected together (one MTCNN call per size).
     """
-    from ferlab.data.facecrop import crop_faces
-
     results: list[tuple[np.ndarray, bool] | BadImageError | None] = []
     images: list[Image.Image] = []
     slots: list[int] = []
@@ -508,8 +507,6 @@ def _decode_serial_faces(
     progress: Progress | None,
     face: FaceCrop,
 ) -> tuple[list[BadImageError], list[str]]:
-    from ferlab.data.facecrop import BLOCK
-
     bad: list[BadImageError] = []
     missing: list[str] = []
     n = len(records)
@@ -539,8 +536,6 @@ def _init_worker(
     global _WORK
     _WORK = (records, size, channels, face)
     if face is not None:
-        from ferlab.data.facecrop import single_threaded
-
         single_threaded()
 
 
@@ -573,8 +568,6 @@ def _decode_pool(
     initargs = (records, size, channels, face)
     safe: Any = contextlib.nullcontext()
     if face is not None:
-        from ferlab.data.facecrop import fork_safe
-
         safe = fork_safe()
     with safe, ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         for start, arr, chunk_bad, chunk_missing in pool.imap_unordered(_decode_chunk, chunks):

@@ -27,8 +27,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+import ferlab.face
 from ferlab.data.base import DatasetError
 from ferlab.defaults import FACE_MARGIN
+from ferlab.face import Face, crop_face, detector_settings
+from ferlab.face.detectors import _import_facenet, import_cv2
 
 FACE_CROPS: tuple[str, ...] = ("none", "haar", "mtcnn")
 # Smallest face searched for, in pixels of the decoded image (before the resize): a 48 x 48
@@ -55,8 +58,6 @@ class FaceCrop:
     def key(self) -> dict[str, Any]:
         """What the cropped images depend on, for the cache fingerprint (the cropping code is
         keyed there too, by ``provenance.code_digest("decode")``: no version to bump)."""
-        from ferlab.face import detector_settings
-
         return {
             "margin": float(self.margin),
             "detect_pad": DETECT_PAD.get(self.detector, 0.0),
@@ -87,7 +88,6 @@ def check_face_tools(face: FaceCrop | None) -> None:
     """Fail before decoding starts (``FaceToolsMissing``) when the detector's library is absent."""
     if face is None:
         return
-    from ferlab.face.detectors import _import_facenet, import_cv2
 
     import_cv2()  # both detectors' installs come with the face extra
     if face.detector == "mtcnn":
@@ -126,8 +126,6 @@ def single_threaded() -> None:
 def detector_for(face: FaceCrop) -> Any:
     """This process's detector for ``face``, made once (CPU: decoding runs in forked workers,
     where CUDA cannot be used)."""
-    import ferlab.face
-
     key = (os.getpid(), face.detector, face.min_face)
     if key not in _DETECTORS:
         if _SINGLE_THREAD:
@@ -164,8 +162,6 @@ def _pad(arr: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
 
 def _shifted(face: Any, d: float) -> Any:
     """``face`` moved by ``d`` pixels along both axes (back from the padded image)."""
-    from ferlab.face import Face
-
     x0, y0, x1, y1 = face.box
     marks = face.landmarks
     return Face(
@@ -197,8 +193,6 @@ def detect_faces(
 def frame_face(arr: np.ndarray, box: Any, face: FaceCrop) -> np.ndarray:
     """The crop of one detected face as ``face`` frames it (its margin, made square, edge-padded
     past the image): the one framing of training data and of ``ferlab predict``."""
-    from ferlab.face import crop_face
-
     return crop_face(arr, box, margin=face.margin, square=True)
 
 

@@ -33,7 +33,8 @@ from ferlab.data.base import (
     index_dataset,
 )
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message
-from ferlab.data.loading import adapter_options, merge_bad_files
+from ferlab.data.decode import decode_problems
+from ferlab.data.loading import adapter_options, load_dataset, merge_bad_files
 from ferlab.defaults import CACHE_DIR
 from ferlab.labels import CANONICAL
 
@@ -144,8 +145,6 @@ def _decode_problems(
 ) -> tuple[list[BadFile], str | None]:
     """Undecodable images (path = record key) and, via the loader, the training protocol."""
     if with_cache:
-        from ferlab.data.loading import load_dataset
-
         try:
             loaded = load_dataset(
                 f"{name}:{path}",
@@ -165,8 +164,6 @@ def _decode_problems(
 
 
 def _decode_in_memory(index: DatasetIndex, size: int, channels: int) -> list[BadFile]:
-    from ferlab.data.decode import decode_problems
-
     records = [r for recs in index.splits.values() for r in recs]
     return [BadFile(e.path, e.reason) for e in decode_problems(records, size, channels)]
 
@@ -431,7 +428,7 @@ def distribution_counts(report: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 def write_inspection_outputs(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``<dataset>_inspect.json`` and ``<dataset>_distribution.png`` into ``out_dir``."""
-    from ferlab.reporting.distribution import plot_distribution
+    from ferlab.reporting.distribution import plot_distribution  # lazy: matplotlib
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

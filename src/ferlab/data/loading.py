@@ -30,6 +30,7 @@ from ferlab.data.base import (
     stratified_split,
 )
 from ferlab.data.cache import ON_BAD_FILE, bad_files_message, build_or_load
+from ferlab.data.decode import decode_problems
 from ferlab.data.facecrop import check_face_tools, face_crop_setting
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 
@@ -117,7 +118,6 @@ def load_dataset(
     )
     if index.bad_files and on_bad_file == "error":
         # Name every bad file at once, the ones only decoding finds too (nothing is cached).
-        from ferlab.data.decode import decode_problems
 
         records = [r for recs in splits.values() for r in recs]
         found = [BadFile(e.path, e.reason) for e in decode_problems(records, image_size, channels)]

@@ -275,7 +275,7 @@ class MTCNNDetector:
     name = "mtcnn"
 
     def __init__(self, min_face: int, device: str | None, score_threshold: float) -> None:
-        from ferlab.device import pick_device
+        from ferlab.device import pick_device  # lazy: torch
 
         _, self._detect_face = _import_facenet()
         try:

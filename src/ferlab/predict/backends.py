@@ -30,8 +30,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ferlab.evaluation.tta import n_views, predict_all, recorded_tta, tta_views
 from ferlab.labels import CANONICAL
 from ferlab.layout import META, WEIGHTS
+from ferlab.models import load_model
 from ferlab.models.errors import (
     CorruptWeightsError,
     WeightsError,
@@ -106,7 +108,7 @@ def padded_batches(
 def find_runs(folder: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
     """Run folders (holding ``weights.safetensors``) at or below ``folder``, sorted; hidden and
     litter folders are not entered."""
-    from ferlab.data.adapters.utils import litter_kind
+    from ferlab.data.adapters.utils import litter_kind  # lazy: PIL
 
     found: list[Path] = []
     if (folder / WEIGHTS).is_file():
@@ -229,8 +231,6 @@ class TorchClassifier:
         divides every view's fp32 logits before its softmax and the views' probabilities are
         averaged, as ``ferlab evaluate`` computes its calibrated TTA (the temperature is fitted
         on the plain validation logits)."""
-        from ferlab.evaluation.tta import predict_all, recorded_tta
-
         if len(faces) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         cfg = recorded_tta(self.trained.get("tta")) if self.tta else None
@@ -351,8 +351,6 @@ class OnnxClassifier:
             return self._run(x)
         import torch
 
-        from ferlab.evaluation.tta import n_views, recorded_tta, tta_views
-
         cfg = recorded_tta(self.trained.get("tta"))
         views = tta_views(torch.from_numpy(x), cfg).numpy()  # (V*B, C, H, W), view-major
         probs = self._run(np.ascontiguousarray(views))
@@ -374,7 +372,6 @@ def load_classifier(
     kind, path = locate_weights(weights, backend)
     if kind == "onnxruntime":
         return OnnxClassifier(path, tta=tta, batch_size=batch_size)
-    from ferlab.models import load_model
 
     model, meta = load_model(path, device="cpu" if device is None else device)
     return TorchClassifier(model, meta, path, tta=tta, batch_size=batch_size, device=device)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ferlab.data.base import Record
+from ferlab.data.decode import BadImageError, _finish, decode_record
 from ferlab.data.facecrop import FaceCrop, detect_faces, frame_face
 from ferlab.face import crop_face
 from ferlab.predict.media import BadVideoError, Source, VideoReader, load_rgb
@@ -96,8 +98,6 @@ def prepare_face(crop: np.ndarray, size: int, channels: int, grey: bool = False)
     decodes training images: ``(size, size, channels)`` uint8. ``grey``: converted to grey
     first (a 3-channel model trained on grey images sees grey faces, replicated)."""
     from PIL import Image
-
-    from ferlab.data.decode import _finish
 
     im = Image.fromarray(crop)
     return _finish(im.convert("L") if grey else im, size, channels)
@@ -210,7 +210,6 @@ class Engine:
             yield from self._video(source)
             return
         # an image, or a file of unknown type: an image when PIL reads it, else maybe a video
-        from ferlab.data.decode import BadImageError
 
         t = time.perf_counter()
         try:
@@ -291,9 +290,6 @@ class Engine:
         t = time.perf_counter()
         try:
             if self.whole_image and item.frame is None:
-                from ferlab.data.base import Record
-                from ferlab.data.decode import decode_record
-
                 # exactly as the data layer decodes a pre-cropped dataset's file
                 record = Record(path=item.source.path, label=0)
                 if self.grey and channels == 3:  # grey training images: grey, replicated
