@@ -22,8 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ferlab.calibration import ECE_BINS, calibration_block
-from ferlab.evaluation.evaluate import EvalResult, load_result, write_predictions
+from ferlab.evaluation.evaluate import (
+    EvalResult,
+    calibration_metrics,
+    load_result,
+    write_predictions,
+)
 from ferlab.evaluation.metrics import compute_metrics
 from ferlab.labels import CANONICAL
 from ferlab.layout import METRICS, write_json
@@ -151,7 +155,9 @@ def ensemble_results(
         "n_dropped_images": int(n_split - keep.sum()),
         "n_members": len(results),
         "weights": _weights(weights, len(results)).tolist(),
-        "calibration": _calibration(y_true, plain, tta, plain_cal, tta_cal, temperatures),
+        "calibration": calibration_metrics(
+            y_true, plain, tta, plain_cal, tta_cal, None, member_temperatures=temperatures
+        ),
     }
     return EvalResult(metrics, plain, tta, y_true, keep, plain_cal, tta_cal)
 
@@ -171,29 +177,6 @@ def _calibrated(result: EvalResult, which: str) -> np.ndarray:
     arr = result.calibrated_tta if result.calibrated_tta is not None else result.probs_tta
     assert arr is not None
     return arr
-
-
-def _calibration(
-    y_true: np.ndarray,
-    plain: np.ndarray,
-    tta: np.ndarray | None,
-    plain_cal: np.ndarray,
-    tta_cal: np.ndarray | None,
-    temperatures: Sequence[float],
-) -> dict[str, Any]:
-    def block(p: np.ndarray, pc: np.ndarray) -> dict[str, Any]:
-        out = calibration_block(y_true, p, pc)
-        n = y_true.shape[0]
-        out["accuracy_calibrated"] = float((pc.argmax(axis=1) == y_true).mean()) if n else None
-        return out
-
-    return {
-        "temperature": None,
-        "member_temperatures": list(temperatures),
-        "bins": ECE_BINS,
-        "plain": block(plain, plain_cal),
-        "tta": block(tta, tta_cal) if tta is not None and tta_cal is not None else None,
-    }
 
 
 def ensemble_from_dirs(

@@ -221,19 +221,31 @@ def calibration_metrics(
     plain_calibrated: np.ndarray,
     tta_calibrated: np.ndarray | None,
     temperature: float | None,
+    *,
+    member_temperatures: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """``metrics["calibration"]``: the temperature and, for plain and TTA predictions, ECE and
-    log loss before and after calibration with their reliability bins."""
-    return {
-        "temperature": temperature,
-        "bins": ECE_BINS,
-        "plain": calibration_block(y_true, plain, plain_calibrated),
-        "tta": (
-            calibration_block(y_true, tta, tta_calibrated)
-            if tta is not None and tta_calibrated is not None
-            else None
-        ),
-    }
+    """``metrics["calibration"]``, the one builder of that block: the temperature and, for plain
+    and TTA predictions, ECE and log loss before and after calibration with their reliability
+    bins. An ensemble has no temperature of its own: it gives ``member_temperatures`` (each
+    member's, which calibrated its votes) and each block also has the accuracy of the
+    calibrated soft vote (``accuracy_calibrated``)."""
+    n = y_true.shape[0]
+
+    def block(p: np.ndarray, pc: np.ndarray) -> dict[str, Any]:
+        out = calibration_block(y_true, p, pc)
+        if member_temperatures is not None:
+            out["accuracy_calibrated"] = float((pc.argmax(axis=1) == y_true).mean()) if n else None
+        return out
+
+    metrics: dict[str, Any] = {"temperature": temperature}
+    if member_temperatures is not None:
+        metrics["member_temperatures"] = list(member_temperatures)
+    metrics["bins"] = ECE_BINS
+    metrics["plain"] = block(plain, plain_calibrated)
+    metrics["tta"] = (
+        block(tta, tta_calibrated) if tta is not None and tta_calibrated is not None else None
+    )
+    return metrics
 
 
 def evaluate(
