@@ -33,14 +33,14 @@ naive_train_ips    the seed's way: ``ImageFolder`` + PIL transforms equivalent t
                    better counts), plain PyTorch loop.
 *_eval_ips         inference with TTA (``--tta-views``: 1, 2 = identity + hflip, 7 = + five
                    crops, 12 = + their flips); an image counts once with all its views. limit:
-                   a random (V*B, C, H, W) tensor in memory; ferlab: ``predict_views`` on the
+                   a random (V*B, C, H, W) tensor in memory; ferlab: ``predict_all`` on the
                    cached uint8 PrivateTest split; naive: ``ImageFolder`` on the PrivateTest files
                    with per-image view transforms through a ``DataLoader`` (0 and 2 workers).
 cache_build_s      ``load_dataset`` of FER2013 into a fresh, empty cache folder (index + decode
                    + write); cache_load_s: the median of three further loads (memory-mapped).
 peak_rss_mb        ``ru_maxrss`` of a child process that runs only ferlab's path end to end:
                    imports, ``load_dataset`` (warm cache), ``fit`` for ``--rss-steps`` steps and
-                   its validation pass, ``predict_views`` with TTA on the test split. A child of
+                   its validation pass, ``predict_all`` with TTA on the test split. A child of
                    its own, so the naive path's and the benchmark's own memory do not count.
 time_to_first_step_s  wall time from launching ``python -c "<hook>; ferlab.cli.main()" train
                    --data fer2013:PATH ...`` (a fresh interpreter, warm dataset cache, fresh
@@ -231,7 +231,7 @@ def limit_eval_timer(ctx: SimpleNamespace) -> C.WindowTimer:
 
 
 def ferlab_eval_timer(ctx: SimpleNamespace, dataset: Any) -> C.WindowTimer:
-    from ferlab.evaluation.tta import predict_views
+    from ferlab.evaluation.tta import predict_all
     from ferlab.probe import INFERENCE_PRECISION
 
     model = fresh_model(ctx.model, ctx.kwargs, ctx.classes, ctx.channels, ctx.size)
@@ -242,12 +242,12 @@ def ferlab_eval_timer(ctx: SimpleNamespace, dataset: Any) -> C.WindowTimer:
         std=std, extra={INFERENCE_PRECISION: inference},
     )  # fmt: skip
     images = dataset.splits["test"].images  # memory-mapped uint8 (N, H, W, C)
-    chunk = ctx.eval_batch  # one predict_views call per batch: fine-grained windows
+    chunk = ctx.eval_batch  # one predict_all call per batch: fine-grained windows
     starts = itertools.cycle(range(0, max(1, images.shape[0] - chunk + 1), chunk))
 
     def step() -> int:
         part = images[next(starts) :][:chunk]
-        predict_views(model, part, meta, ctx.tta, ctx.eval_batch, ctx.device)
+        predict_all(model, part, meta, ctx.tta, ctx.eval_batch, ctx.device)
         return int(part.shape[0])
 
     return C.WindowTimer(step, **ctx.timing)
@@ -422,7 +422,7 @@ def child_rss(a: dict[str, Any]) -> dict[str, Any]:
 
     from ferlab.config import ModelConfig, RuntimeConfig, TrainConfig
     from ferlab.device import cpu_threads
-    from ferlab.evaluation.tta import predict_views
+    from ferlab.evaluation.tta import predict_all
     from ferlab.training import fit
 
     torch.set_num_threads(cpu_threads(a["threads"]))
@@ -455,7 +455,7 @@ def child_rss(a: dict[str, Any]) -> dict[str, Any]:
         out["fit_s"] = time.perf_counter() - t0
     out["rss_after_fit_mb"] = C.current_rss_mb()
     test = ds.splits["test"].images[: a["test_images"]]
-    predict_views(result.model, test, result.meta, tta_config(a["views"]), a["eval_batch"])
+    predict_all(result.model, test, result.meta, tta_config(a["views"]), a["eval_batch"])
     out["rss_after_eval_mb"] = C.current_rss_mb()
     out["peak_rss_mb"] = C.peak_rss_mb()
     return out

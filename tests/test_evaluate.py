@@ -25,7 +25,7 @@ from ferlab.evaluation import (
     evaluate_split,
     flat_metrics,
     load_result,
-    predict_probs,
+    predict_all,
     soft_vote,
     write_predictions,
 )
@@ -129,7 +129,7 @@ def test_eight_class_model_on_seven_class_data_is_scored_on_shared_outputs() -> 
     split = make_split(EMOTIONS, per_class=2)
     model = Oracle(CANONICAL, favour="contempt")  # contempt always wins among all 8 outputs
     meta = make_meta(CANONICAL)
-    raw = predict_probs(model, split.images, meta, None, device="cpu")
+    raw = predict_all(model, split.images, meta, None, device="cpu").probs
     assert (raw.argmax(1) == INDEX["contempt"]).all()  # unrestricted, everything is wrong
     res = evaluate_split(
         model, meta, split.images, split.labels, list(EMOTIONS), bootstrap=0, device="cpu"
@@ -170,8 +170,8 @@ def test_one_pass_gives_plain_and_tta_results() -> None:
     model, meta = Oracle(EMOTIONS, tilt=400.0), make_meta(EMOTIONS)
     tta = TTAConfig(hflip=True)
     res = evaluate(model, meta, split, list(EMOTIONS), tta, bootstrap=20, device="cpu")
-    plain = predict_probs(model, split.images, meta, None, device="cpu")
-    averaged = predict_probs(model, split.images, meta, tta, device="cpu")
+    plain = predict_all(model, split.images, meta, None, device="cpu").probs
+    averaged = predict_all(model, split.images, meta, tta, device="cpu").probs
     np.testing.assert_allclose(res.probs_plain, plain, atol=1e-6)
     assert res.probs_tta is not None
     np.testing.assert_allclose(res.probs_tta, averaged, atol=1e-6)

@@ -207,12 +207,14 @@ def test_none_detector_sees_what_the_data_layer_decodes(run, folder):
     """predict --detector none on a pre-cropped face = the model on the decoded training image."""
     from ferlab.data.base import Record
     from ferlab.data.decode import decode_record
-    from ferlab.evaluation.tta import predict_probs
+    from ferlab.evaluation.tta import predict_all
     from ferlab.models import load_model
 
     model, meta = load_model(run)
     path = folder / "deeper" / "c.jpg"
-    expected = predict_probs(model, decode_record(Record(str(path), 0), 48, 1)[None], meta, None)
+    expected = predict_all(
+        model, decode_record(Record(str(path), 0), 48, 1)[None], meta, None
+    ).probs
     [row] = iter_predictions(run, [path], detector="none")
     np.testing.assert_allclose(_probs([row]), expected, atol=1e-6)
 

@@ -14,9 +14,7 @@ from torch import nn
 from ferlab.config import TTAConfig
 from ferlab.evaluation.tta import (
     n_views,
-    predict_probs,
-    predict_views,
-    predict_with_timing,
+    predict_all,
     tta_views,
     view_names,
 )
@@ -180,14 +178,14 @@ def test_batched_views_match_one_view_and_one_image_at_a_time() -> None:
     assert not torch.allclose(batched[0], batched[1], atol=1e-3)  # the views do differ
 
 
-def test_predict_probs_averages_softmax_over_views_and_ignores_batch_size() -> None:
+def test_predict_all_averages_softmax_over_views_and_ignores_batch_size() -> None:
     model = TinyNet()
     meta = make_meta()
     images = random_images(7)
     cfg = TTAConfig(hflip=True, crops=5)
-    p_all = predict_probs(model, images, meta, cfg, batch_size=256, device="cpu")
-    p_one = predict_probs(model, images, meta, cfg, batch_size=1, device="cpu")
-    p_three = predict_probs(model, images, meta, cfg, batch_size=3, device="cpu")
+    p_all = predict_all(model, images, meta, cfg, batch_size=256, device="cpu").probs
+    p_one = predict_all(model, images, meta, cfg, batch_size=1, device="cpu").probs
+    p_three = predict_all(model, images, meta, cfg, batch_size=3, device="cpu").probs
     assert p_all.shape == (7, 3) and p_all.dtype == np.float32
     np.testing.assert_allclose(p_all, p_one, atol=1e-5)
     np.testing.assert_allclose(p_all, p_three, atol=1e-5)
@@ -196,9 +194,10 @@ def test_predict_probs_averages_softmax_over_views_and_ignores_batch_size() -> N
     with torch.inference_mode():
         manual = model.eval()(tta_views(x, cfg)).softmax(-1).view(7, 7, 3).mean(0).numpy()
     np.testing.assert_allclose(p_all, manual, atol=1e-5)
-    plain, averaged, _ = predict_views(model, images, meta, cfg, device="cpu")
+    both = predict_all(model, images, meta, cfg, device="cpu")
+    plain, averaged = both.plain, both.tta
     np.testing.assert_allclose(
-        plain, predict_probs(model, images, meta, None, device="cpu"), atol=1e-6
+        plain, predict_all(model, images, meta, None, device="cpu").probs, atol=1e-6
     )
     assert averaged is not None and not np.allclose(plain, averaged, atol=1e-4)
 
@@ -206,35 +205,33 @@ def test_predict_probs_averages_softmax_over_views_and_ignores_batch_size() -> N
 def test_flip_invariant_model_gives_identical_plain_and_hflip_results() -> None:
     meta = make_meta()
     images = random_images(6, seed=1)
-    plain, averaged, _ = predict_views(
-        FlipInvariant(), images, meta, TTAConfig(hflip=True), device="cpu"
-    )
+    p = predict_all(FlipInvariant(), images, meta, TTAConfig(hflip=True), device="cpu")
+    plain, averaged = p.plain, p.tta
     assert averaged is not None
     np.testing.assert_allclose(plain, averaged, atol=1e-6)
     # The same check bites for a model that is not flip-invariant.
-    plain2, averaged2, _ = predict_views(
-        TinyNet(), images, meta, TTAConfig(hflip=True), device="cpu"
-    )
+    p2 = predict_all(TinyNet(), images, meta, TTAConfig(hflip=True), device="cpu")
+    plain2, averaged2 = p2.plain, p2.tta
     assert averaged2 is not None and not np.allclose(plain2, averaged2, atol=1e-4)
 
 
-def test_predict_probs_resizes_grey_to_rgb_and_normalises() -> None:
+def test_predict_all_resizes_grey_to_rgb_and_normalises() -> None:
     probe = Probe()
     meta = make_meta(image_size=16, channels=3, mean=0.5, std=0.25)
     images = np.full((5, 8, 8, 1), 255, dtype=np.uint8)
-    probs = predict_probs(probe, images, meta, None, batch_size=2, device="cpu")
+    probs = predict_all(probe, images, meta, None, batch_size=2, device="cpu").probs
     np.testing.assert_allclose(probs, 1 / 3, atol=1e-6)
     seen = torch.cat(probe.seen)
     assert seen.shape == (5, 3, 16, 16)
     assert torch.allclose(seen, torch.full_like(seen, 2.0))  # (1 - 0.5) / 0.25
 
 
-def test_predict_probs_converts_rgb_to_grey_with_luma_and_shrinks() -> None:
+def test_predict_all_converts_rgb_to_grey_with_luma_and_shrinks() -> None:
     probe = Probe()
     meta = make_meta(image_size=10, channels=1)
     images = np.zeros((2, 20, 20, 3), dtype=np.uint8)
     images[..., 0] = 255  # pure red
-    predict_probs(probe, images, meta, TTAConfig(hflip=True), device="cpu")
+    predict_all(probe, images, meta, TTAConfig(hflip=True), device="cpu")
     seen = probe.seen[0]
     assert seen.shape == (2 * 2, 1, 10, 10)  # two views of two images, one pass
     assert torch.allclose(seen, torch.full_like(seen, 0.299), atol=1e-5)
@@ -244,28 +241,28 @@ def test_predict_restores_training_mode_and_disables_dropout() -> None:
     model = TinyNet().train()
     meta = make_meta()
     images = random_images(4)
-    a = predict_probs(model, images, meta, None, device="cpu")
-    b = predict_probs(model, images, meta, None, device="cpu")
+    a = predict_all(model, images, meta, None, device="cpu").probs
+    b = predict_all(model, images, meta, None, device="cpu").probs
     np.testing.assert_array_equal(a, b)
     assert model.training
 
 
-def test_predict_with_timing_and_edge_cases() -> None:
+def test_predict_all_timing_and_edge_cases() -> None:
     meta = make_meta()
-    probs, ips = predict_with_timing(TinyNet(), random_images(3), meta, None, device="cpu")
-    assert probs.shape == (3, 3) and ips > 0
-    empty, _ = predict_with_timing(TinyNet(), random_images(0), meta, TTAConfig(), device="cpu")
+    timed = predict_all(TinyNet(), random_images(3), meta, None, device="cpu")
+    assert timed.probs.shape == (3, 3) and timed.ips > 0
+    empty = predict_all(TinyNet(), random_images(0), meta, TTAConfig(), device="cpu").probs
     assert empty.shape == (0, 3)
     with pytest.raises(ValueError, match="uint8"):
-        predict_probs(TinyNet(), random_images(2).astype(np.float32), meta, None, device="cpu")
+        predict_all(TinyNet(), random_images(2).astype(np.float32), meta, None, device="cpu")
     wrong = make_meta()
     wrong.labels = ["angry", "happy"]
     with pytest.raises(ValueError, match="labels"):
-        predict_probs(TinyNet(), random_images(2), wrong, None, device="cpu")
+        predict_all(TinyNet(), random_images(2), wrong, None, device="cpu")
     bad_std = make_meta()
     bad_std.std = (1.0, 1.0)
     with pytest.raises(ValueError, match="std"):
-        predict_probs(TinyNet(), random_images(2), bad_std, None, device="cpu")
+        predict_all(TinyNet(), random_images(2), bad_std, None, device="cpu")
 
 
 def test_columns_restrict_the_softmax_per_view() -> None:
@@ -277,7 +274,8 @@ def test_columns_restrict_the_softmax_per_view() -> None:
         logits = model.eval()(tta_views(x, cfg)).view(7, 5, 3)
     full = logits.softmax(-1)
     sub = full[..., [2, 0]] / full[..., [2, 0]].sum(-1, keepdim=True)  # restrict + renormalise
-    plain, averaged, _ = predict_views(model, images, meta, cfg, device="cpu", columns=[2, 0])
+    sub_p = predict_all(model, images, meta, cfg, device="cpu", columns=[2, 0])
+    plain, averaged = sub_p.plain, sub_p.tta
     assert plain.shape == (5, 2) and averaged is not None
     np.testing.assert_allclose(plain, sub[0].numpy(), atol=1e-6)
     np.testing.assert_allclose(averaged, sub.mean(0).numpy(), atol=1e-6)
@@ -291,10 +289,8 @@ def test_rows_predict_a_subset_of_a_read_only_memmap(tmp_path: Path) -> None:
     rows = np.array([7, 1, 4])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. torch's "non-writable array" warning
-        plain, _, _ = predict_views(
-            model, mapped, meta, None, batch_size=2, device="cpu", rows=rows
-        )
-        whole = predict_probs(model, mapped, meta, None, batch_size=4, device="cpu")
+        plain = predict_all(model, mapped, meta, None, batch_size=2, device="cpu", rows=rows).plain
+        whole = predict_all(model, mapped, meta, None, batch_size=4, device="cpu").probs
     np.testing.assert_allclose(plain, whole[rows], atol=1e-6)
 
 

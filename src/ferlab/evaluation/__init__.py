@@ -30,7 +30,7 @@ _EXPORTS = {
     "compute_metrics": "ferlab.evaluation.metrics",
     "confusion_matrix": "ferlab.evaluation.metrics",
     "n_views": "ferlab.evaluation.tta",
-    "predict_probs": "ferlab.evaluation.tta",
+    "predict_all": "ferlab.evaluation.tta",
     "tta_views": "ferlab.evaluation.tta",
 }
 
@@ -48,7 +48,7 @@ __all__ = [
     "flat_metrics",
     "load_result",
     "n_views",
-    "predict_probs",
+    "predict_all",
     "soft_vote",
     "tta_views",
     "write_predictions",
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
         write_predictions,
     )
     from ferlab.evaluation.metrics import bootstrap_ci, compute_metrics, confusion_matrix
-    from ferlab.evaluation.tta import n_views, predict_probs, tta_views
+    from ferlab.evaluation.tta import n_views, predict_all, tta_views
 
 
 __getattr__ = lazy_getattr("ferlab.evaluation", globals(), _EXPORTS)

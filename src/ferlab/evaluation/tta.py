@@ -216,6 +216,11 @@ class Predictions:
     temperature: float
     ips: float  # source images per second over the whole loop
 
+    @property
+    def probs(self) -> np.ndarray:
+        """The headline probabilities at T = 1: TTA-averaged when views were asked for."""
+        return self.tta if self.tta is not None else self.plain
+
 
 def predict_all(
     model: nn.Module,
@@ -229,11 +234,25 @@ def predict_all(
     rows: np.ndarray | None = None,
     temperature: float = 1.0,
 ) -> Predictions:
-    """``predict_views`` plus the calibrated probabilities of the same forward pass.
+    """The one inference loop: class probabilities of uint8 ``images`` (N, H, W, C), plain and
+    with the TTA views of ``tta``, at T = 1 and calibrated, with the throughput.
 
-    ``temperature`` divides the (restricted) logits of every view before its softmax; TTA
-    averages the calibrated view probabilities like the plain ones. T = 1 costs nothing extra
-    (the calibrated arrays are the plain ones).
+    Images are converted to float on the device, grey <-> RGB to ``meta.channels``, resized to
+    ``meta.image_size`` when they differ and normalised with ``meta.mean/std`` (on the [0, 1]
+    scale). The plain probabilities are view 0 (identity) of the same forward pass, so asking
+    for TTA costs no second pass; ``batch_size`` counts images (the model sees
+    ``n_views * batch_size`` inputs per pass). The model is moved to ``device`` (auto when None)
+    and put in eval mode; its previous mode is restored afterwards. ``ips`` counts source
+    images (not views) over the whole loop: copy to the device, preprocessing, all views and
+    the copy back.
+
+    ``columns`` restricts the model to those outputs (e.g. the classes a test set shares with
+    it): the softmax runs over their logits only, which equals restricting and renormalising
+    the probabilities but cannot underflow when a left-out class dominates. ``rows`` predicts
+    only those images (in that order), read batch by batch, so a memory-mapped split is never
+    copied whole. ``temperature`` divides the (restricted) logits of every view before its
+    softmax; TTA averages the calibrated view probabilities like the plain ones. T = 1 costs
+    nothing extra (the calibrated arrays are the plain ones).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
@@ -297,66 +316,3 @@ def predict_all(
     elapsed = time.perf_counter() - start
     ips = n / elapsed if elapsed > 0 else float("inf")
     return Predictions(plain, averaged, plain_cal, averaged_cal, float(temperature), ips)
-
-
-def predict_views(
-    model: nn.Module,
-    images: np.ndarray,
-    meta: MetaLike,
-    tta: TTAConfig | None,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-    *,
-    columns: Sequence[int] | None = None,
-    rows: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """One pass over ``images``: (plain probs, TTA-averaged probs or None, images per second).
-
-    The plain probabilities are view 0 (identity) of the same forward pass, so asking for TTA
-    costs no second pass. ``batch_size`` counts images; the model sees ``n_views * batch_size``
-    inputs per forward pass. The model is moved to ``device`` (auto when None) and put in eval
-    mode; its previous train/eval mode is restored afterwards. These are the uncalibrated
-    probabilities (T = 1); ``predict_all`` also gives the calibrated ones.
-
-    ``columns`` restricts the model to those outputs (e.g. the classes a test set shares with
-    it): the softmax runs over their logits only, which equals restricting and renormalising
-    the probabilities but cannot underflow when a left-out class dominates. ``rows`` predicts
-    only those images (in that order), read batch by batch, so a memory-mapped split is never
-    copied whole.
-    """
-    p = predict_all(model, images, meta, tta, batch_size, device, columns=columns, rows=rows)
-    return p.plain, p.tta, p.ips
-
-
-def predict_with_timing(
-    model: nn.Module,
-    images: np.ndarray,
-    meta: MetaLike,
-    tta: TTAConfig | None,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-) -> tuple[np.ndarray, float]:
-    """Class probabilities ``(N, K)`` float32 (TTA-averaged when ``tta`` is on) and images/s.
-
-    Throughput counts source images (not views) over the whole loop: host-to-device copy,
-    preprocessing, all views and the copy back.
-    """
-    plain, averaged, ips = predict_views(model, images, meta, tta, batch_size, device)
-    return (averaged if averaged is not None else plain), ips
-
-
-def predict_probs(
-    model: nn.Module,
-    images: np.ndarray,
-    meta: MetaLike,
-    tta: TTAConfig | None,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """Softmax probabilities ``(N, len(meta.labels))`` for uint8 images ``(N, H, W, C)``.
-
-    Images are converted to float on the device, converted grey <-> RGB to ``meta.channels``,
-    resized to ``meta.image_size`` when they differ, normalised with ``meta.mean/std`` (on the
-    [0, 1] scale), and, with ``tta`` on, probabilities are averaged over the views.
-    """
-    return predict_with_timing(model, images, meta, tta, batch_size, device)[0]
