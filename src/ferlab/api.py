@@ -17,10 +17,8 @@ from ferlab.config import (
     ExperimentConfig,
     TrainConfig,
     TTAConfig,
-    apply_overrides,
     check_names,
     load_config,
-    parse_override,
     validate_config,
 )
 from ferlab.data.base import (
@@ -34,6 +32,7 @@ from ferlab.data.base import (
 from ferlab.data.loading import load_dataset
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from ferlab.layout import SPLITS, read_json
+from ferlab.overrides import apply_overrides, parse_override
 from ferlab.pipeline import ExperimentResult, run_experiment
 from ferlab.provenance import stamp
 

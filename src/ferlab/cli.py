@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ferlab import __version__
-from ferlab.config import ConfigError, load_config, parse_override
+from ferlab.config import ConfigError, load_config
 from ferlab.data.base import DatasetError, list_datasets, parse_spec
 from ferlab.defaults import CACHE_DIR
 from ferlab.export import (  # light: torch and onnx load on use
@@ -34,6 +34,7 @@ from ferlab.export import (  # light: torch and onnx load on use
 )
 from ferlab.labels import UnknownLabelError
 from ferlab.layout import ReportInputError
+from ferlab.overrides import parse_override
 from ferlab.record import ExperimentLockedError, NotWritableError
 
 EXIT_BAD_INPUT = 2

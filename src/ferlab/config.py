@@ -1,4 +1,5 @@
-"""The typed experiment configuration: load YAML, apply ``--set`` overrides, validate, dump.
+"""The typed experiment configuration: its sections, the checks across them, and loading,
+validating and dumping an experiment file (YAML and ``--set`` overrides: ``ferlab.overrides``).
 
 Unknown keys and wrong types are errors that name the key and, for a file, its line.
 """
@@ -16,12 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ferlab.data.base import display_name
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
 from ferlab.layout import atomic_write, safe_name
+from ferlab.overrides import (
+    ConfigError,
+    apply_overrides,
+    deep_merge,
+    format_errors,
+    load_with_lines,
+)
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A bad experiment file or override; the message names the key, file and line."""
 
 
 class _Strict(BaseModel):
@@ -370,12 +374,12 @@ class ExperimentConfig(_Strict):
 
     def train_for(self, model: ModelConfig) -> TrainConfig:
         """The experiment's training settings with the model's overrides applied."""
-        merged = _deep_merge(self.train.model_dump(), model.train)
+        merged = deep_merge(self.train.model_dump(), model.train)
         try:
             return TrainConfig.model_validate(merged)
         except ValidationError as e:
             raise ConfigError(
-                _format_errors(e, prefix=f"models[{model.name}].train", lines={})
+                format_errors(e, prefix=f"models[{model.name}].train", lines={})
             ) from e
 
 
@@ -473,10 +477,10 @@ def _check_model_overrides(
         if not m.train:
             continue
         try:
-            TrainConfig.model_validate(_deep_merge(cfg.train.model_dump(), m.train))
+            TrainConfig.model_validate(deep_merge(cfg.train.model_dump(), m.train))
         except ValidationError as e:
             raise ConfigError(
-                _format_errors(e, lines=lines, file=file, loc_prefix=("models", i, "train"))
+                format_errors(e, lines=lines, file=file, loc_prefix=("models", i, "train"))
             ) from e
 
 
@@ -608,103 +612,6 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A safe YAML loader that remembers the line of every mapping key."""
-
-
-def _load_with_lines(text: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    lines: dict[tuple[Any, ...], int] = {}
-    node = yaml.compose(text, Loader=_LineLoader)
-    if node is None:
-        return {}, lines
-
-    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                p = (*path, k.value)
-                lines[p] = k.start_mark.line + 1
-                walk(v, p)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                lines[(*path, i)] = v.start_mark.line + 1
-                walk(v, (*path, i))
-
-    walk(node, ())
-    return yaml.safe_load(text), lines
-
-
-def _format_errors(
-    err: ValidationError,
-    *,
-    prefix: str = "",
-    lines: dict[tuple[Any, ...], int],
-    file: str = "",
-    loc_prefix: tuple[Any, ...] = (),
-) -> str:
-    msgs = []
-    for e in err.errors():
-        loc = (*loc_prefix, *e["loc"])
-        key = ".".join(str(p) for p in loc)
-        if prefix:
-            key = f"{prefix}.{key}"
-        line = None
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in lines:
-                line = lines[loc[:n]]
-                break
-        where = f" ({file}, line {line})" if file and line else (f" ({file})" if file else "")
-        what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        got = "" if e["type"] in ("extra_forbidden", "missing") else f"; got {e.get('input')!r}"
-        msgs.append(f"  {key}{where}: {what}{got}")
-    return "Invalid experiment configuration:\n" + "\n".join(msgs)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``train.lr=0.01`` -> (["train", "lr"], 0.01); the value is parsed as YAML."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"Override {item!r} is not KEY=VALUE (e.g. train.epochs=5).")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` items; list items are addressed by index (``models.0.train.batch_size=32``)."""
-    for item in overrides:
-        path, value = parse_override(item)
-        node: Any = raw
-        for i, part in enumerate(path[:-1]):
-            if isinstance(node, list):
-                try:
-                    node = node[int(part)]
-                except (ValueError, IndexError) as e:
-                    raise ConfigError(f"Override {item!r}: no list item {part!r}.") from e
-            else:
-                if part not in node or node[part] is None:
-                    node[part] = {}
-                node = node[part]
-            if not isinstance(node, dict | list):
-                raise ConfigError(f"Override {item!r}: {'.'.join(path[: i + 1])} is not a section.")
-        last = path[-1]
-        if isinstance(node, list):
-            try:
-                node[int(last)] = value
-            except (ValueError, IndexError) as e:
-                raise ConfigError(f"Override {item!r}: no list item {last!r}.") from e
-        else:
-            node[last] = value
-    return raw
-
-
 def resolve_config_path(name: str | Path | None) -> Path:
     """A path, or the name of a shipped config (``default``, ``fer2013_cpu``, ``seed_gpu``, ``tune_demo``)."""
     if name is None:
@@ -726,7 +633,7 @@ def load_config(
     file = resolve_config_path(path)
     text = file.read_text()
     try:
-        raw, lines = _load_with_lines(text)
+        raw, lines = load_with_lines(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{file}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
@@ -743,7 +650,7 @@ def validate_config(
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, lines=lines, file=file)) from e
+        raise ConfigError(format_errors(e, lines=lines, file=file)) from e
     check_names(cfg, file, lines)
     _check_model_overrides(cfg, file, lines)
     _check_mega(cfg, file, lines)

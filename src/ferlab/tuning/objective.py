@@ -21,7 +21,6 @@ from ferlab.config import (
     ExperimentConfig,
     ParamSpec,
     TuneConfig,
-    apply_overrides,
     config_hash,
     space_overrides,
     tune_targets,
@@ -30,6 +29,7 @@ from ferlab.config import (
 from ferlab.layout import HISTORY, Layout
 from ferlab.models import create_model
 from ferlab.models.pretrained import check_pretrained
+from ferlab.overrides import apply_overrides
 from ferlab.record.planning import model_geometry, pair_run_key
 from ferlab.service.fitting import fit_or_reuse
 from ferlab.service.store import DataStore
