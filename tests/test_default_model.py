@@ -70,7 +70,13 @@ def test_evaluate_and_export_accept_default(shipped, tmp_path, monkeypatch, caps
     argv = ["evaluate", "--weights", "default", "--data", "synthetic:lab", "--json",
             "--cache-dir", str(tmp_path / "cache"), "--option", "n_test=35"]  # fmt: skip
     assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 35
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["n"] == 35
+    assert main([a for a in argv if a != "--json"]) == 0  # the same scores, as text
+    text = capsys.readouterr().out
+    assert f"accuracy           {100 * scores['accuracy']:6.2f}%" in text
+    assert "test split, n=35 (default split settings)" in text  # no run recorded its data
+    assert "n=35" in text and "per class (precision / recall / F1 / support):" in text
     assert main(["export", "--weights", "default"]) == 0
     assert (tmp_path / "default.onnx").is_file()  # beside the user, not inside the package
     assert not (shipped / "model.onnx").exists()

@@ -235,6 +235,9 @@ def train(
     return run_experiment(cfg, out=out, force=force, progress=progress, console=console)
 
 
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
 @dataclass(frozen=True)
 class EvaluateResult:
     """What ``evaluate`` measured: the plain or TTA predictions' metrics, as asked.
@@ -265,6 +268,31 @@ class EvaluateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def format(self) -> str:
+        """The scores as ``ferlab evaluate`` prints them (percentages, per-class table)."""
+
+        def pct(v: float | None) -> str:
+            return "   n/a" if v is None else f"{100 * v:6.2f}%"
+
+        source = "the run's split" if self.split_settings["from_run"] else "default split settings"
+        lines = [f"  {self.split} split, n={self.n} ({source})"]
+        lines += [f"  {k:18s} {pct(getattr(self, k))}" for k in HEADLINE_METRICS]
+        if self.dropped_labels:
+            lines.append(
+                f"  left out (not shared by model and data): {', '.join(self.dropped_labels)}"
+            )
+        if self.overlap["n"]:
+            lines.append(
+                f"  WARNING: {self.overlap['n']} scored images were trained or validated on"
+            )
+        lines.append("  per class (precision / recall / F1 / support):")
+        for label, pc in self.per_class.items():
+            lines.append(
+                f"    {label:9s} {100 * pc['precision']:6.1f} {100 * pc['recall']:6.1f} "
+                f"{100 * pc['f1']:6.1f} {pc['support']:6d}"
+            )
+        return "\n".join(lines)
 
 
 def _concat_splits(data: LoadedDataset) -> ArraySplit:

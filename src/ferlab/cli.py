@@ -58,6 +58,10 @@ def _add_output_options(p: argparse.ArgumentParser, default_out: str, force: str
     p.add_argument("--out", help=f"experiment folder (default: {default_out})")
     if force:
         p.add_argument("--force", action="store_true", help=force)
+    _add_no_progress(p)
+
+
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-progress",
         action="store_true",
@@ -327,32 +331,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    source = (
-        "the run's split settings"
-        if result.split_settings["from_run"]
-        else "default split settings"
-    )
-    print(
-        f"{args.weights} on {args.data} ({args.split}, n={result.n}, "
-        f"TTA={'on' if args.tta else 'off'}; {source})"
-    )
-    for k in ("accuracy", "balanced_accuracy", "macro_f1"):
-        print(f"  {k:18s} {_pct(getattr(result, k))}")
-    if result.dropped_labels:
-        print(f"  left out (not shared by model and data): {', '.join(result.dropped_labels)}")
-    if result.overlap["n"]:
-        print(f"  WARNING: {result.overlap['n']} scored images were trained or validated on")
-    print("  per class (precision / recall / F1 / support):")
-    for label, pc in result.per_class.items():
-        print(
-            f"    {label:9s} {100 * pc['precision']:6.1f} {100 * pc['recall']:6.1f} "
-            f"{100 * pc['f1']:6.1f} {pc['support']:6d}"
-        )
+    print(f"{args.weights} on {args.data} ({args.split}, TTA {'on' if args.tta else 'off'})")
+    print(result.format())
     return 0
-
-
-def _pct(v: float | None) -> str:
-    return "   n/a" if v is None else f"{100 * v:6.2f}%"
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
@@ -533,11 +514,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         help="torch (default for weights), or onnxruntime (default for an .onnx file; with a "
         "run folder it uses <run>/model.onnx from ferlab export)",
     )
-    p.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar (the default when stderr is not a terminal)",
-    )
+    _add_no_progress(p)
 
 
 def _show_warning(
