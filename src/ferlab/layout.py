@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+TEMPLATES_DIR = Path(__file__).parent / "templates"  # the HTML pages: report, gallery
+
 # -- file names inside a run folder (written by ferlab.training.fit and ferlab.models) ---------
 WEIGHTS = "weights.safetensors"
 META = "meta.json"

@@ -19,10 +19,9 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from ferlab.layout import atomic_write
+from ferlab.layout import TEMPLATES_DIR, atomic_write
 from ferlab.predict.engine import NO_FACE, OK, Item
 
-TEMPLATES = Path(__file__).parent / "templates"
 GALLERY = "gallery.html"
 MAX_IMAGES = 500  # cards on the page; the predictions file holds every row
 THUMB = 96  # face thumbnail side in pixels
@@ -108,7 +107,7 @@ class Gallery:
 
     def write(self, title: str) -> Path:
         env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(TEMPLATES),
+            loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )

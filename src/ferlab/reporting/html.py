@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from ferlab.layout import HISTORY, Layout, read_json
+from ferlab.layout import HISTORY, TEMPLATES_DIR, Layout, read_json
 from ferlab.record import produced_by_text
 from ferlab.record.reader import Evaluation, ExperimentRecord, read_csv_rows
 from ferlab.reporting.plots import (
@@ -40,7 +40,6 @@ from ferlab.reporting.tables import (
     headline,
 )
 
-TEMPLATES = Path(__file__).parent / "templates"
 LOG_TAIL_LINES = 60
 ENVIRONMENT_KEYS = ("ferlab", "torch", "python", "device", "git_commit", "platform", "started")
 
@@ -268,7 +267,7 @@ def best_rows(rows: Sequence[Mapping[str, Any]]) -> set[tuple[str, str]]:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         autoescape=True,  # every dataset name, error and path is untrusted text
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

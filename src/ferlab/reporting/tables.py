@@ -47,6 +47,16 @@ METRIC_FIELDS: tuple[str, ...] = tuple(
     )
 )
 
+# The run's own columns, in summary.csv and per_seed.csv: log loss, views, training time.
+RUN_FIELDS: tuple[str, ...] = (
+    "log_loss",
+    "tta_log_loss",
+    "tta_views",
+    "train_seconds",
+    "epochs",
+    "best_epoch",
+)
+
 # Columns of summary.csv, in order. Metrics are fractions in [0, 1] written at full precision.
 SUMMARY_FIELDS: tuple[str, ...] = (
     "dataset",
@@ -55,12 +65,7 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "error",
     "n_test",
     *METRIC_FIELDS,
-    "log_loss",
-    "tta_log_loss",
-    "tta_views",
-    "train_seconds",
-    "epochs",
-    "best_epoch",
+    *RUN_FIELDS,
     "stopped_early",
     "params",
     "throughput_ips",
@@ -91,12 +96,7 @@ PER_SEED_FIELDS: tuple[str, ...] = (
     "status",
     "n_test",
     *METRIC_FIELDS,
-    "log_loss",
-    "tta_log_loss",
-    "tta_views",
-    "train_seconds",
-    "epochs",
-    "best_epoch",
+    *RUN_FIELDS,
     "reused",
     "run_dir",
     "eval_dir",
