@@ -171,6 +171,23 @@ class _Setup:
     grey: bool
     inputs: Inputs
     load_s: float
+    align: bool
+    frame_step: int
+    batch_size: int
+
+    def engine(self, *, keep_frames: bool = False, on_step: Any = None) -> Engine:
+        """The engine that reads the inputs, finds and frames the faces, and classifies them."""
+        return Engine(
+            self.classifier,
+            self.detector,
+            framing=self.framing,
+            grey=self.grey,
+            align=self.align,
+            frame_step=self.frame_step,
+            batch_size=self.batch_size,
+            keep_frames=keep_frames,
+            on_step=on_step,
+        )
 
 
 # A model trained without data.face_crop saw its dataset's own framing; FER2013's 48 px faces are
@@ -241,7 +258,8 @@ def _setup(
             f"--align levels the eyes that MTCNN finds; the {name} detector gives no "
             "landmarks, so faces are not aligned (use --detector mtcnn)"
         )
-    return _Setup(classifier, det, framing, grey, found, time.perf_counter() - t)
+    load_s = time.perf_counter() - t
+    return _Setup(classifier, det, framing, grey, found, load_s, align, frame_step, batch_size)
 
 
 def _progress_bar(enabled: bool | None, inputs: Inputs) -> Any:
@@ -289,16 +307,7 @@ def iter_predictions(
         backend=backend,
         device=device,
     )
-    engine = Engine(
-        s.classifier,
-        s.detector,
-        framing=s.framing,
-        grey=s.grey,
-        align=align,
-        frame_step=frame_step,
-        batch_size=batch_size,
-    )
-    for event in engine.run(s.inputs.sources):
+    for event in s.engine().run(s.inputs.sources):
         if isinstance(event, Item):
             if event.status == ERROR:
                 _warn(f"{event.source.path}: {event.error}; reported in its row, going on")
@@ -378,17 +387,7 @@ def predict(
         if bar is not None:
             bar.update(1)
 
-    engine = Engine(
-        s.classifier,
-        s.detector,
-        framing=s.framing,
-        grey=s.grey,
-        align=align,
-        frame_step=frame_step,
-        batch_size=batch_size,
-        keep_frames=annotate,
-        on_step=step,
-    )
+    engine = s.engine(keep_frames=annotate, on_step=step)
     handle: IO[str]
     if out_dir is None:
         handle = stream if stream is not None else sys.stdout
