@@ -87,7 +87,8 @@ def test_missing_libraries_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now fails
     with pytest.raises(FaceToolsMissing, match=r"pip install 'ferlab\[face\]'"):
         make_detector("haar")
-    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
+    for name in ["facenet_pytorch", *[m for m in sys.modules if m.startswith("facenet_pytorch.")]]:
+        monkeypatch.setitem(sys.modules, name, None)  # also when another test imported it
     with pytest.raises(FaceToolsMissing, match=r"facenet-pytorch.*pip install 'ferlab\[face\]'"):
         make_detector("mtcnn", device="cpu")
     assert issubclass(FaceToolsMissing, ConfigError)  # the CLI prints it, exit 2
