@@ -71,7 +71,6 @@ def run(
     >>> result.report.name
     'report.html'
     """
-
     if seeds is not None:
         check_seed_count(seeds, overrides)
     if isinstance(experiment, ExperimentConfig):
@@ -88,7 +87,6 @@ def run(
 def check_seed_count(count: Any, overrides: Sequence[str] = ()) -> int:
     """``count`` as the number of training seeds (``--seeds``), or a ``ConfigError`` that says
     what is wrong: not a whole number of at least 1, or given beside ``--set seeds=...``."""
-
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(
             f"--seeds (seeds=) is the number of training seeds, a whole number of at least 1; "
@@ -120,7 +118,6 @@ def with_data(cfg: ExperimentConfig, specs: Sequence[str]) -> ExperimentConfig:
     >>> [(d.name, d.path) for d in cfg.datasets]
     [('fer2013', '/data/fer2013')]
     """
-
     datasets = list(cfg.datasets)
     for spec in specs:
         name, path = parse_spec(spec)
@@ -136,7 +133,6 @@ def with_data(cfg: ExperimentConfig, specs: Sequence[str]) -> ExperimentConfig:
 
 def apply_to(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
     """``cfg`` with ``--set`` style ``overrides`` applied, validated again."""
-
     if not overrides:
         return cfg
     raw = cfg.model_dump(mode="json", by_alias=True, exclude_none=False)
@@ -147,7 +143,6 @@ def train_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword settings of ``train`` as experiment sections: each is a ``train:`` field
     (``epochs=2``, ``lr=1e-3``, ``batch_size=64``...), or ``seed``. Anything else is a
     ``ConfigError`` naming the fields there are."""
-
     fields = set(TrainConfig.model_fields)
     unknown = sorted(set(settings) - fields - {"seed"})
     if unknown:
@@ -230,7 +225,6 @@ def train(
     >>> result.pairs[0].status, result.weights.is_file(), result.weights.parent == result.run_dir
     ('trained', True, True)
     """
-
     cfg = train_config(data, model, config=config, overrides=overrides, **settings)
     return run_experiment(cfg, out=out, force=force, progress=progress, console=console)
 

@@ -110,7 +110,6 @@ def make_plan(cfg: ExperimentConfig, store: DataStore, layout: Layout) -> Plan:
     has its ensemble of that seed's models; with one seed the plan is that of a run without
     ``seeds:``.
     """
-
     tests = test_entries(cfg, store)
     size0, ch0 = model_geometry(cfg, cfg.models[0])
     datasets = []
