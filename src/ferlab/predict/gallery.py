@@ -105,7 +105,7 @@ class Gallery:
 
         self.videos.append(VideoCard(file, rel(annotated), rel(shares_png)))
 
-    def write(self, title: str) -> Path:
+    def write(self, title: str, weights: str) -> Path:
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
             autoescape=True,
@@ -113,6 +113,7 @@ class Gallery:
         )
         html = env.get_template(GALLERY).render(
             title=title,
+            weights=weights,
             labels=self.labels,
             images=self.images,
             videos=self.videos,

@@ -417,8 +417,8 @@ def predict(
             summary.outputs["annotated"] = str(out_dir / ANNOTATED)
             summary.outputs["annotated_files"] = outputs.annotated
         if outputs.gallery is not None:
-            title = f"ferlab predict: {len(s.inputs.sources)} input file(s), {summary.weights}"
-            summary.outputs["gallery"] = str(outputs.gallery.write(title))
+            title = f"ferlab predict: {len(s.inputs.sources)} input file(s)"
+            summary.outputs["gallery"] = str(outputs.gallery.write(title, summary.weights))
         summary.outputs["videos"] = outputs.videos
         summary.outputs["summary"] = str(out_dir / SUMMARY)
         write_json(out_dir / SUMMARY, summary.to_dict())
