@@ -20,6 +20,7 @@ from ferlab.config import (
     check_names,
     load_config,
     validate_config,
+    with_overrides,
 )
 from ferlab.data.base import (
     ArraySplit,
@@ -31,6 +32,7 @@ from ferlab.data.base import (
 )
 from ferlab.data.loading import load_dataset
 from ferlab.defaults import CACHE_DIR, FACE_MARGIN, SPLIT_SEED, TEST_FRACTION, VAL_FRACTION
+from ferlab.evaluation.analysis import METRIC_NAMES
 from ferlab.layout import SPLITS, read_json
 from ferlab.overrides import apply_overrides, parse_override
 from ferlab.pipeline import ExperimentResult, run_experiment
@@ -74,7 +76,7 @@ def run(
     if seeds is not None:
         check_seed_count(seeds, overrides)
     if isinstance(experiment, ExperimentConfig):
-        cfg = apply_to(experiment, overrides)
+        cfg = with_overrides(experiment, list(overrides))
     else:
         cfg = load_config(experiment, list(overrides))
     if seeds is not None:
@@ -129,14 +131,6 @@ def with_data(cfg: ExperimentConfig, specs: Sequence[str]) -> ExperimentConfig:
     out = cfg.model_copy(update={"datasets": datasets})
     check_names(out)
     return out
-
-
-def apply_to(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
-    """``cfg`` with ``--set`` style ``overrides`` applied, validated again."""
-    if not overrides:
-        return cfg
-    raw = cfg.model_dump(mode="json", by_alias=True, exclude_none=False)
-    return validate_config(apply_overrides(raw, list(overrides)))
 
 
 def train_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,9 +223,6 @@ def train(
     return run_experiment(cfg, out=out, force=force, progress=progress, console=console)
 
 
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
 @dataclass(frozen=True)
 class EvaluateResult:
     """What ``evaluate`` measured: the plain or TTA predictions' metrics, as asked.
@@ -271,7 +262,7 @@ class EvaluateResult:
 
         source = "the run's split" if self.split_settings["from_run"] else "default split settings"
         lines = [f"  {self.split} split, n={self.n} ({source})"]
-        lines += [f"  {k:18s} {pct(getattr(self, k))}" for k in HEADLINE_METRICS]
+        lines += [f"  {k:18s} {pct(getattr(self, k))}" for k in METRIC_NAMES]
         if self.dropped_labels:
             lines.append(
                 f"  left out (not shared by model and data): {', '.join(self.dropped_labels)}"

@@ -658,5 +658,13 @@ def validate_config(
     return cfg
 
 
+def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """``cfg`` with ``--set`` style ``overrides`` applied, validated again (``cfg`` unchanged)."""
+    if not overrides:
+        return cfg
+    raw = cfg.model_dump(mode="json", by_alias=True, exclude_none=False)
+    return validate_config(apply_overrides(raw, overrides))
+
+
 def dump_config(cfg: BaseModel, path: Path) -> None:
     atomic_write(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -85,7 +85,8 @@ def fingerprint(
         for r in records
     ]
     h.update("".join(lines).encode())
-    renderers = {renderer_of(r) for r in records if r.draw is not None}
+    drawn = {r.path.partition(":")[0]: r for r in records if r.draw is not None}  # per adapter
+    renderers = {renderer_of(r) for r in drawn.values()}
     for render in sorted(renderers, key=lambda f: f"{f.__module__}.{f.__qualname__}"):
         h.update(_source_hash(render).encode())
     return h.hexdigest()

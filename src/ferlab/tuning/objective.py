@@ -24,12 +24,11 @@ from ferlab.config import (
     config_hash,
     space_overrides,
     tune_targets,
-    validate_config,
+    with_overrides,
 )
 from ferlab.layout import HISTORY, Layout
 from ferlab.models import create_model
 from ferlab.models.pretrained import check_pretrained
-from ferlab.overrides import apply_overrides
 from ferlab.record.planning import model_geometry, pair_run_key
 from ferlab.service.fitting import fit_or_reuse
 from ferlab.service.store import DataStore
@@ -89,8 +88,7 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 def apply_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
     """The experiment with sampled values applied as ``--set`` overrides, validated again."""
-    raw = cfg.model_dump(mode="json", by_alias=True, exclude_none=False)
-    return validate_config(apply_overrides(raw, space_overrides(params)))
+    return with_overrides(cfg, space_overrides(params))
 
 
 def best_of(history: list[dict[str, float]], metric: str, maximize: bool) -> float | None:
