@@ -208,3 +208,29 @@ def test_accuracy_smoke_runs_the_shipped_recipe_and_scores_the_references(tmp_pa
         assert 0 <= g["tta"]["accuracy"] <= 1
     (key,) = res["target"]
     assert key.startswith("headline accuracy >= 0.73") and res["target"][key]["met"] is False
+
+
+def test_default_model_bench_matches_faces_one_to_one_and_scores_them() -> None:
+    """bench/default_model.py's scoring: a detection counts once, for the labelled box it
+    overlaps most (IoU >= 0.5); recall is over labelled boxes, precision over detections."""
+    import default_model
+
+    truth = {
+        "a.jpg": [((0.0, 0.0, 10.0, 10.0), "happy"), ((20.0, 0.0, 30.0, 10.0), "sad")],
+        "b.jpg": [((0.0, 0.0, 10.0, 10.0), "angry")],
+    }
+    found = {
+        "a.jpg": [
+            ([1.0, 1.0, 11.0, 11.0], "happy"),
+            ([0.0, 0.0, 10.0, 9.0], "sad"),
+            ([50.0, 50.0, 60.0, 60.0], "fear"),
+        ],
+        "b.jpg": [],
+    }
+    scores, matched = default_model.score_rows(found, truth)
+    # a.jpg's first box: the second detection (IoU 0.9) beats the first (IoU 0.68); the sad box
+    # and b.jpg's face are missed; the fear detection is a false positive
+    assert matched == {"a.jpg": [1, -1], "b.jpg": [-1]}
+    assert (scores["n"], scores["accuracy"]) == (1, 0.0)  # "sad" for a happy face
+    assert (scores["annotated"], scores["detections"]) == (3, 3)
+    assert scores["recall"] == round(1 / 3, 4) and scores["precision"] == round(1 / 3, 4)

@@ -171,12 +171,19 @@ def test_predict_without_a_detector_sees_what_a_run_without_face_crop_saw(
     )
 
 
-def test_the_default_framing_follows_the_run() -> None:
+def test_the_default_framing_follows_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     haar = {"data": {"face_crop": "haar", "face_margin": 0.3, "color": True}}
     name, framing, grey = predict_framing(haar, None, None, 20)
     assert (name, framing.detector, framing.margin, grey) == ("haar", "haar", 0.3, False)
-    # A run trained on tight crops without face_crop: Haar, tight; grey images stay grey.
+    # A run trained on tight crops without face_crop: the best installed detector (MTCNN, else
+    # Haar), tight; grey images stay grey. The run's own detector wins even when MTCNN is there.
     tight = {"data": {"face_crop": "none", "face_margin": 0.2, "color": False}}
+    installed = {"mtcnn", "haar"}
+    monkeypatch.setattr(ferlab.face, "detector_available", lambda name: name in installed)
+    name, framing, grey = predict_framing(tight, None, None, 20)
+    assert (name, framing.detector, framing.margin, grey) == ("mtcnn", "mtcnn", TIGHT_MARGIN, True)
+    assert predict_framing(haar, None, None, 20)[0] == "haar"
+    installed.discard("mtcnn")  # facenet-pytorch missing: Haar
     name, framing, grey = predict_framing(tight, None, None, 20)
     assert (name, framing.margin, grey) == ("haar", TIGHT_MARGIN, True)
     # What the user sets wins; "none" takes the whole image.
@@ -186,6 +193,8 @@ def test_the_default_framing_follows_the_run() -> None:
     # Weights that record nothing (older runs, bare files) get the documented defaults.
     name, framing, grey = predict_framing({}, None, None, 20)
     assert (name, framing.margin, grey) == ("haar", TIGHT_MARGIN, False)
+    installed.add("mtcnn")
+    assert predict_framing({}, None, None, 20)[0] == "mtcnn"
 
 
 def test_a_grey_trained_colour_model_gets_grey_faces() -> None:

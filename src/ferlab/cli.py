@@ -447,7 +447,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         choices=["haar", "mtcnn", "none"],
         default=None,
         help="face detector; none: each image is one face (pre-cropped faces) (default: the "
-        "run's data.face_crop detector, haar when it trained without one)",
+        "run's data.face_crop detector; for a run trained without one, mtcnn where "
+        "facenet-pytorch is installed, else haar)",
     )
     p.add_argument(
         "--min-face",

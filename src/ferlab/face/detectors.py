@@ -354,3 +354,14 @@ _BUILDERS: dict[str, Callable[[int, str | None, float], Detector]] = {
     "mtcnn": _mtcnn,
     "none": _whole,
 }
+
+_LIBRARIES: dict[str, Callable[[], Any]] = {"haar": import_cv2, "mtcnn": _import_facenet}
+
+
+def detector_available(name: str) -> bool:
+    """Whether the library the detector ``name`` needs imports (``none`` needs none)."""
+    try:
+        _LIBRARIES.get(name, lambda: None)()
+    except FaceToolsMissing:
+        return False
+    return True

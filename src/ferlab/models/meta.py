@@ -170,7 +170,7 @@ def resolve_weights(path: str | os.PathLike[str]) -> Path:
             raise WeightsNotFoundError(
                 f"This ferlab build ships no default model ({SHIPPED} holds no {WEIGHTS}). "
                 "Pass --weights RUN_FOLDER (a folder written by ferlab run or ferlab train), or "
-                "train the default recipe yourself: ferlab run fer2013_cpu."
+                "train the default recipe yourself: ferlab run fer2013_cpu_quick."
             )
         return SHIPPED
     return Path(path).expanduser()

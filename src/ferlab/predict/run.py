@@ -191,10 +191,24 @@ class _Setup:
 
 
 # A model trained without data.face_crop saw its dataset's own framing; FER2013's 48 px faces are
-# as large as the Haar box (measured: median margin -0.03, quartiles -0.06 to -0.01, on the 632 of
-# 1,000 random training images where Haar, on the padded image, finds a face), so by default
-# such a model gets the detected box itself, made square: no margin.
+# as large as either detector's box (bench/default_model.py --margins, 1,000 random Training
+# images detected as decoding detects: Haar median margin -0.03, quartiles -0.05 to -0.01, on the
+# 655 where it finds a face; MTCNN -0.04, quartiles -0.10 to 0.03, on 832), so by default such a
+# model gets the detected box itself, made square: no margin.
 TIGHT_MARGIN = 0.0
+# The detector such a model gets: the best one installed. On ExpW's 297 photos (315 annotated
+# faces) MTCNN finds 75.9% of the faces against Haar's 59.7%, and the default model is right
+# on more of those it finds (34.7% against 33.0%; bench/RESULTS.md, the default model).
+BEST_DETECTORS = ("mtcnn", "haar")
+
+
+def best_detector() -> str:
+    """The first of ``BEST_DETECTORS`` whose library is installed (Haar when none is: its
+    error then says how to install the face extra)."""
+    for name in BEST_DETECTORS[:-1]:
+        if face.detector_available(name):
+            return name
+    return BEST_DETECTORS[-1]
 
 
 def predict_framing(
@@ -204,12 +218,15 @@ def predict_framing(
 
     By default as the run's training data were framed: its ``data.face_crop`` detector and
     ``data.face_margin`` (on the image padded as decoding pads it); a model trained without
-    ``face_crop`` gets Haar and ``TIGHT_MARGIN``. ``detector``/``margin`` override either;
-    ``detector="none"``: the whole image is the face. ``grey``: the training images were grey.
+    ``face_crop`` gets the best installed detector (``best_detector``) and ``TIGHT_MARGIN``.
+    ``detector``/``margin`` override either; ``detector="none"``: the whole image is the face.
+    ``grey``: the training images were grey.
     """
     data = trained.get("data") or {}
     run_crop = str(data.get("face_crop") or "none")
-    name = detector if detector is not None else (run_crop if run_crop != "none" else "haar")
+    if detector is None:  # the best detector is looked up only when it is needed
+        detector = run_crop if run_crop != "none" else best_detector()
+    name = detector
     if margin is None:
         margin = float(data.get("face_margin", FACE_MARGIN)) if run_crop != "none" else TIGHT_MARGIN
     grey = data.get("color") is False
@@ -341,10 +358,10 @@ def predict(
     folders (recursive, litter ignored) and video files. Faces are framed as the run framed its
     training images (``predict_framing``): ``detector`` (``haar``, ``mtcnn``, or ``none``: the
     whole image is the face) and ``margin`` (the share of the box added on each side) default
-    to the run's; ``align`` levels the eyes (MTCNN's landmarks); ``frame_step`` reads every n-th
-    video frame; ``tta`` runs the views of the run's evaluation (its ``eval.tta``, recorded in
-    ``meta.json``; the flip alone for weights that do not record it) with the temperature
-    applied to every view, as ``ferlab evaluate --tta`` does; faces are classified
+    to the run's (a run trained without ``face_crop``: ``best_detector()``, margin 0);
+    ``align`` levels the eyes (MTCNN's landmarks); ``frame_step`` reads every n-th video frame;
+    ``tta`` runs the views of the run's evaluation (its ``eval.tta``, recorded in ``meta.json``;
+    the flip alone for weights that do not record it) with the temperature applied to every view, as ``ferlab evaluate --tta`` does; faces are classified
     ``batch_size`` at a time.
 
     With ``out``: ``out/predictions.jsonl`` (or ``.csv`` with ``format="csv"``),
