@@ -59,7 +59,7 @@ def _top_confusions(block: dict[str, Any], k: int) -> str:
     return ", ".join(f"`{t}` taken for `{p}` ({n} faces)" for n, t, p in top)
 
 
-def default_facts(bench: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def default_facts(bench: dict[str, Any], metrics: dict[str, Any], seed: int) -> dict[str, Any]:
     """What meta.json says about how the shipped model was made and what it scored."""
     test = bench["test"]
     head, gen = test["headline"], bench["generalisation"]
@@ -67,7 +67,7 @@ def default_facts(bench: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
     return {
         "recipe": recipe,
         "command": f"ferlab run {recipe}",
-        "seed": metrics.get("seed", 0),
+        "seed": seed,
         "epochs": bench["epochs_run"],
         "best_epoch": bench["best_epoch"],
         "train_minutes": bench["minutes"]["train"],
@@ -214,8 +214,7 @@ def ship(bench_json: Path) -> None:
     ]
     model, meta = load_model(run_dir)
     recipe = load_config(bench["recipe"])
-    facts = default_facts(bench, metrics)
-    facts["seed"] = meta.extra.get("seed", recipe.seed)
+    facts = default_facts(bench, metrics, meta.extra.get("seed", recipe.seed))
     data = dict(meta.extra.get("data") or {})
     data["path"] = str(recipe.datasets[0].path)  # not this machine's absolute path
     meta.extra = {**meta.extra, "data": data, "default_model": facts}
