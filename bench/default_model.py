@@ -63,11 +63,12 @@ def truth_of(root: Path) -> dict[str, list[tuple[tuple[float, ...], str]]]:
 
 
 def score_rows(
-    found: dict[str, list[tuple[list[float], str]]],
+    found: dict[str, list[tuple[list[float], str | None]]],
     truth: dict[str, list[tuple[tuple[float, ...], str]]],
 ) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """Recall/precision of the boxes and accuracy on the matched faces; also, per photo, which
-    detection each annotated box matched (-1: none)."""
+    """Recall/precision of the boxes and accuracy on the matched faces (rows labelled None, a
+    detector's boxes alone, get the detection scores only); also, per photo, which detection
+    each annotated box matched (-1: none)."""
     pred, true, matched = [], [], {}
     n_truth = n_det = 0
     for path, faces in truth.items():
@@ -81,7 +82,7 @@ def score_rows(
             pred.append(rows[i][1])
             true.append(faces[j][1])
         matched[path] = which
-    out = scores(pred, true)
+    out = {"n": len(true)} if None in pred else scores(pred, true)  # type: ignore[arg-type]
     out.update(
         annotated=n_truth,
         detections=n_det,
@@ -139,11 +140,9 @@ def fer_part(
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     same_pred = [label for path in same for label in got["on_boxes"][path]]
     own = {p: [(r[0], r[1]) for r in rows] for p, rows in got["own"].items()}
-    blaze = {p: [(r[0], "neutral") for r in rows] for p, rows in got["blazeface"].items()}
+    blaze = {p: [(r[0], None) for r in rows] for p, rows in got["blazeface"].items()}
     own_scores, _ = score_rows(own, truth)
     blaze_scores, _ = score_rows(blaze, truth)
-    for k in ("accuracy", "balanced_accuracy", "per_class_recall"):
-        blaze_scores.pop(k, None)  # boxes only
     return {
         "versions": got["versions"],
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -158,8 +157,7 @@ def margins(fer2013: Path, n: int, seed: int) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
-    from ferlab.data.facecrop import DETECT_PAD, _pad
-    from ferlab.face import make_detector
+    from ferlab.data.facecrop import MIN_FACE, FaceCrop, detect_faces
 
     files = sorted((fer2013 / "train").glob("*/*.jpg")) + sorted(
         (fer2013 / "train").glob("*/*.png")
@@ -168,17 +166,12 @@ def margins(fer2013: Path, n: int, seed: int) -> dict[str, Any]:
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in pick]
     out = {}
     for name in ("haar", "mtcnn"):
-        det = make_detector(name, min_face=20, device="cpu")
+        found = detect_faces(arrays, FaceCrop(detector=name, min_face=MIN_FACE))  # as decoding
         ms = []
-        for arr in arrays:
-            padded, _ = _pad(arr, DETECT_PAD[name])
-            faces = det.detect(padded)
-            if faces:
-                x0, y0, x1, y1 = max(
-                    faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])
-                ).box
-                side = max(x1 - x0, y1 - y0)
-                ms.append((arr.shape[0] / side - 1) / 2)
+        for arr, faces in zip(arrays, found, strict=True):
+            if faces:  # largest first
+                x0, y0, x1, y1 = faces[0].box
+                ms.append((arr.shape[0] / max(x1 - x0, y1 - y0) - 1) / 2)
         q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [float("nan")] * 3
         out[name] = {"images": n, "found": len(ms), "median": round(q[1], 3),
                      "quartiles": [round(q[0], 3), round(q[2], 3)]}  # fmt: skip

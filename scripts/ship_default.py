@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ferlab.config import load_config
-from ferlab.layout import WEIGHTS
+from ferlab.layout import WEIGHTS, Layout, read_json
 from ferlab.models import load_model, save_model
 from ferlab.models.meta import SHIPPED
+from ferlab.record.reader import load_record
 
 CARD = "MODEL_CARD.md"
 
@@ -43,11 +44,18 @@ def _ci(block: dict[str, Any], key: str) -> str:
 
 
 def _metrics_of(experiment: Path) -> dict[str, Any]:
-    """The experiment's evaluation of its model on FER2013's test split (PrivateTest)."""
-    found = sorted(experiment.glob("eval/*/on_fer2013/metrics.json"))
+    """The evaluation of the experiment's FER2013 model on FER2013's test split (PrivateTest),
+    as its plan records it (``load_record``: files of an older plan in the folder are not read)."""
+    found = [
+        e.data
+        for e in load_record(experiment).evaluations
+        if e.train_dataset == e.test_dataset == "fer2013"
+    ]
     if len(found) != 1:
-        raise SystemExit(f"{experiment}: expected one eval/*/on_fer2013/metrics.json, got {found}")
-    return json.loads(found[0].read_text())
+        raise SystemExit(
+            f"{experiment}: expected one FER2013 -> FER2013 evaluation, got {len(found)}"
+        )
+    return found[0]
 
 
 def _top_confusions(block: dict[str, Any], k: int) -> str:
@@ -88,7 +96,13 @@ def default_facts(bench: dict[str, Any], metrics: dict[str, Any], seed: int) -> 
     }
 
 
-def card(meta: Any, facts: dict[str, Any], bench: dict[str, Any], metrics: dict[str, Any]) -> str:
+def card(
+    meta: Any,
+    facts: dict[str, Any],
+    bench: dict[str, Any],
+    metrics: dict[str, Any],
+    splits: dict[str, Any],
+) -> str:
     """MODEL_CARD.md: every figure from the run's files, none typed in."""
     s, head, plain = facts["scores"], bench["test"]["headline"], bench["test"]["plain"]
     tta = metrics["tta_config"]
@@ -96,8 +110,8 @@ def card(meta: Any, facts: dict[str, Any], bench: dict[str, Any], metrics: dict[
     cal = metrics["calibration"]
     per = metrics["tta"]["per_class"]
     gen = bench["generalisation"]
-    n = {split: metrics["splits"][split]["total"] for split in ("train", "val", "test")}
-    rare = min(metrics["splits"]["train"]["per_class"].items(), key=lambda kv: kv[1])
+    n = {split: splits[split]["total"] for split in ("train", "val", "test")}
+    rare = min(splits["train"]["per_class"].items(), key=lambda kv: kv[1])
     weakest = min(per, key=lambda name: per[name]["f1"])
     confusions = _top_confusions(metrics["tta"], 3)
     rows = "\n".join(
@@ -181,7 +195,7 @@ Other datasets, never seen in training or in any choice (reference only), with t
 - Trained on FER2013 only: 48x48 greyscale web images, mostly frontal, posed or semi-posed,
   labelled by one annotator each. In-the-wild photos score far lower (ExpW above), and so do
   faces that are small, in profile, occluded or badly lit.
-- `{rare[0]}` has {rare[1]:,} training faces of {n["train"]:,} ({metrics["splits"]["test"]["per_class"][rare[0]]} in
+- `{rare[0]}` has {rare[1]:,} training faces of {n["train"]:,} ({splits["test"]["per_class"][rare[0]]} in
   PrivateTest), so its scores above have wide margins of error. The weakest class is
   `{weakest}` (F1 {_pct(per[weakest]["f1"])}); the most frequent confusions on PrivateTest are
   {confusions}.
@@ -208,10 +222,9 @@ research use) were used only to score the model.
 def ship(bench_json: Path) -> None:
     bench = json.loads(bench_json.read_text())
     run_dir = Path(bench["run_dir"])
-    metrics = _metrics_of(run_dir.parents[2])  # RUN/runs/fer2013/<model>-<key>
-    metrics["splits"] = json.loads((run_dir.parents[2] / "data/fer2013_data.json").read_text())[
-        "splits"
-    ]
+    experiment = Path(bench["experiment"])
+    metrics = _metrics_of(experiment)
+    splits = read_json(Layout(experiment).data_json("fer2013"))["splits"]
     model, meta = load_model(run_dir)
     recipe = load_config(bench["recipe"])
     facts = default_facts(bench, metrics, meta.extra.get("seed", recipe.seed))
@@ -220,7 +233,7 @@ def ship(bench_json: Path) -> None:
     meta.extra = {**meta.extra, "data": data, "default_model": facts}
     SHIPPED.mkdir(parents=True, exist_ok=True)
     save_model(model, meta, SHIPPED)
-    (SHIPPED / CARD).write_text(card(meta, facts, bench, metrics))
+    (SHIPPED / CARD).write_text(card(meta, facts, bench, metrics, splits))
     print(
         f"shipped {run_dir} -> {SHIPPED} (PrivateTest {_pct(facts['scores']['privatetest_accuracy'])})"
     )

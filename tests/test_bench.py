@@ -234,3 +234,7 @@ def test_default_model_bench_matches_faces_one_to_one_and_scores_them() -> None:
     assert (scores["n"], scores["accuracy"]) == (1, 0.0)  # "sad" for a happy face
     assert (scores["annotated"], scores["detections"]) == (3, 3)
     assert scores["recall"] == round(1 / 3, 4) and scores["precision"] == round(1 / 3, 4)
+    # a detector's boxes alone (no labels): the same detection scores, no accuracy
+    boxes = {path: [(box, None) for box, _ in rows] for path, rows in found.items()}
+    alone, _ = default_model.score_rows(boxes, truth)
+    assert "accuracy" not in alone and (alone["n"], alone["recall"]) == (1, scores["recall"])
