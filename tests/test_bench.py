@@ -16,6 +16,24 @@ sys.path.insert(0, str(REPO / "bench"))
 import _common as C
 
 
+@pytest.fixture(scope="module")
+def fer2013_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dataset cache for this module's FER2013 smoke runs: the first decodes, the rest read."""
+    return tmp_path_factory.mktemp("fer2013_cache")
+
+
+def fer2013_smoke(script: str, cache: Path, out: Path) -> dict:
+    """``bench/SCRIPT --smoke --json`` on the real FER2013; its JSON record."""
+    data = shared_dataset("fer2013")
+    cmd = [
+        sys.executable, str(REPO / "bench" / script), "--smoke", "--json",
+        "--data", str(data), "--cache-dir", str(cache), "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
 def test_interleaved_timers_take_turns_in_abba_order() -> None:
     order: list[str] = []
 
@@ -174,15 +192,10 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.realdata
-def test_accuracy_smoke_runs_the_shipped_recipe_and_scores_the_references(tmp_path: Path) -> None:
-    data = shared_dataset("fer2013")
-    cmd = [
-        sys.executable, str(REPO / "bench" / "accuracy.py"), "--smoke", "--json",
-        "--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "exp"),
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
-    res = json.loads(out.stdout)
+def test_accuracy_smoke_runs_the_shipped_recipe_and_scores_the_references(
+    tmp_path: Path, fer2013_cache: Path
+) -> None:
+    res = fer2013_smoke("accuracy.py", fer2013_cache, tmp_path / "exp")
     from ferlab.config import load_config
     from ferlab.evaluation.tta import n_views
 
@@ -208,6 +221,31 @@ def test_accuracy_smoke_runs_the_shipped_recipe_and_scores_the_references(tmp_pa
         assert 0 <= g["tta"]["accuracy"] <= 1
     (key,) = res["target"]
     assert key.startswith("headline accuracy >= 0.73") and res["target"][key]["met"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_ensemble_smoke_trains_seeded_members_and_soft_votes_them(
+    tmp_path: Path, fer2013_cache: Path
+) -> None:
+    """bench/ensemble.py: each member is the recipe with its own seed in its own experiment;
+    PublicTest and PrivateTest score every member and the soft vote of all of them."""
+    res = fer2013_smoke("ensemble.py", fer2013_cache, tmp_path / "exp")
+    runs = res["member_runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and res["members"] == 2
+    assert len({r["run_dir"] for r in runs}) == 2  # two trainings, not one reused
+    for r in runs:
+        assert Path(r["run_dir"]).is_relative_to(tmp_path / "exp" / f"seed{r['seed']}")
+        assert r["epochs_run"] == 1 and r["test_alone"]["n"] == 3589  # the experiment's read
+        for split in ("val", "test"):
+            assert r[split]["plain"]["n"] == r[split]["tta"]["n"] == 512  # the smoke's images
+    # two differently seeded members predict differently
+    assert runs[0]["val"]["plain"]["accuracy"] != runs[1]["val"]["plain"]["accuracy"]
+    for split in ("public_test", "private_test"):
+        (name,) = res[split]["ensembles"]
+        assert name == "first_2" and res[split]["ensembles"][name]["tta"]["n"] == 512
+    assert res["headline"] == res["private_test"]["ensembles"]["first_2"]["tta"]
+    assert res["minutes"]["members_trained"] <= res["minutes"]["headline"]
 
 
 def test_default_model_bench_matches_faces_one_to_one_and_scores_them() -> None:
