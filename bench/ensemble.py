@@ -53,8 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--budget-min", type=float, default=60.0, help="wall-clock bound, minutes")
     ap.add_argument("--members", type=int, default=3, help="ensemble size K (seeds 0..K-1)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="the trained members' seeds (instead of 0..K-1)")  # fmt: skip
+    ap.add_argument("--seeds", type=int, nargs="*", default=None,
+                    help="the trained members' seeds (instead of 0..K-1; none: --with only)")  # fmt: skip
     ap.add_argument("--epochs", type=int, default=None,
                     help="every member trains exactly this many epochs (no time budget)")  # fmt: skip
     ap.add_argument("--with", dest="with_runs", action="append", default=[], metavar="RUN",
@@ -97,8 +97,8 @@ def elapsed_min() -> float:
 
 def member_budget_min(args: argparse.Namespace) -> float | None:
     """Each trained member's share of the training time (the recipe's ``train.time_budget_min``);
-    None with ``--epochs``."""
-    if args.epochs is not None or args.smoke:
+    None with ``--epochs``, in the smoke, and when every member was trained before."""
+    if args.epochs is not None or args.smoke or not args.seeds:
         return None
     return round((args.budget_min - args.reserve_min) / len(args.seeds), 2)
 
