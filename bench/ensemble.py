@@ -182,31 +182,41 @@ def given_member(run: str, cfg: Any) -> dict[str, Any]:
     }
 
 
-def score_members(members: list[dict[str, Any]], split: str, args: argparse.Namespace,
-                  fer_path: Path) -> list[Any]:  # fmt: skip
-    """Every member's EvalResult on one FER2013 split (plain and the recipe's TTA, one pass)."""
+def score_members(
+    members: list[dict[str, Any]], splits: tuple[str, ...], args: argparse.Namespace, fer_path: Path
+) -> dict[str, list[Any]]:
+    """Every member's EvalResult on each FER2013 split (plain and the recipe's TTA, one pass),
+    every member on the first split before any on the next. Each model is loaded once, and the
+    dataset once per input geometry."""
     from ferlab.data.loading import load_dataset
     from ferlab.evaluation import evaluate_split
     from ferlab.models import load_model
 
-    results = []
-    for m in members:
-        cfg = m["cfg"]
-        model, meta = load_model(m["weights"])
-        fer = load_dataset(
-            f"fer2013:{fer_path}", image_size=int(meta.image_size), channels=int(meta.channels),
-            cache_dir=args.cache_dir or cfg.data.cache_dir,
-        )  # fmt: skip
-        s = fer.splits[split]
-        # the split is in class order: the smoke's images are spread over all of it
-        rows = np.linspace(0, len(s) - 1, SMOKE_IMAGES).astype(int) if args.smoke else slice(None)
-        r = evaluate_split(
-            model, meta, s.images[rows], s.labels[rows], fer.labels,
-            tta=cfg.eval.tta if cfg.eval.tta.enabled else None,
-            batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.seed,
-        )  # fmt: skip
-        results.append(r)
-    return results
+    models = [load_model(m["weights"]) for m in members]
+    decoded: dict[tuple[int, int], Any] = {}  # (size, channels) -> the dataset at that geometry
+    out: dict[str, list[Any]] = {split: [] for split in splits}
+    for split in splits:
+        for m, (model, meta) in zip(members, models, strict=True):
+            cfg = m["cfg"]
+            geometry = (int(meta.image_size), int(meta.channels))
+            if geometry not in decoded:
+                decoded[geometry] = load_dataset(
+                    f"fer2013:{fer_path}", image_size=geometry[0], channels=geometry[1],
+                    cache_dir=args.cache_dir or cfg.data.cache_dir,
+                )  # fmt: skip
+            fer = decoded[geometry]
+            s = fer.splits[split]
+            # the split is in class order: the smoke's images are spread over all of it
+            rows = (
+                np.linspace(0, len(s) - 1, SMOKE_IMAGES).astype(int) if args.smoke else slice(None)
+            )
+            r = evaluate_split(
+                model, meta, s.images[rows], s.labels[rows], fer.labels,
+                tta=cfg.eval.tta if cfg.eval.tta.enabled else None,
+                batch_size=cfg.eval.batch_size, bootstrap=cfg.eval.bootstrap, seed=cfg.seed,
+            )  # fmt: skip
+            out[split].append(r)
+    return out
 
 
 def both(result: Any) -> dict[str, Any]:
@@ -238,10 +248,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = trained[0]["cfg"] if trained else member_config(args, fer_path)
     members = [given_member(run, cfg) for run in args.with_runs] + trained
     bootstrap = cfg.eval.bootstrap
-    val = score_members(members, "val", args, fer_path)
-    val_ens = ensembles(val, bootstrap)
-    test = score_members(members, "test", args, fer_path)
-    test_ens = ensembles(test, bootstrap)
+    scored = score_members(members, ("val", "test"), args, fer_path)
+    val, test = scored["val"], scored["test"]
+    val_ens, test_ens = ensembles(val, bootstrap), ensembles(test, bootstrap)
     headline_min = elapsed_min()
     for m, v, t in zip(members, val, test, strict=True):
         m["record"]["val"], m["record"]["test"] = both(v), both(t)
