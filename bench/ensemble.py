@@ -112,7 +112,7 @@ def member_config(args: argparse.Namespace, fer_path: Path, seed: int | None = N
         overrides.append(f"seed={seed}")
     if args.epochs is not None:
         overrides += ["train.time_budget_min=null", f"train.epochs={args.epochs}"]
-    else:
+    elif member_budget_min(args) is not None:
         overrides.append(f"train.time_budget_min={member_budget_min(args)}")
     if args.smoke:
         overrides += SMOKE

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from conftest import REPO, shared_dataset
 
 sys.path.insert(0, str(REPO / "bench"))
 import _common as C
+import ensemble as E
+from ferlab.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +227,19 @@ def test_accuracy_smoke_runs_the_shipped_recipe_and_scores_the_references(
     assert key.startswith("headline accuracy >= 0.73") and res["target"][key]["met"] is False
 
 
+def test_ensemble_member_recipe_takes_the_budget_share_or_keeps_the_recipes() -> None:
+    """bench/ensemble.py: a trained member gets its share of the budget (or exact epochs);
+    with every member trained before (``--seeds`` alone, ``--with``), the scoring recipe keeps
+    the file's budget (it was given the text 'None' and failed to load)."""
+    fer = Path("/nowhere/fer2013")
+    quick = E.member_config(E.parse_args(["--seeds", "--with", "a", "--with", "b"]), fer)
+    assert quick.train.time_budget_min == load_config("fer2013_cpu_quick").train.time_budget_min
+    shared = E.parse_args(["--budget-min", "20", "--reserve-min", "2", "--seeds", "0", "1"])
+    assert E.member_config(shared, fer, seed=1).train.time_budget_min == 9.0
+    fixed = E.member_config(E.parse_args(["--epochs", "7", "--seeds", "0", "1"]), fer, seed=0)
+    assert fixed.train.time_budget_min is None and fixed.train.epochs == 7
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_ensemble_smoke_trains_seeded_members_and_soft_votes_them(
@@ -246,6 +263,34 @@ def test_ensemble_smoke_trains_seeded_members_and_soft_votes_them(
         assert name == "first_2" and res[split]["ensembles"][name]["tta"]["n"] == 512
     assert res["headline"] == res["private_test"]["ensembles"]["first_2"]["tta"]
     assert res["minutes"]["members_trained"] <= res["minutes"]["headline"]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_gpu_pilots_cpu_fallback_trains_a_pilot_and_packs_its_run(
+    tmp_path: Path, fer2013_cache: Path
+) -> None:
+    """bench/gpu_pilots.sh's CPU fallback (SMOKE=1) with one pilot: its JSON line in
+    results.jsonl (the pilot beside the shipped model) and its run folder in runs.tar; one seed
+    is no vote. (The vote's recipe is checked above, without training.)"""
+    shared_dataset("fer2013")  # the script reads ../shared/datasets/fer2013 beside the repo
+    res = tmp_path / "res"
+    env = {
+        **os.environ, "SMOKE": "1", "SKIP_SMOKE": "1", "PILOTS": "s1_56",
+        "PYTHON": sys.executable, "CACHE_DIR": str(fer2013_cache), "TMPDIR": str(tmp_path),
+    }  # fmt: skip
+    done = subprocess.run(
+        ["bash", "bench/gpu_pilots.sh", str(res)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [json.loads(line) for line in (res / "results.jsonl").read_text().splitlines()]
+    assert row["pilot"] == "s1_56" and row["seeds"] == [1]
+    assert [m["name"] for m in row["member_runs"]] == ["default", "seed 1"]
+    trained = row["member_runs"][1]["run_dir"]
+    with tarfile.open(res / "runs.tar") as tar:
+        weights = [n for n in tar.getnames() if n.endswith("weights.safetensors")]
+    assert weights == [f"{trained.lstrip('/')}/weights.safetensors"]
 
 
 def test_default_model_bench_matches_faces_one_to_one_and_scores_them() -> None:
