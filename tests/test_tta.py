@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +13,18 @@ import pytest
 import torch
 from torch import nn
 
+import ferlab.evaluation.tta as tta_module
+import ferlab.training.calibrate as calibrate_module
 from ferlab.config import TTAConfig
+from ferlab.data.base import ArraySplit
+from ferlab.device import repeatable_inference
 from ferlab.evaluation.tta import (
     n_views,
     predict_all,
     tta_views,
     view_names,
 )
+from ferlab.labels import CANONICAL
 from ferlab.models import ModelMeta
 
 LABELS = ["angry", "happy", "sad"]
@@ -306,3 +313,46 @@ def test_model_input_fused_path_matches_float_then_normalise() -> None:
     want = (batch.permute(0, 3, 1, 2).float() / 255.0 - 0.4) / 0.2
     assert got.dtype == torch.float32 and got.shape == (3, 1, 8, 8)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_cuda_inference_fixes_cudnn_algorithms_and_restores_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Training on CUDA leaves cuDNN's autotuner on for the process; inference turns it off and
+    deterministic algorithms on (one algorithm per shape, as in a fresh `ferlab evaluate`), then
+    restores both, also after an error; on a CPU nothing changes."""
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", True)  # as Trainer(benchmark=True) leaves it
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    with repeatable_inference(torch.device("cuda")):
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+    assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    with pytest.raises(RuntimeError), repeatable_inference(torch.device("cuda", 0)):
+        raise RuntimeError("a failed batch")
+    assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    with repeatable_inference(torch.device("cpu")):
+        assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+
+
+def test_every_inference_pass_runs_inside_repeatable_inference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """predict_all (evaluate, predict, the pipeline) and calibration's logits both score under
+    ``repeatable_inference`` on their device."""
+    entered: list[tuple[str, bool]] = []
+
+    @contextlib.contextmanager
+    def recording(device: torch.device) -> Iterator[None]:
+        entered.append((device.type, torch.is_inference_mode_enabled()))
+        yield
+
+    monkeypatch.setattr(tta_module, "repeatable_inference", recording)
+    monkeypatch.setattr(calibrate_module, "repeatable_inference", recording)
+    images = random_images(4)
+    predict_all(TinyNet(), images, make_meta(), TTAConfig(hflip=True), device="cpu")
+    canonical = [CANONICAL.index(name) for name in (*LABELS, LABELS[0])]
+    split = ArraySplit(images=images, labels=np.array(canonical), keys=list("abcd"))
+    calibrate_module.split_logits(
+        TinyNet(), split, LABELS, mean=(0.0,) * 3, std=(1.0,) * 3, device="cpu"
+    )
+    assert entered == [("cpu", False), ("cpu", False)]  # entered first, once per pass

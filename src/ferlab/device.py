@@ -12,8 +12,10 @@ can use it without importing Lightning.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+from collections.abc import Iterator
 
 import torch
 
@@ -67,6 +69,32 @@ def pick_device(
     if device.type == "mps" and not mps_available():
         raise ValueError(f"{setting} is {text!r} but MPS is not available; use 'auto' or 'cpu'.")
     return device
+
+
+@contextlib.contextmanager
+def repeatable_inference(device: torch.device) -> Iterator[None]:
+    """On CUDA, cuDNN's fixed deterministic convolution algorithms inside the block (autotuner
+    off), the previous settings after; elsewhere nothing changes.
+
+    ``build_trainer`` turns cuDNN's autotuner on for training on CUDA, and Lightning leaves it on
+    for the rest of the process, so without this block a model scored after training in the same
+    process (``ferlab run``'s evaluations, the benchmarks) takes the algorithms the autotuner
+    timed fastest there, and ``ferlab evaluate`` in a fresh process the default ones. Seen on an
+    H200 (2026-12-04, bench/RESULTS.md "GPU path"): the shipped model's PrivateTest with TTA read
+    71.02% in processes that had trained and 70.99% from ``ferlab evaluate`` (one image of
+    3,589); the autotuner was the setting that differed (not checked on a GPU since). Every
+    inference pass (``tta.predict_all``, calibration's logits) runs inside this block.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    previous = (cudnn.benchmark, cudnn.deterministic)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = previous
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

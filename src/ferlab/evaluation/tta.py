@@ -28,7 +28,7 @@ from torch import nn
 
 from ferlab.config import TTAConfig
 from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
-from ferlab.device import pick_device
+from ferlab.device import pick_device, repeatable_inference
 from ferlab.probe import inference_bf16
 
 # ITU-R 601-2 luma, the weights PIL uses for "L": RGB input becomes grey as decoding would.
@@ -281,6 +281,7 @@ def predict_all(
     start = time.perf_counter()
     try:
         with (
+            repeatable_inference(dev),
             torch.inference_mode(),
             torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16),
         ):

@@ -18,6 +18,7 @@ from torch import nn
 from ferlab.calibration import TemperatureFit, fit_temperature, unfitted
 from ferlab.data.base import ArraySplit
 from ferlab.data.tensors import uint8_normalised
+from ferlab.device import repeatable_inference
 from ferlab.training.data import EvalBatches, remap_targets
 
 
@@ -43,6 +44,7 @@ def split_logits(
     out: list[np.ndarray] = []
     try:
         with (
+            repeatable_inference(dev),
             torch.inference_mode(),
             torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16),
         ):
