@@ -96,15 +96,22 @@ def _check_whole(exp: Path) -> int:
 
 
 def _files(*roots: Path) -> dict[Path, int]:
-    """Every finished file under ``roots`` with its modification time (temporary files aside)."""
+    """Every finished file under ``roots`` with its modification time (temporary files aside).
+
+    The run renames and removes folders while this polls (the cache's ``.tmp-*`` folder becomes
+    the entry): ``os.walk`` passes over a folder gone before it is read, where ``Path.rglob``
+    raised FileNotFoundError (seen once, in a fresh clone's suite)."""
     out: dict[Path, int] = {}
     for root in roots:
-        for p in root.rglob("*") if root.exists() else ():
-            try:
-                if p.is_file() and not p.name.endswith(".tmp"):
+        for folder, _, names in os.walk(root):  # errors (a vanished folder) are skipped
+            for name in names:
+                if name.endswith(".tmp"):
+                    continue
+                p = Path(folder) / name
+                try:
                     out[p] = p.stat().st_mtime_ns
-            except OSError:  # replaced or removed between the listing and the stat
-                continue
+                except OSError:  # replaced or removed between the listing and the stat
+                    continue
     return out
 
 
