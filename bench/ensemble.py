@@ -110,10 +110,11 @@ def member_config(args: argparse.Namespace, fer_path: Path, seed: int | None = N
     overrides = [f"datasets=[{{name: fer2013, path: '{fer_path}'}}]", *args.overrides]
     if seed is not None:
         overrides.append(f"seed={seed}")
+    share = member_budget_min(args)
     if args.epochs is not None:
         overrides += ["train.time_budget_min=null", f"train.epochs={args.epochs}"]
-    elif member_budget_min(args) is not None:
-        overrides.append(f"train.time_budget_min={member_budget_min(args)}")
+    elif share is not None:  # None: every member trained before, the recipe's budget stays
+        overrides.append(f"train.time_budget_min={share}")
     if args.smoke:
         overrides += SMOKE
     if args.cache_dir:

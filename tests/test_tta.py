@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import ferlab.evaluation.tta as tta_module
+import ferlab.device as device_module
 import ferlab.training.calibrate as calibrate_module
 from ferlab.config import TTAConfig
 from ferlab.data.base import ArraySplit
@@ -346,8 +346,7 @@ def test_every_inference_pass_runs_inside_repeatable_inference(
         entered.append((device.type, torch.is_inference_mode_enabled()))
         yield
 
-    monkeypatch.setattr(tta_module, "repeatable_inference", recording)
-    monkeypatch.setattr(calibrate_module, "repeatable_inference", recording)
+    monkeypatch.setattr(device_module, "repeatable_inference", recording)
     images = random_images(4)
     predict_all(TinyNet(), images, make_meta(), TTAConfig(hflip=True), device="cpu")
     canonical = [CANONICAL.index(name) for name in (*LABELS, LABELS[0])]

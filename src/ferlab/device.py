@@ -83,7 +83,8 @@ def repeatable_inference(device: torch.device) -> Iterator[None]:
     H200 (2026-12-04, bench/RESULTS.md "GPU path"): the shipped model's PrivateTest with TTA read
     71.02% in processes that had trained and 70.99% from ``ferlab evaluate`` (one image of
     3,589); the autotuner was the setting that differed (not checked on a GPU since). Every
-    inference pass (``tta.predict_all``, calibration's logits) runs inside this block.
+    inference pass (``tta.predict_all``, calibration's logits) runs inside this block, through
+    ``inference``.
     """
     if device.type != "cuda":
         yield
@@ -95,6 +96,18 @@ def repeatable_inference(device: torch.device) -> Iterator[None]:
         yield
     finally:
         cudnn.benchmark, cudnn.deterministic = previous
+
+
+@contextlib.contextmanager
+def inference(device: torch.device, bf16: bool) -> Iterator[None]:
+    """How ferlab runs a model for scores (``tta.predict_all``, calibration's logits): one
+    block for both, ``repeatable_inference``, inference mode, and bf16 autocast where ``bf16``."""
+    with (
+        repeatable_inference(device),
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+    ):
+        yield
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

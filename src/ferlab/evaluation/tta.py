@@ -28,7 +28,7 @@ from torch import nn
 
 from ferlab.config import TTAConfig
 from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
-from ferlab.device import pick_device, repeatable_inference
+from ferlab.device import inference, pick_device
 from ferlab.probe import inference_bf16
 
 # ITU-R 601-2 luma, the weights PIL uses for "L": RGB input becomes grey as decoding would.
@@ -280,11 +280,7 @@ def predict_all(
     bf16 = inference_bf16(meta, dev)  # as training chose for this model (ferlab.probe)
     start = time.perf_counter()
     try:
-        with (
-            repeatable_inference(dev),
-            torch.inference_mode(),
-            torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16),
-        ):
+        with inference(dev, bf16):
             for lo in range(0, n, batch_size):
                 # A copy, which also makes read-only memory-mapped rows writable for torch.
                 if rows is None:

@@ -18,7 +18,7 @@ from torch import nn
 from ferlab.calibration import TemperatureFit, fit_temperature, unfitted
 from ferlab.data.base import ArraySplit
 from ferlab.data.tensors import uint8_normalised
-from ferlab.device import repeatable_inference
+from ferlab.device import inference
 from ferlab.training.data import EvalBatches, remap_targets
 
 
@@ -43,11 +43,7 @@ def split_logits(
     model.to(dev).eval()
     out: list[np.ndarray] = []
     try:
-        with (
-            repeatable_inference(dev),
-            torch.inference_mode(),
-            torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16),
-        ):
+        with inference(dev, bf16):
             for x, _, _ in EvalBatches(split, targets, batch_size=batch_size):
                 logits = model(uint8_normalised(x.to(dev), m, s))  # (B, K)
                 out.append(logits.float().cpu().numpy())
