@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import _common as C
 import ensemble as E
 from ferlab.config import load_config
+from ferlab.evaluation.tta import n_views
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +201,6 @@ def test_accuracy_smoke_runs_the_shipped_recipe_and_scores_the_references(
     tmp_path: Path, fer2013_cache: Path
 ) -> None:
     res = fer2013_smoke("accuracy.py", fer2013_cache, tmp_path / "exp")
-    from ferlab.config import load_config
-    from ferlab.evaluation.tta import n_views
 
     recipe = load_config("fer2013_cpu")
     test = res["test"]
