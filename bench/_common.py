@@ -493,7 +493,7 @@ def ferlab_train_rate(
     import lightning.pytorch as pl
     import torch
 
-    from ferlab.device import pick_device
+    from ferlab.device import channels_last_for_training, pick_device
     from ferlab.models import create_model, default_norm
     from ferlab.training.data import remap_targets
     from ferlab.training.fit import FerDataModule
@@ -508,6 +508,7 @@ def ferlab_train_rate(
         **model_kwargs,
     )  # fmt: skip
     mean, std = default_norm(channels, model)
+    channels_last_for_training(model, pick_device(runtime.accelerator))  # as fit does
     module = FerModule(
         model,
         train_cfg,

@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.size = args.size or SMOKE_SIZE
         args.workers = args.workers or list(SMOKE_WORKERS)
         args.images = args.images or SMOKE_IMAGES
-        args.windows, args.window_s, args.warmup_s = 1, 0.0, 0.0
+        args.windows, args.window_s, args.warmup_s = 2, 0.0, 0.0  # windows of one step
     args.models = args.models or [f"{m}:{b}" for m, b in SEED_MODELS]
     args.size = args.size or SIZE
     args.workers = list(WORKERS) if args.workers is None else args.workers
@@ -305,6 +305,7 @@ def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import Callback
 
+    from ferlab.device import channels_last_for_training
     from ferlab.models import create_model, default_norm
     from ferlab.training.fit import FerDataModule
     from ferlab.training.module import FerModule
@@ -320,6 +321,7 @@ def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
         **ctx["kwargs"],
     )  # fmt: skip
     mean, std = default_norm(CHANNELS, model)
+    channels_last_for_training(model, torch.device(str(ctx["device"])))  # as fit does
     module = FerModule(
         model,
         ctx["train_cfg"],
@@ -336,10 +338,16 @@ def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     timer = C.Windows(t0=t0, sync=torch.cuda.synchronize if cuda else None, **timing)
 
     class Windows(Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            # An epoch's last, smaller batch is a new input shape: cuDNN's autotuner times every
+            # convolution again for it, once a run (seen on an H200: a window that held it ran
+            # resnet50 at a tenth of its rate). A window under way starts again after it.
+            timer.restart()
+
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
-            if timer.tick(int(batch[0].shape[0])):
+            if timer.tick(int(batch[0].shape[0])) and timer.done:
                 trainer.should_stop = True
 
     with tempfile.TemporaryDirectory(prefix="ferlab-gpu-bench-", dir=ctx["tmp_dir"]) as tmp:

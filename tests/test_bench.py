@@ -320,3 +320,35 @@ def test_default_model_bench_matches_faces_one_to_one_and_scores_them() -> None:
     boxes = {path: [(box, None) for box, _ in rows] for path, rows in found.items()}
     alone, _ = default_model.score_rows(boxes, truth)
     assert "accuracy" not in alone and (alone["n"], alone["recall"]) == (1, scores["recall"])
+
+
+def test_gpu_repeatable_compares_a_runs_own_scores_with_a_fresh_evaluate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ferlab
+    import gpu_repeatable as R
+
+    cache = tmp_path / "cache"
+    ferlab.train(
+        "synthetic:lab",
+        out=tmp_path / "exp",
+        progress=False,
+        console=False,
+        overrides=[
+            "train.epochs=1",
+            "eval.bootstrap=0",
+            f"data.cache_dir={cache}",
+            "datasets.0.options={n_train: 70, n_val: 35, n_test: 35}",
+        ],
+    )
+    argv = ["--run", str(tmp_path / "exp"), "--data", "synthetic:lab", "--cache-dir", str(cache)]
+    assert R.main([*argv, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["in_run"]["n"] == res["fresh"]["n"] == 35 and all(res["same"].values())
+    # A run whose recorded scores differ from a fresh evaluation fails the check.
+    (metrics,) = (tmp_path / "exp" / "eval").glob("*/on_*/metrics.json")
+    m = json.loads(metrics.read_text())
+    m["tta"]["confusion_matrix"][0][0] += 1
+    metrics.write_text(json.dumps(m))
+    assert R.main([*argv, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["same"]["confusion_matrix"] is False

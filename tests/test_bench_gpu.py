@@ -147,8 +147,9 @@ def test_smoke_run_reports_every_figure(fake_source: Path, tmp_path: Path) -> No
         ips = s[f"{path}_ips"]
         assert isinstance(ips, float) and 0 < ips < 1e6, (path, ips)
         d = details[path]
-        # --smoke: a warm-up of one step (the first), then one window of one step.
-        assert d["steps"] == 2 and d["timed_steps"] == 1 and len(d["windows"]) == 1, path
+        # --smoke: a warm-up of one step (the first), then two windows of one step each (every
+        # path runs all its windows: ferlab's once stopped after the first).
+        assert d["steps"] == 3 and d["timed_steps"] == 2 and len(d["windows"]) == 2, path
         assert 0 < s["first_step_s"][path] < 120, path
         if res["device"] == "cpu":
             assert s["peak_gpu_mem_mb"][path] is None and d["precision"] == "32"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import torch.nn.functional as F
 
 from ferlab.config import AugmentConfig, ModelConfig, TrainConfig
 from ferlab.data.base import ArraySplit
-from ferlab.device import cpu_threads, pick_device, resolve_precision
+from ferlab.device import (
+    channels_first,
+    channels_last_for_training,
+    cpu_threads,
+    pick_device,
+    resolve_precision,
+)
 from ferlab.labels import CANONICAL
 from ferlab.layout import FIT_JSON, META, TRAIN_LOGS
 from ferlab.training import (
@@ -206,6 +213,57 @@ def test_device_choices_on_this_machine() -> None:
     assert cpu_threads(3) == 3 and cpu_threads(None, processes=10**6) == 1
     with pytest.raises(ValueError, match=r"runtime\.threads must be >= 1"):
         cpu_threads(0)
+
+
+def _conv_layouts(model: torch.nn.Module) -> set[bool]:
+    """For each 4-D weight whose two layouts differ (not a 1x1 kernel): is it channels-last?"""
+    cl = torch.channels_last
+    return {
+        p.is_contiguous(memory_format=cl)
+        for p in model.parameters()
+        if p.dim() == 4 and p.is_contiguous(memory_format=cl) != p.is_contiguous()
+    }
+
+
+def test_channels_last_for_training_only_on_cuda_and_undone_by_channels_first() -> None:
+    from ferlab.models import create_model
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 8, 3))
+    assert not channels_last_for_training(net, torch.device("cpu"))
+    assert _conv_layouts(net) == {False}
+    # The layout change needs no GPU, so the CUDA branch runs here on the CPU tensors.
+    assert channels_last_for_training(net, torch.device("cuda"))
+    assert _conv_layouts(net) == {True}
+    assert not channels_last_for_training(net, torch.device("cuda", 0))  # already channels-last
+    channels_first(net)
+    assert _conv_layouts(net) == {False}
+    compact = create_model("ferlab_vgg", num_classes=4, channels=1)  # channels-last everywhere
+    assert _conv_layouts(compact) == {True}
+    assert not channels_last_for_training(compact, torch.device("cuda"))
+
+
+def test_fit_relays_on_the_training_device_and_undoes_it_before_scoring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fit_mod = importlib.import_module("ferlab.training.fit")  # the package's fit is the function
+    calls: list[tuple[str, object]] = []
+
+    def relay(model: torch.nn.Module, device: torch.device) -> bool:
+        calls.append(("relay", device))
+        return True  # as on CUDA for a model built channels-first
+
+    def undo(module: torch.nn.Module) -> None:
+        calls.append(("undo", len(getattr(module, "history", []))))
+
+    monkeypatch.setattr(fit_mod, "channels_last_for_training", relay)
+    monkeypatch.setattr(fit_mod, "channels_first", undo)
+    quiet_fit(toy_dataset(64), tcfg(epochs=2), tmp_path / "relaid")
+    # asked with the training device before training; undone once, after both epochs
+    assert calls == [("relay", torch.device("cpu")), ("undo", 2)]
+    calls.clear()
+    monkeypatch.setattr(fit_mod, "channels_last_for_training", lambda m, d: False)
+    quiet_fit(toy_dataset(64), tcfg(epochs=1), tmp_path / "kept")
+    assert calls == []  # nothing changed, nothing undone
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,32 @@ def pick_device(
     return device
 
 
+def channels_last_for_training(model: torch.nn.Module, device: torch.device) -> bool:
+    """On CUDA, put ``model``'s 4-D weights in channels-last memory layout for training (cuDNN's
+    NHWC kernels); return True when it changed a weight, else False (other devices, or a model
+    already channels-last, as ferlab's compact nets are everywhere).
+
+    ``bench/gpu.py`` on an H200 (bf16, 224x224, 2026-12-04, bench/RESULTS.md "GPU path"): the
+    same training step ran 1.20x (densenet121), 1.86x (resnet50) and 1.88x (efficientnet_b0)
+    faster channels-last, and ferlab's path trained timm's models in the contiguous layout they
+    are built in. ``fit`` undoes the change after training (``channels_first``), so the scores it
+    computes in the process run the layout ``load_model`` gives in a fresh one. Not on the CPU,
+    where oneDNN's channels-last backward is where native crashes were seen (``ferlab.probe``).
+    """
+    if device.type != "cuda":
+        return False
+    fmt = torch.channels_last
+    if all(p.dim() != 4 or p.is_contiguous(memory_format=fmt) for p in model.parameters()):
+        return False
+    model.to(memory_format=fmt)
+    return True
+
+
+def channels_first(model: torch.nn.Module) -> None:
+    """Undo ``channels_last_for_training``: every 4-D weight contiguous (NCHW) again."""
+    model.to(memory_format=torch.contiguous_format)
+
+
 @contextlib.contextmanager
 def repeatable_inference(device: torch.device) -> Iterator[None]:
     """On CUDA, cuDNN's fixed deterministic convolution algorithms inside the block (autotuner

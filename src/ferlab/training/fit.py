@@ -45,7 +45,12 @@ from torch import nn
 from ferlab import __version__, layout
 from ferlab.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from ferlab.data.base import ArraySplit, LoadedDataset
-from ferlab.device import cpu_threads, pick_device
+from ferlab.device import (
+    channels_first,
+    channels_last_for_training,
+    cpu_threads,
+    pick_device,
+)
 from ferlab.labels import INDEX
 from ferlab.layout import BEST_CKPT, CHECKPOINTS, DONE, FIT_JSON, HISTORY, LAST_CKPT
 from ferlab.models import ModelMeta, create_model, default_norm, save_model
@@ -288,6 +293,8 @@ def fit(
         **model_cfg.kwargs,
     )
     mean, std = _norm_for(model, channels)
+    # Before FerModule (its EMA copy) and the optimizer: their tensors take this layout too.
+    relaid = channels_last_for_training(model, pick_device(runtime.accelerator))
     soft = _soft_targets(train, labels) if train_cfg.soft_labels else None
     weights = None
     if train_cfg.balance == "weighted":
@@ -436,6 +443,8 @@ def fit(
         notes.append(stop["reason"])
         log(f"{model_cfg.display}: {stop['reason']}")
     _load_best_weights(module, best_path, last_path)
+    if relaid:  # scored below in the layout a fresh load_model gives (ferlab evaluate's)
+        channels_first(module)
     # The temperature of the best weights, on the device they were trained on.
     with onednn_enabled(onednn):
         calibration = fit_on_split(
