@@ -17,6 +17,7 @@ from conftest import REPO, shared_dataset
 sys.path.insert(0, str(REPO / "bench"))
 import _common as C
 import ensemble as E
+import gpu_repeatable as R
 from ferlab.config import load_config
 from ferlab.evaluation.tta import n_views
 
@@ -325,28 +326,14 @@ def test_default_model_bench_matches_faces_one_to_one_and_scores_them() -> None:
 def test_gpu_repeatable_compares_a_runs_own_scores_with_a_fresh_evaluate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import ferlab
-    import gpu_repeatable as R
-
+    R.tiny_fit(str(tmp_path))  # the script's own short fit: tmp_path/fit, cache tmp_path/cache
     cache = tmp_path / "cache"
-    ferlab.train(
-        "synthetic:lab",
-        out=tmp_path / "exp",
-        progress=False,
-        console=False,
-        overrides=[
-            "train.epochs=1",
-            "eval.bootstrap=0",
-            f"data.cache_dir={cache}",
-            "datasets.0.options={n_train: 70, n_val: 35, n_test: 35}",
-        ],
-    )
-    argv = ["--run", str(tmp_path / "exp"), "--data", "synthetic:lab", "--cache-dir", str(cache)]
+    argv = ["--run", str(tmp_path / "fit"), "--data", "synthetic:lab", "--cache-dir", str(cache)]
     assert R.main([*argv, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["in_run"]["n"] == res["fresh"]["n"] == 35 and all(res["same"].values())
     # A run whose recorded scores differ from a fresh evaluation fails the check.
-    (metrics,) = (tmp_path / "exp" / "eval").glob("*/on_*/metrics.json")
+    (metrics,) = (tmp_path / "fit" / "eval").glob("*/on_*/metrics.json")
     m = json.loads(metrics.read_text())
     m["tta"]["confusion_matrix"][0][0] += 1
     metrics.write_text(json.dumps(m))
