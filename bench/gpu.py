@@ -260,14 +260,6 @@ def on_cuda(device: Any) -> bool:
     return getattr(device, "type", str(device)) == "cuda"
 
 
-def is_channels_last(model: Any) -> bool:
-    """Whether the model's 4-d (conv) weights are all channels-last."""
-    import torch
-
-    convs = [p for p in model.parameters() if p.ndim == 4]
-    return bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-
-
 class GpuMemory:
     """Peak GPU memory of one path: ``max_memory_allocated`` from ``start()``, MiB (None on CPU)."""
 
@@ -305,7 +297,7 @@ def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from ferlab.device import channels_last_for_training
+    from ferlab.device import channels_last_for_training, is_channels_last
     from ferlab.models import create_model, default_norm
     from ferlab.training.fit import FerDataModule
     from ferlab.training.module import FerModule
@@ -374,6 +366,7 @@ def floor_path(ctx: dict[str, Any], timing: dict[str, Any], channels_last: bool)
     """The compute floor: random tensors on the device, the full training step."""
     import torch
 
+    from ferlab.device import is_channels_last
     from throughput import fresh_model
 
     t0 = time.perf_counter()
@@ -401,6 +394,7 @@ def naive_path(ctx: dict[str, Any], timing: dict[str, Any], workers: int) -> dic
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
+    from ferlab.device import is_channels_last
     from throughput import fresh_model, naive_train_transform, norm_of
 
     t0 = time.perf_counter()

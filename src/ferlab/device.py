@@ -83,13 +83,16 @@ def channels_last_for_training(model: torch.nn.Module, device: torch.device) -> 
     computes in the process run the layout ``load_model`` gives in a fresh one. Not on the CPU,
     where oneDNN's channels-last backward is where native crashes were seen (``ferlab.probe``).
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or is_channels_last(model):
         return False
-    fmt = torch.channels_last
-    if all(p.dim() != 4 or p.is_contiguous(memory_format=fmt) for p in model.parameters()):
-        return False
-    model.to(memory_format=fmt)
+    model.to(memory_format=torch.channels_last)
     return True
+
+
+def is_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model has 4-D (conv) weights and all of them are channels-last."""
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    return bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
 
 
 def channels_first(model: torch.nn.Module) -> None:
@@ -108,7 +111,8 @@ def repeatable_inference(device: torch.device) -> Iterator[None]:
     timed fastest there, and ``ferlab evaluate`` in a fresh process the default ones. Seen on an
     H200 (2026-12-04, bench/RESULTS.md "GPU path"): the shipped model's PrivateTest with TTA read
     71.02% in processes that had trained and 70.99% from ``ferlab evaluate`` (one image of
-    3,589); the autotuner was the setting that differed (not checked on a GPU since). Every
+    3,589); the autotuner was the setting that differed. Checked on an H200 since
+    (``bench/gpu_repeatable.py``): 2,548 right fresh and after training, 2,549 without it. Every
     inference pass (``tta.predict_all``, calibration's logits) runs inside this block, through
     ``inference``.
     """
