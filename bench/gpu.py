@@ -291,6 +291,25 @@ def release(device: Any) -> None:
 
 
 # -- the paths -------------------------------------------------------------------------------------
+class BatchFeed:
+    """Feeds training batches to a ``Windows`` timer; a batch of another size than the first (an
+    epoch's last, smaller one) ends no window: the window under way starts again after it. A
+    new input shape makes cuDNN's autotuner time every convolution again, once a run: on an H200
+    a window that held it read resnet50 at about a tenth of the floor's rate (a window that starts
+    again at each epoch is not enough: the autotuning ends the window first). Returns True when
+    every window is done."""
+
+    def __init__(self, timer: C.Windows) -> None:
+        self.timer, self.full = timer, 0
+
+    def __call__(self, images: int) -> bool:
+        self.full = self.full or images
+        if images != self.full and self.timer.warm:
+            self.timer.restart()
+            return False
+        return self.timer.tick(images) and self.timer.done
+
+
 def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     """ferlab's training path as ``fit`` builds it, timed by a Lightning callback."""
     import lightning.pytorch as pl
@@ -329,17 +348,13 @@ def ferlab_path(ctx: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
     cuda = on_cuda(ctx["device"])
     timer = C.Windows(t0=t0, sync=torch.cuda.synchronize if cuda else None, **timing)
 
-    class Windows(Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            # An epoch's last, smaller batch is a new input shape: cuDNN's autotuner times every
-            # convolution again for it, once a run (seen on an H200: a window that held it ran
-            # resnet50 at a tenth of its rate). A window under way starts again after it.
-            timer.restart()
+    feed = BatchFeed(timer)
 
+    class Windows(Callback):
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
-            if timer.tick(int(batch[0].shape[0])) and timer.done:
+            if feed(int(batch[0].shape[0])):
                 trainer.should_stop = True
 
     with tempfile.TemporaryDirectory(prefix="ferlab-gpu-bench-", dir=ctx["tmp_dir"]) as tmp:

@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
+import _common as C
 import gpu as G
 
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -174,3 +175,19 @@ def test_smoke_run_reports_every_figure(fake_source: Path, tmp_path: Path) -> No
     table = md.read_text(encoding="utf-8")
     row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
     assert f"| {s['ferlab_ips']} |" in row and f"| {ratios['ferlab/naive']} |" in row
+
+
+def test_a_smaller_batch_ends_no_window() -> None:
+    # Windows of one step each after a one-step warm-up; the epoch's last batch (3 images, a new
+    # shape for cuDNN's autotuner) comes while a window is under way.
+    timer = C.Windows(window_s=0.0, warmup_s=0.0, warmup_steps=1, windows=3)
+    feed = G.BatchFeed(timer)
+    done = [feed(n) for n in (8, 8, 3, 8, 8)]
+    assert done == [False, False, False, False, True]
+    assert timer.timed_steps == 3 and len(timer.rates) == 3  # the 3-image batch is in none
+    assert timer.steps == 4
+    # Before the warm-up ends a smaller batch is only warm-up.
+    cold = C.Windows(window_s=0.0, warmup_s=0.0, warmup_steps=3, windows=1)
+    feed = G.BatchFeed(cold)
+    assert [feed(n) for n in (8, 3, 8, 8)] == [False, False, False, True]
+    assert cold.steps == 4 and cold.timed_steps == 1
