@@ -16,6 +16,7 @@ from conftest import REPO, shared_dataset
 
 sys.path.insert(0, str(REPO / "bench"))
 import _common as C
+import distill as D
 import ensemble as E
 import gpu_repeatable as R
 from ferlab.config import load_config
@@ -339,3 +340,49 @@ def test_gpu_repeatable_compares_a_runs_own_scores_with_a_fresh_evaluate(
     metrics.write_text(json.dumps(m))
     assert R.main([*argv, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["same"]["confusion_matrix"] is False
+
+
+def test_distill_targets_mix_the_vote_with_each_label() -> None:
+    """bench/distill.py: alpha x the teachers' vote + (1 - alpha) x the one-hot label."""
+    import numpy as np
+
+    vote = np.zeros((3, 8), dtype=np.float32)
+    vote[0, :2] = [0.75, 0.25]  # the vote agrees with the label (class 0)
+    vote[1, :2] = [0.75, 0.25]  # it disagrees (label 1)
+    vote[2, 3] = 1.0
+    soft = D.soft_targets(vote, np.array([0, 1, 3]), alpha=0.5)
+    assert soft.dtype == np.float32 and soft.shape == (3, 8)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(soft[0, :2], [0.875, 0.125])
+    np.testing.assert_allclose(soft[1, :2], [0.375, 0.625])  # the label still wins at alpha 0.5
+    np.testing.assert_allclose(soft[2, 3], 1.0)
+    np.testing.assert_allclose(D.soft_targets(vote, np.array([0, 1, 3]), alpha=1.0), vote)
+    with pytest.raises(SystemExit):
+        D.parse_args(["--teacher", "default", "--epochs", "5", "--alpha", "0"])
+    with pytest.raises(SystemExit):  # the pilots count epochs: no budgeted student
+        D.parse_args(["--teacher", "default"])
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_distill_smoke_trains_a_student_on_the_teachers_vote(
+    tmp_path: Path, fer2013_cache: Path
+) -> None:
+    """bench/distill.py: the shipped model teaches a student of the recipe (soft labels on),
+    trained through ferlab's own path; student and teacher scored on both test splits."""
+    res = fer2013_smoke("distill.py", fer2013_cache, tmp_path / "exp")
+    assert res["teachers"] == ["default"] and res["teacher_views"] == "plain"
+    st = res["student"]
+    assert st["epochs_run"] == 1 and st["reused"] is False
+    assert Path(st["run_dir"]).is_relative_to(tmp_path / "exp")
+    fit = json.loads((Path(st["run_dir"]) / "fit.json").read_text())
+    assert fit["train_config"]["soft_labels"] is True
+    # alpha 0.5: each target's largest share is the label's half at least, and below 1 where
+    # the teacher is unsure
+    assert 0.5 <= res["target_mean_max"] < 1.0
+    (teacher,) = res["teacher_runs"]
+    assert teacher["name"] == "default" and res["teacher_vote"] is None
+    for r in (st, teacher):
+        for split in ("val", "test"):
+            assert r[split]["plain"]["n"] == r[split]["tta"]["n"] == 512  # the smoke's images
+    assert res["headline_public"] == st["val"]["tta"]
