@@ -55,17 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--teacher-views", choices=("tta", "plain"), default="tta",
                     help="the teachers' views of a training image")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0, help="the student's seed")
-    ap.add_argument("--config", default="fer2013_cpu_quick", help="the student's recipe")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for the student (repeatable)")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    ap.add_argument(
-        "--data", default=None, help="FER2013 root (default ../shared/datasets/fer2013)"
-    )
-    ap.add_argument("--cache-dir", default=None, help="dataset cache (default: the config's)")
-    ap.add_argument("--out", default=None, help="the student's folder (a rerun reuses it)")
-    ap.add_argument("--smoke", action="store_true", help="3 batches, plain teacher views")
-    ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    E.add_recipe_args(ap, "the student", out="the student's folder (a rerun reuses it)",
+                      smoke="3 batches, plain teacher views")  # fmt: skip
     args = ap.parse_args(argv)
     if args.smoke:
         args.teachers = args.teachers or ["default"]
@@ -212,26 +203,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> str:
-    def acc(m: dict[str, Any] | None) -> str:
-        return "-" if not m else f"{m['accuracy']:.4f}"
-
-    lines = [
+    title = (
         f"student of {res['teachers']} (alpha {res['alpha']}, kd-temp {res['kd_temp']}, "
-        f"{res['teacher_views']} views), {res['epochs']} epochs of {res['recipe']}",
-        "",
-        "| what | PublicTest plain | PublicTest TTA | PrivateTest plain | PrivateTest TTA |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    rows = [*res["teacher_runs"], res["student"]]
+        f"{res['teacher_views']} views), {res['epochs']} epochs of {res['recipe']}"
+    )
+    rows = [(r["name"], r["val"], r["test"]) for r in res["teacher_runs"]]
     if res["teacher_vote"]:
-        rows.insert(len(res["teacher_runs"]), {"name": "teachers' vote", **res["teacher_vote"]})
-    for r in rows:
-        v, t = r["val"], r["test"]
-        lines.append(
-            f"| {r['name']} | {acc(v['plain'])} | {acc(v['tta'])} | {acc(t['plain'])} | "
-            f"{acc(t['tta'])} |"
-        )
-    return "\n".join(lines)
+        rows.append(("teachers' vote", res["teacher_vote"]["val"], res["teacher_vote"]["test"]))
+    st = res["student"]
+    return E.scores_table(title, [*rows, ("student", st["val"], st["test"])])
 
 
 def main(argv: list[str] | None = None) -> int:

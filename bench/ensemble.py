@@ -47,6 +47,22 @@ SMOKE = A.SMOKE  # one epoch of 3 batches, no budget, no bootstrap
 SMOKE_IMAGES = 512  # the smoke scores this many images of each split, evenly spaced
 
 
+def add_recipe_args(ap: argparse.ArgumentParser, who: str, *, out: str, smoke: str) -> None:
+    """The options ``member_config`` reads (the recipe, its overrides, threads, data, cache),
+    and ``--out``, ``--smoke``, ``--json``; ``who`` trains with them."""
+    ap.add_argument("--config", default="fer2013_cpu_quick", help=f"recipe of {who}")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"config override for {who} (repeatable)")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument(
+        "--data", default=None, help="FER2013 root (default ../shared/datasets/fer2013)"
+    )
+    ap.add_argument("--cache-dir", default=None, help="dataset cache (default: the config's)")
+    ap.add_argument("--out", default=None, help=out)
+    ap.add_argument("--smoke", action="store_true", help=smoke)
+    ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,17 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reserve-min", type=float, default=8.0,
         help="minutes kept back from the budget for decoding, the probes and the scoring",
     )  # fmt: skip
-    ap.add_argument("--config", default="fer2013_cpu_quick", help="recipe of every member")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every member (repeatable)")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    ap.add_argument(
-        "--data", default=None, help="FER2013 root (default ../shared/datasets/fer2013)"
-    )
-    ap.add_argument("--cache-dir", default=None, help="dataset cache (default: the config's)")
-    ap.add_argument("--out", default=None, help="folder of the members' experiments")
-    ap.add_argument("--smoke", action="store_true", help="two members of 3 batches (a CI check)")
-    ap.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    add_recipe_args(ap, "every member", out="folder of the members' experiments",
+                    smoke="two members of 3 batches (a CI check)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.smoke:
         args.members = 2
@@ -293,32 +300,42 @@ def per_member(epochs: int | None, budget_min: float | None) -> str:
     return f"{budget_min} min" if budget_min is not None else "the smoke's batches"
 
 
-def table(res: dict[str, Any]) -> str:
-    each = per_member(res["member_epochs"], res["member_budget_min"])
-    lines = [
-        f"{res['members']} members of {res['recipe']} (seeds {res['seeds']}, {each} each; with "
-        f"{res['with']}), headline after {res['minutes']['headline']} min of {res['budget_min']}",
-        "",
-        "| what | PublicTest plain | PublicTest TTA | PrivateTest plain | PrivateTest TTA |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
+def scores_table(title: str, rows: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+    """A Markdown table of accuracy, plain and with the TTA, on PublicTest and PrivateTest: one
+    row per ``(name, val, test)``, where ``val``/``test`` are ``both()``'s records."""
 
     def acc(m: dict[str, Any] | None) -> str:
         return "-" if not m else f"{m['accuracy']:.4f}"
 
-    for r in res["member_runs"]:
-        v, t = r["val"], r["test"]
+    lines = [
+        title,
+        "",
+        "| what | PublicTest plain | PublicTest TTA | PrivateTest plain | PrivateTest TTA |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, v, t in rows:
         lines.append(
-            f"| {r['name']} ({r['epochs_run']} epochs, best {r['best_epoch']}) | "
-            f"{acc(v['plain'])} | {acc(v['tta'])} | {acc(t['plain'])} | {acc(t['tta'])} |"
-        )
-    for name, v in res["public_test"]["ensembles"].items():
-        t = res["private_test"]["ensembles"][name]
-        lines.append(
-            f"| ensemble {name} | {acc(v['plain'])} | {acc(v['tta'])} | {acc(t['plain'])} | "
+            f"| {name} | {acc(v['plain'])} | {acc(v['tta'])} | {acc(t['plain'])} | "
             f"{acc(t['tta'])} |"
         )
     return "\n".join(lines)
+
+
+def table(res: dict[str, Any]) -> str:
+    each = per_member(res["member_epochs"], res["member_budget_min"])
+    title = (
+        f"{res['members']} members of {res['recipe']} (seeds {res['seeds']}, {each} each; with "
+        f"{res['with']}), headline after {res['minutes']['headline']} min of {res['budget_min']}"
+    )
+    rows = [
+        (f"{r['name']} ({r['epochs_run']} epochs, best {r['best_epoch']})", r["val"], r["test"])
+        for r in res["member_runs"]
+    ]
+    rows += [
+        (f"ensemble {name}", v, res["private_test"]["ensembles"][name])
+        for name, v in res["public_test"]["ensembles"].items()
+    ]
+    return scores_table(title, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
