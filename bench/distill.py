@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(res: dict[str, Any]) -> str:
     title = (
         f"student of {res['teachers']} (alpha {res['alpha']}, kd-temp {res['kd_temp']}, "
-        f"{res['teacher_views']} views), {res['epochs']} epochs of {res['recipe']}"
+        f"{res['teacher_views']} views), {E.per_member(res['epochs'], None)} of {res['recipe']}"
     )
     rows = [(r["name"], r["val"], r["test"]) for r in res["teacher_runs"]]
     if res["teacher_vote"]:
