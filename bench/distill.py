@@ -69,9 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--alpha {args.alpha}: the vote's share must be in (0, 1]")
     if args.kd_temp <= 0:
         ap.error(f"--kd-temp {args.kd_temp}: a temperature must be positive")
-    # what E.member_config reads: the epochs (no budget), overrides, smoke, cache, threads
+    # E.member_config reads the epochs (set, or the smoke's: no budget share), the overrides,
+    # smoke, cache and threads
     args.overrides = [*args.overrides, "train.soft_labels=true"]
-    args.seeds, args.budget_min, args.reserve_min = [args.seed], 0.0, 0.0
     return args
 
 
@@ -147,8 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         vote = teacher_targets(args.teachers, train, list(data.labels), args, cfg)
         soft = soft_targets(vote, np.asarray(train.labels), args.alpha)
         data = replace(data, splits={**data.splits, "train": replace(train, soft=soft)})
-    teacher_min = elapsed_min()
-    t0 = elapsed_min()
+    teacher_min = t0 = elapsed_min()
     student = fit_or_reuse(data, m, run_dir, f"distill-{key}", cfg)
     fit = read_json(student.run_dir / FIT_JSON)
     train_min = elapsed_min() - t0
