@@ -147,10 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         vote = teacher_targets(args.teachers, train, list(data.labels), args, cfg)
         soft = soft_targets(vote, np.asarray(train.labels), args.alpha)
         data = replace(data, splits={**data.splits, "train": replace(train, soft=soft)})
-    teacher_min = t0 = elapsed_min()
+    teacher_min = elapsed_min()
     student = fit_or_reuse(data, m, run_dir, f"distill-{key}", cfg)
     fit = read_json(student.run_dir / FIT_JSON)
-    train_min = elapsed_min() - t0
+    train_min = elapsed_min() - teacher_min
     C.log(f"student: {fit.get('epochs_run')} epochs in {train_min:.2f} min")
     members = [E.given_member(t, cfg) for t in args.teachers]
     members.append({"cfg": cfg, "weights": student.run_dir, "record": {
