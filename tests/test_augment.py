@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from ferlab.config import AugmentConfig
-from ferlab.training.augment import affine_grid, affine_matrices, augment_batch, mixup_cutmix
+from ferlab.training.augment import (
+    affine_grid,
+    affine_matrices,
+    augment_batch,
+    mixup_cutmix,
+    progressive_side,
+)
 
 OFF = dict(
     hflip=0.0,
@@ -141,3 +147,55 @@ def test_affine_grid_matches_torch() -> None:
         ours = affine_grid(theta, h, w)
         ref = F.affine_grid(theta, [32, 1, h, w], align_corners=False)
         assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_progressive_side_ramps_from_the_scale_to_the_full_side_in_steps_of_8() -> None:
+    c = AugmentConfig(progressive_scale=2 / 3, progressive_ramp=(0.25, 0.75))
+    sides = [progressive_side(48, c, e, 160) for e in range(160)]
+    assert sides[0] == sides[39] == 32  # before the ramp: 2/3 of 48
+    assert sides[120] == sides[159] == 48  # from 3/4 of the epochs: the full side
+    assert sides[80] == 40  # the middle of the ramp
+    assert sides == sorted(sides) and set(sides) == {32, 40, 48}
+    # Off by default, and never below one step nor above the side.
+    assert {progressive_side(48, AugmentConfig(), e, 10) for e in range(10)} == {48}
+    tiny = AugmentConfig(progressive_scale=0.01)
+    assert progressive_side(48, tiny, 0, 10) == 8 and progressive_side(20, tiny, 9, 10) == 20
+    # A ramp of zero length jumps at its point.
+    step = AugmentConfig(progressive_scale=0.5, progressive_ramp=(0.5, 0.5))
+    assert [progressive_side(48, step, e, 4) for e in range(4)] == [24, 24, 48, 48]
+
+
+def test_augment_batch_resamples_to_a_smaller_side() -> None:
+    x = batch(s=24)
+    # Degenerate geometry (no flip, translate 1e-9): resampling to half the side at pixel
+    # centres averages each 2x2 block exactly.
+    half = augment_batch(x, cfg(translate=1e-9), gen(), 1, side=12)
+    assert half.shape == (8, 1, 12, 12)
+    assert torch.allclose(half, F.avg_pool2d(x, 2), atol=1e-5)
+    # Without geometry (or with augmentation off): an antialiased resize.
+    want = F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True)
+    assert torch.equal(augment_batch(x, cfg(), gen(), 1, side=16), want)
+    assert torch.equal(augment_batch(x, AugmentConfig(enabled=False), gen(), 1, side=16), want)
+    # The full augmentation at a smaller side: deterministic and in range; at the full side
+    # it is the augmentation without a side.
+    full_cfg = AugmentConfig()
+    a = augment_batch(x, full_cfg, gen(3), 1, side=16)
+    assert a.shape == (8, 1, 16, 16) and torch.equal(a, augment_batch(x, full_cfg, gen(3), 1, 16))
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(
+        augment_batch(x, full_cfg, gen(3), 1, side=24), augment_batch(x, full_cfg, gen(3), 1)
+    )
+
+
+def test_progressive_config_is_checked() -> None:
+    from pydantic import ValidationError
+
+    from ferlab.config import TrainConfig
+
+    with pytest.raises(ValidationError, match=r"0 <= start <= end <= 1; got \[0.8, 0.2\]"):
+        AugmentConfig(progressive_scale=0.5, progressive_ramp=(0.8, 0.2))
+    with pytest.raises(ValidationError, match="progressive_scale"):
+        AugmentConfig(progressive_scale=0)
+    with pytest.raises(ValidationError, match=r"remove train.time_budget_min, set train.epochs"):
+        TrainConfig(time_budget_min=10, augment=AugmentConfig(progressive_scale=0.75))
+    TrainConfig(epochs=10, augment=AugmentConfig(progressive_scale=0.75))  # by epochs: fine

@@ -667,3 +667,25 @@ def test_balanced_counts_follow_the_samplers_cells() -> None:
     assert by_cell == {"angry": 12, "disgust": 12}  # four cells of six
     idx = epoch_indices(labels, "oversample", 0, 0, groups=groups)
     assert by_cell == {n: int((labels[idx] == i).sum()) for i, n in enumerate(["angry", "disgust"])}
+
+
+def test_progressive_resizing_trains_small_then_full_and_validates_full(tmp_path: Path) -> None:
+    # Every call of a first convolution (one input channel) is recorded with its mode and side.
+    seen: list[tuple[bool, int]] = []
+
+    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1:
+            seen.append((module.training, int(args[0].shape[-1])))
+
+    aug = AugmentConfig(progressive_scale=0.5, progressive_ramp=(0.0, 0.5))
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        quiet_fit(toy_dataset(n_train=64), tcfg(epochs=4, augment=aug), tmp_path / "run")
+    finally:
+        hook.remove()
+    train_sides = [side for training, side in seen if training]
+    # 4 epochs of 2 batches: epoch 1 at half of 16 px, from half the epochs on the full side.
+    assert train_sides[:2] == [8, 8] and set(train_sides[-4:]) == {16}
+    assert train_sides == sorted(train_sides)
+    assert {side for training, side in seen if not training} == {16}
+    assert (tmp_path / "run" / META).is_file()

@@ -170,19 +170,45 @@ def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.bmm(base, theta.transpose(1, 2)).view(b, h, w, 2)
 
 
+def progressive_side(side: int, cfg: AugmentConfig, epoch: int, epochs: int, step: int = 8) -> int:
+    """The side of the training batches at 0-based ``epoch`` of ``epochs`` under progressive
+    resizing: ``cfg.progressive_scale`` x ``side`` until the fraction ``progressive_ramp[0]``
+    of the epochs, the full ``side`` from ``progressive_ramp[1]`` on, linear in between;
+    rounded to a multiple of ``step`` pixels (at least ``step``, at most ``side``)."""
+    if cfg.progressive_scale >= 1 or epochs <= 0:
+        return side
+    frac = epoch / epochs
+    lo, hi = cfg.progressive_ramp
+    if frac >= hi:
+        return side  # exactly the full side, whatever the rounding
+    t = 0.0 if frac < lo else (frac - lo) / (hi - lo)
+    scale = cfg.progressive_scale + (1 - cfg.progressive_scale) * t
+    return int(min(side, max(step, round(side * scale / step) * step)))
+
+
 def augment_batch(
-    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, channels: int
+    x: torch.Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+    channels: int,
+    side: int | None = None,
 ) -> torch.Tensor:
-    """Augment a float batch (B, C, H, W) in [0, 1]; returns a new tensor of the same shape.
+    """Augment a float batch (B, C, H, W) in [0, 1]; returns a new tensor of the same shape,
+    or (B, C, side, side) when ``side`` is given (progressive resizing: the geometric
+    transform resamples straight to it; without one, an antialiased resize).
 
     Deterministic for a given generator state, whatever the device.
     """
+    geometry = cfg.enabled and _has_geometry(cfg)
+    if side is not None and (side, side) != tuple(x.shape[-2:]) and not geometry:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
     if not cfg.enabled or x.shape[0] == 0:
         return x
     b = x.shape[0]
-    if _has_geometry(cfg):
+    if geometry:
         theta = affine_matrices(b, cfg, generator).to(x.device, x.dtype)
-        grid = affine_grid(theta, x.shape[-2], x.shape[-1])
+        h, w = (side, side) if side is not None else x.shape[-2:]
+        grid = affine_grid(theta, h, w)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     elif cfg.hflip > 0:
         flip = _bernoulli(b, cfg.hflip, generator).to(x.device).view(b, 1, 1, 1)
