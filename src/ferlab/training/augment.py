@@ -175,7 +175,7 @@ def progressive_side(side: int, cfg: AugmentConfig, epoch: int, epochs: int, ste
     resizing: ``cfg.progressive_scale`` x ``side`` until the fraction ``progressive_ramp[0]``
     of the epochs, the full ``side`` from ``progressive_ramp[1]`` on, linear in between;
     rounded to a multiple of ``step`` pixels (at least ``step``, at most ``side``)."""
-    if cfg.progressive_scale >= 1 or epochs <= 0:
+    if cfg.progressive_scale >= 1:
         return side
     frac = epoch / epochs
     lo, hi = cfg.progressive_ramp
