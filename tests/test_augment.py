@@ -12,6 +12,7 @@ from ferlab.training.augment import (
     affine_matrices,
     augment_batch,
     mixup_cutmix,
+    progressive_pixel_share,
     progressive_side,
 )
 
@@ -196,6 +197,12 @@ def test_progressive_config_is_checked() -> None:
         AugmentConfig(progressive_scale=0.5, progressive_ramp=(0.8, 0.2))
     with pytest.raises(ValidationError, match="progressive_scale"):
         AugmentConfig(progressive_scale=0)
-    with pytest.raises(ValidationError, match=r"remove train.time_budget_min, set train.epochs"):
-        TrainConfig(time_budget_min=10, augment=AugmentConfig(progressive_scale=0.75))
-    TrainConfig(epochs=10, augment=AugmentConfig(progressive_scale=0.75))  # by epochs: fine
+    # by epochs, or by a budget that counts each epoch at its cost (test_budget.py)
+    TrainConfig(epochs=10, augment=AugmentConfig(progressive_scale=0.75))
+    TrainConfig(time_budget_min=10, augment=AugmentConfig(progressive_scale=0.75))
+
+
+def test_progressive_pixel_share_is_the_epochs_share_of_the_full_sides_pixels() -> None:
+    c = AugmentConfig(progressive_scale=0.5, progressive_ramp=(0.5, 0.5))
+    assert [progressive_pixel_share(48, c, e, 4) for e in range(4)] == [0.25, 0.25, 1.0, 1.0]
+    assert {progressive_pixel_share(48, AugmentConfig(), e, 9) for e in range(9)} == {1.0}

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from ferlab.config import AugmentConfig
 from ferlab.layout import FIT_JSON
 from ferlab.models import load_model
 from ferlab.training import budget as budget_mod
@@ -343,3 +344,69 @@ def test_the_record_names_the_machine_dependent_epoch_count_and_its_reproduction
     assert "depends on the machine" in note
     assert f"--set train.time_budget_min=null --set train.epochs={r.epochs_run}" in note
     assert note in fit_json["notes"]
+
+
+def test_epochs_of_unequal_cost_plan_the_longest_schedule_that_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(budget_mod, "_now", lambda: 0.0)
+    # The first half of any plan costs a quarter: N epochs of 10 s at the full side cost
+    # 2.5 x ceil(N/2) + 10 x floor(N/2). The budget leaves 100 - 10 (reserve) = 90 s:
+    # 15 epochs cost exactly 90, 16 cost 100.
+    half = budget_mod.TimeBudget(100, 50, epoch_cost=lambda e, n: 0.25 if e < n / 2 else 1.0)
+    assert half._fit(10.0, 0.0, 0) == 15
+    assert budget_mod.TimeBudget(100, 50)._fit(10.0, 0.0, 0) == 9  # equal costs: floor(90/10)
+    assert budget_mod.TimeBudget(100, 12, epoch_cost=lambda e, n: 0.1)._fit(10.0, 0.0, 0) == 12
+    # Validation (here 2 s of each 10) does not shrink with the side.
+    assert half._seconds(0, 2, 10.0, 2.0) == pytest.approx((2 + 8 * 0.25) + 10)
+
+
+class PixelClock(FakeClock):
+    """A fake clock whose training steps cost ``dt`` x the share of the full side's pixels in
+    the batch the model really saw (progressive resizing), so the budget's plan can be exact."""
+
+    def __init__(self, dt: float, side: int) -> None:
+        super().__init__(dt)
+        self.side, self.seen = side, side
+
+    def on_train_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        def see(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if module.training:
+                self.seen = int(args[0].shape[-1])
+
+        pl_module.model.register_forward_pre_hook(see)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        self.t += self.dt * (self.seen / self.side) ** 2
+
+
+@pytest.mark.slow
+def test_a_budget_with_progressive_resizing_counts_each_epoch_at_its_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = toy_dataset(n_train=512)  # 16 steps an epoch, 16 px
+    aug = AugmentConfig(progressive_scale=0.5, progressive_ramp=(0.25, 0.75))
+    cfg = tcfg(epochs=400, time_budget_min=1.0, scheduler="onecycle", warmup_epochs=2)
+    runs = {}
+    for name, c in (("equal", cfg), ("progressive", cfg.model_copy(update={"augment": aug}))):
+        clock = PixelClock(0.25, 16)
+        monkeypatch.setattr(budget_mod, "_now", clock)
+        runs[name] = quiet_fit(data, c, tmp_path / name, callbacks=[clock])
+        tb = budget_of(tmp_path / name)
+        # The pixel share predicts every epoch's cost exactly here: the plan never changes.
+        assert plan_reasons(tmp_path / name) == ["epoch 1", "epochs 1-2"], tb["plans"]
+        assert runs[name].epochs_run == tb["planned_epochs"]
+        assert tb["seconds_used"] <= 60 and clock.t <= 60
+        assert runs[name].history[-1]["lr"] < 1e-3 * cfg.lr  # annealed to its end
+    equal, prog = runs["equal"].epochs_run, runs["progressive"].epochs_run
+    # 4 s an epoch at 16 px, 1 s at 8 px: about 12 equal epochs, 1.6 times as many cheap ones.
+    assert prog >= equal + equal // 2, (equal, prog)
+    # The record's reproduction holds: the same recipe by epochs gives the same weights.
+    fixed_cfg = cfg.model_copy(update={"augment": aug, "epochs": prog, "time_budget_min": None})
+    fixed = quiet_fit(data, fixed_cfg, tmp_path / "fixed")
+    for a, b in zip(
+        runs["progressive"].model.state_dict().values(),
+        fixed.model.state_dict().values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

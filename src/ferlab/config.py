@@ -72,7 +72,7 @@ class AugmentConfig(_Strict):
     # between the fractions ``progressive_ramp`` of the epochs, in steps of 8 pixels
     # (``augment.progressive_side``); validation, test and predict always see the full side.
     # The model must pool globally (ferlab's compact nets, timm's and torchvision's do).
-    # 1.0: off. Trains by epochs: the time budget's plan assumes epochs of equal cost.
+    # 1.0: off. A time budget counts each epoch at its share of the pixels.
     progressive_scale: float = Field(1.0, gt=0, le=1)
     progressive_ramp: tuple[float, float] = (0.0, 0.75)
     enabled: bool = True
@@ -121,17 +121,6 @@ class TrainConfig(_Strict):
     # run cut to 8 batches is never reused as the full one); hardware lives in ``runtime``.
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
-
-    @model_validator(mode="after")
-    def _budget_epochs_of_equal_cost(self) -> TrainConfig:
-        if self.time_budget_min is not None and self.augment.progressive_scale < 1:
-            raise ValueError(
-                "train.augment.progressive_scale < 1 (progressive resizing) makes the early "
-                "epochs cheaper than the late ones, and the time budget plans epochs of equal "
-                "cost: train by epochs (remove train.time_budget_min, set train.epochs) or "
-                "set train.augment.progressive_scale: 1"
-            )
-        return self
 
 
 class RuntimeConfig(_Strict):

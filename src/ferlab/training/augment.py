@@ -186,6 +186,13 @@ def progressive_side(side: int, cfg: AugmentConfig, epoch: int, epochs: int, ste
     return int(min(side, max(step, round(side * scale / step) * step)))
 
 
+def progressive_pixel_share(side: int, cfg: AugmentConfig, epoch: int, epochs: int) -> float:
+    """The training cost of ``epoch`` of ``epochs`` under progressive resizing relative to an
+    epoch at the full ``side``: its share of the pixels (what ``train.time_budget_min`` plans
+    with; ``ferlab.training.budget``)."""
+    return (progressive_side(side, cfg, epoch, epochs) / side) ** 2
+
+
 def augment_batch(
     x: torch.Tensor,
     cfg: AugmentConfig,

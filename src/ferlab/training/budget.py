@@ -20,6 +20,16 @@ schedule, resized, still anneals to its end. Until half of the plan is done, a m
 faster (a load that went away, for three epochs running) lengthens it, by at least two epochs
 and a tenth; after that it only shortens.
 
+Epochs may differ in cost: with progressive resizing (``train.augment.progressive_scale``) the
+early epochs train on smaller images. ``epoch_cost(epoch, epochs)`` gives each epoch's
+training cost relative to one at the full input side (its share of the pixels), and the
+budget counts every epoch at its own cost: a measured epoch is scaled to the full side
+(validation, always at the full side, is not), and a plan of N epochs costs the sum of its
+epochs' costs under that plan's own schedule (a longer plan moves the ramp). Scaling the
+training time by the pixel share assumes no per-step cost that does not shrink with the side;
+where there is one, the larger sides are overestimated, so the plan errs short and the guard
+below lengthens it (in the first half) once larger epochs are measured.
+
 Every plan is decided on rank 0 and broadcast (``_decide``), so DDP ranks, each timing its
 own clock, train one plan. The first plan must leave at least one epoch after those done (a
 budget that cannot is refused, ``TimeBudgetTooSmall``, naming the smallest one this rate
@@ -148,6 +158,8 @@ class TimeBudget(Callback):
     ``t_start`` is the ``time.perf_counter()`` the budget counts from (default: now);
     ``val_images`` the images one validation pass scores (for the first estimate).
     ``on_plan(epochs)`` is told every plan (the module uses it for the checkpoint and logs).
+    ``epoch_cost(epoch, epochs)``: the training cost of 0-based ``epoch`` in a plan of
+    ``epochs``, relative to an epoch at the full input side (default: every epoch costs 1).
     """
 
     def __init__(
@@ -161,6 +173,7 @@ class TimeBudget(Callback):
         on_plan: Callable[[int], None] | None = None,
         warmup_steps: int = 5,
         probe_steps: int = 20,
+        epoch_cost: Callable[[int, int], float] | None = None,
     ) -> None:
         self.budget_s = float(budget_s)
         self.max_epochs = int(max_epochs)
@@ -170,10 +183,12 @@ class TimeBudget(Callback):
         self.on_plan = on_plan
         self.warmup_steps = warmup_steps
         self.probe_steps = probe_steps
+        self.epoch_cost = epoch_cost
         # state saved in checkpoints
         self.plans: list[dict[str, Any]] = []
         self.planned_epochs: int | None = None
         self.epoch_seconds: list[float] = []  # per finished epoch, all sessions
+        self.epoch_units: list[float] = []  # the same, scaled to an epoch at the full side
         self.elapsed_before = 0.0  # seconds of earlier sessions (a resumed run)
         # this session
         self._session_t0 = self.t_start
@@ -191,6 +206,7 @@ class TimeBudget(Callback):
             "plans": list(self.plans),
             "planned_epochs": self.planned_epochs,
             "epoch_seconds": list(self.epoch_seconds),
+            "epoch_units": list(self.epoch_units),
             "elapsed": self.elapsed(),
             "budget_s": self.budget_s,
         }
@@ -199,6 +215,7 @@ class TimeBudget(Callback):
         self.plans = list(state_dict.get("plans", []))
         self.planned_epochs = state_dict.get("planned_epochs")
         self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
+        self.epoch_units = list(state_dict.get("epoch_units", self.epoch_seconds))
         self.elapsed_before = float(state_dict.get("elapsed", 0.0))
 
     def elapsed(self) -> float:
@@ -262,14 +279,47 @@ class TimeBudget(Callback):
         )
         if self.on_plan is not None:
             self.on_plan(epochs)
+        at = "" if self.epoch_cost is None else " at the full side"
         self.say(
             f"time budget {self.budget_s / 60:.1f} min: {epochs} epochs planned ({reason}; "
-            f"{epoch_s:.1f} s per epoch, {self.elapsed() / 60:.1f} min used)"
+            f"{epoch_s:.1f} s per epoch{at}, {self.elapsed() / 60:.1f} min used)"
         )
 
-    def _fit(self, epoch_s: float, val_s: float, done: int) -> int:
+    def _cost(self, epoch: int, epochs: int) -> float:
+        return 1.0 if self.epoch_cost is None else float(self.epoch_cost(epoch, epochs))
+
+    def _seconds(self, done: int, epochs: int, unit_s: float, val_s: float) -> float:
+        """Seconds for epochs ``done`` .. ``epochs - 1`` of a plan of ``epochs``, each at its
+        own cost: ``unit_s`` is an epoch at the full side, validation (``val_s``) included."""
+        if self.epoch_cost is None:
+            return max(0, epochs - done) * unit_s
+        return sum(val_s + (unit_s - val_s) * self._cost(e, epochs) for e in range(done, epochs))
+
+    def _fit(self, unit_s: float, val_s: float, done: int) -> int:
+        """The most epochs whose remaining ones fit in what is left of the budget."""
         left = self.budget_s - self.elapsed() - self._reserve(val_s)
-        return done + max(0, math.floor(left / max(epoch_s, 1e-6)))
+        if self.epoch_cost is None:  # epochs of equal cost: in closed form
+            return done + max(0, math.floor(left / max(unit_s, 1e-6)))
+        # A plan's cost grows with its length (a longer plan also moves the ramp, which can
+        # only cheapen its earlier epochs, by less than the epoch it adds): bisect for the
+        # longest plan that fits, never past the cap.
+        lo, hi = done, max(done, self.max_epochs)
+        if self._seconds(done, hi, unit_s, val_s) <= left:
+            return hi
+        while hi - lo > 1:  # _seconds(lo) fits, _seconds(hi) does not
+            mid = (lo + hi) // 2
+            if self._seconds(done, mid, unit_s, val_s) <= left:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _unit(self, seconds: float, val_s: float, epoch: int) -> float:
+        """An epoch's ``seconds`` scaled to one at the full side (validation is always full)."""
+        if self.epoch_cost is None:
+            return seconds
+        plan = self.planned_epochs if self.planned_epochs is not None else self.max_epochs
+        return val_s + (seconds - val_s) / max(self._cost(epoch, plan), 1e-6)
 
     def _decide(
         self, trainer: pl.Trainer, proposal: tuple[int, float, str] | None, done: int
@@ -286,12 +336,13 @@ class TimeBudget(Callback):
         epochs, epoch_s, reason = proposal
         if not self.plans and epochs < done + 1:
             val_s = self._val_s or 0.0
-            need = self.elapsed() + epoch_s + val_s
+            one = self._seconds(done, done + 1, epoch_s, val_s)  # the next epoch, at its cost
+            need = self.elapsed() + one + val_s
             for _ in range(20):  # the reserve grows with the budget: its fixed point
-                need = self.elapsed() + epoch_s + self._reserve(val_s, need)
+                need = self.elapsed() + one + self._reserve(val_s, need)
             raise TimeBudgetTooSmall(
                 f"train.time_budget_min = {self.budget_s / 60:g} is too small on this machine: "
-                f"one epoch takes about {epoch_s:.1f} s here (measured {reason}), so the "
+                f"one epoch takes about {one:.1f} s here (measured {reason}), so the "
                 f"schedule could not warm up and anneal within the budget. The smallest budget "
                 f"this rate allows is about {math.ceil(need / 6) / 10:g} min; raise "
                 "train.time_budget_min, or set train.epochs without a budget."
@@ -325,7 +376,9 @@ class TimeBudget(Callback):
             and self._steady_t0 is not None
             and self._steady_steps == self.probe_steps
         ):
+            # a step at the full side; epoch 0 trains at its own cost (progressive resizing)
             step_s = (self._train_end - self._steady_t0) / self._steady_steps
+            step_s /= max(self._cost(0, self.max_epochs), 1e-6)
             bs = max(1, int(batch[0].shape[0]))
             val_s = (
                 self.val_images * step_s / bs / 3
@@ -355,14 +408,17 @@ class TimeBudget(Callback):
             steady = now - self._session_t0
         self._last_end = now
         self.epoch_seconds.append(steady)
+        unit = self._unit(steady, val_s, done - 1)  # the same epoch at the full side
+        self.epoch_units.append(unit)
         proposal: tuple[int, float, str] | None = None
         if done == 1 or self.planned_epochs is None:  # (no probe when an epoch is that short)
-            proposal = (self._fit(steady, val_s, done), steady, f"epoch {done}")
+            proposal = (self._fit(unit, val_s, done), unit, f"epoch {done}")
         elif done == 2:  # epoch 2, end to end: warm caches, checkpoint writes included
-            proposal = (self._fit(steady, val_s, done), steady, "epochs 1-2")
+            proposal = (self._fit(unit, val_s, done), unit, "epochs 1-2")
         elif done < self.planned_epochs:
-            recent = sorted(self.epoch_seconds[-3:])[len(self.epoch_seconds[-3:]) // 2]
-            projected = self.elapsed() + (self.planned_epochs - done) * recent
+            last = self.epoch_units[-3:]
+            recent = sorted(last)[len(last) // 2]
+            projected = self.elapsed() + self._seconds(done, self.planned_epochs, recent, val_s)
             if projected > self.budget_s - self._reserve(val_s) / 2:
                 proposal = (self._fit(recent, val_s, done), recent, "shortened")
             elif 2 * done <= self.planned_epochs:
@@ -370,7 +426,7 @@ class TimeBudget(Callback):
                 # half way the annealing is under way and the plan only shortens. Only a rate
                 # that held: the slowest of the last three epochs, so a speed-up of an epoch
                 # or two cannot lengthen the plan and then force it to be cut.
-                slowest = max(self.epoch_seconds[-3:])
+                slowest = max(last)
                 more = min(self._fit(slowest, val_s, done), self.max_epochs)
                 if more >= self.planned_epochs + max(2, self.planned_epochs // 10):
                     proposal = (more, slowest, "lengthened")

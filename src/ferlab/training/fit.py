@@ -62,6 +62,7 @@ from ferlab.probe import (
     onednn_enabled,
     probe_cpu_kernels,
 )
+from ferlab.training.augment import progressive_pixel_share
 from ferlab.training.budget import TimeBudget
 from ferlab.training.calibrate import bf16_agreement, fit_on_split
 from ferlab.training.data import EvalBatches, TrainBatches, class_weights, remap_targets
@@ -336,12 +337,18 @@ def fit(
         n_val = len(val)
         if isinstance(train_cfg.limit_val_batches, int):
             n_val = min(n_val, train_cfg.limit_val_batches * max(train_cfg.batch_size, 256))
+        aug, side = train_cfg.augment, int(train.images.shape[1])  # the side the module sees
+
+        def pixel_share(epoch: int, epochs: int) -> float:
+            return progressive_pixel_share(side, aug, epoch, epochs)
+
         budget = TimeBudget(
             train_cfg.time_budget_min * 60,
             train_cfg.epochs,
             val_images=n_val,
             log=log,
             on_plan=on_plan,
+            epoch_cost=pixel_share if aug.progressive_scale < 1 else None,
         )
 
     monitor = f"val_{train_cfg.monitor}"
