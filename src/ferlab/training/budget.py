@@ -187,8 +187,8 @@ class TimeBudget(Callback):
         # state saved in checkpoints
         self.plans: list[dict[str, Any]] = []
         self.planned_epochs: int | None = None
-        self.epoch_seconds: list[float] = []  # per finished epoch, all sessions
-        self.epoch_units: list[float] = []  # the same, scaled to an epoch at the full side
+        # per finished epoch, all sessions: its seconds scaled to an epoch at the full side
+        self.epoch_units: list[float] = []
         self.elapsed_before = 0.0  # seconds of earlier sessions (a resumed run)
         # this session
         self._session_t0 = self.t_start
@@ -205,7 +205,6 @@ class TimeBudget(Callback):
         return {
             "plans": list(self.plans),
             "planned_epochs": self.planned_epochs,
-            "epoch_seconds": list(self.epoch_seconds),
             "epoch_units": list(self.epoch_units),
             "elapsed": self.elapsed(),
             "budget_s": self.budget_s,
@@ -214,8 +213,8 @@ class TimeBudget(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.plans = list(state_dict.get("plans", []))
         self.planned_epochs = state_dict.get("planned_epochs")
-        self.epoch_seconds = list(state_dict.get("epoch_seconds", []))
-        self.epoch_units = list(state_dict.get("epoch_units", self.epoch_seconds))
+        # checkpoints from before epochs of unequal cost: their epochs all cost the same
+        self.epoch_units = list(state_dict.get("epoch_units", state_dict.get("epoch_seconds", [])))
         self.elapsed_before = float(state_dict.get("elapsed", 0.0))
 
     def elapsed(self) -> float:
@@ -286,7 +285,7 @@ class TimeBudget(Callback):
         )
 
     def _cost(self, epoch: int, epochs: int) -> float:
-        return 1.0 if self.epoch_cost is None else float(self.epoch_cost(epoch, epochs))
+        return 1.0 if self.epoch_cost is None else max(float(self.epoch_cost(epoch, epochs)), 1e-6)
 
     def _seconds(self, done: int, epochs: int, unit_s: float, val_s: float) -> float:
         """Seconds for epochs ``done`` .. ``epochs - 1`` of a plan of ``epochs``, each at its
@@ -319,7 +318,7 @@ class TimeBudget(Callback):
         if self.epoch_cost is None:
             return seconds
         plan = self.planned_epochs if self.planned_epochs is not None else self.max_epochs
-        return val_s + (seconds - val_s) / max(self._cost(epoch, plan), 1e-6)
+        return val_s + (seconds - val_s) / self._cost(epoch, plan)
 
     def _decide(
         self, trainer: pl.Trainer, proposal: tuple[int, float, str] | None, done: int
@@ -378,7 +377,7 @@ class TimeBudget(Callback):
         ):
             # a step at the full side; epoch 0 trains at its own cost (progressive resizing)
             step_s = (self._train_end - self._steady_t0) / self._steady_steps
-            step_s /= max(self._cost(0, self.max_epochs), 1e-6)
+            step_s /= self._cost(0, self.max_epochs)
             bs = max(1, int(batch[0].shape[0]))
             val_s = (
                 self.val_images * step_s / bs / 3
@@ -407,7 +406,6 @@ class TimeBudget(Callback):
         else:
             steady = now - self._session_t0
         self._last_end = now
-        self.epoch_seconds.append(steady)
         unit = self._unit(steady, val_s, done - 1)  # the same epoch at the full side
         self.epoch_units.append(unit)
         proposal: tuple[int, float, str] | None = None
