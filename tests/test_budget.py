@@ -361,6 +361,20 @@ def test_epochs_of_unequal_cost_plan_the_longest_schedule_that_fits(
     assert half._seconds(0, 2, 10.0, 2.0) == pytest.approx((2 + 8 * 0.25) + 10)
 
 
+def test_a_checkpoint_from_before_unequal_epochs_resumes_with_its_seconds() -> None:
+    # Older checkpoints saved raw "epoch_seconds" (all epochs cost the same then); a resume reads
+    # them as the epochs at the full side, and the state saved again keeps one list.
+    old = {"plans": [], "planned_epochs": 12, "epoch_seconds": [10.0, 12.0], "elapsed": 22.0}
+    tb = budget_mod.TimeBudget(100, 50)
+    tb.load_state_dict(old)
+    state = tb.state_dict()
+    assert state["epoch_units"] == [10.0, 12.0]
+    assert "epoch_seconds" not in state and state["planned_epochs"] == 12
+    # a newer checkpoint's scaled epochs win over any raw seconds beside them
+    tb.load_state_dict({**old, "epoch_units": [20.0, 24.0]})
+    assert tb.state_dict()["epoch_units"] == [20.0, 24.0]
+
+
 class PixelClock(FakeClock):
     """A fake clock whose training steps cost ``dt`` x the share of the full side's pixels in
     the batch the model really saw (progressive resizing), so the budget's plan can be exact."""
