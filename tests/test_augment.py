@@ -11,6 +11,7 @@ from ferlab.training.augment import (
     affine_grid,
     affine_matrices,
     augment_batch,
+    mixing,
     mixup_cutmix,
     progressive_pixel_share,
     progressive_side,
@@ -140,6 +141,16 @@ def test_mixup_cutmix_probability_zero_is_identity() -> None:
     x, y = batch(), torch.eye(8)
     xm, ym = mixup_cutmix(x, y, AugmentConfig(mixup=0.0, cutmix=0.0), gen())
     assert xm is x and ym is y
+
+
+def test_mixing_stops_after_its_fraction_of_the_epochs() -> None:
+    c = AugmentConfig(mixup=0.5, mix_until=0.75)
+    assert [mixing(c, e, 8) for e in range(8)] == [True] * 6 + [False] * 2
+    assert all(mixing(AugmentConfig(cutmix=0.5), e, 8) for e in range(8))  # 1.0: every epoch
+    assert not mixing(AugmentConfig(), 0, 8)  # neither on
+    assert not mixing(AugmentConfig(mixup=0.5, enabled=False), 0, 8)
+    with pytest.raises(ValueError, match="mix_until"):
+        AugmentConfig(mixup=0.5, mix_until=0.0)
 
 
 def test_affine_grid_matches_torch() -> None:

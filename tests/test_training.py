@@ -6,6 +6,7 @@ import csv
 import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from ferlab.training import (
     read_history,
     run_key,
 )
+from ferlab.training import module as module_mod
 from ferlab.training import trainer as trainer_mod
 from ferlab.training.budget import WarmupCosine
 from ferlab.training.data import (
@@ -667,6 +669,31 @@ def test_balanced_counts_follow_the_samplers_cells() -> None:
     assert by_cell == {"angry": 12, "disgust": 12}  # four cells of six
     idx = epoch_indices(labels, "oversample", 0, 0, groups=groups)
     assert by_cell == {n: int((labels[idx] == i).sum()) for i, n in enumerate(["angry", "disgust"])}
+
+
+def test_mixup_stops_for_the_last_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each training forward of the first convolution is recorded, and each mixing call before it.
+    seen: list[str] = []
+    real = module_mod.mixup_cutmix
+
+    def mix(*args: Any) -> Any:
+        seen.append("mix")
+        return real(*args)
+
+    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
+            seen.append("step")
+
+    monkeypatch.setattr(module_mod, "mixup_cutmix", mix)
+    aug = AugmentConfig(mixup=1.0, mix_until=0.5)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        cfg = tcfg(epochs=4, augment=aug, balance="none")
+        quiet_fit(toy_dataset(n_train=64), cfg, tmp_path / "run")
+    finally:
+        hook.remove()
+    # 4 epochs of 2 batches: the first two epochs' batches mixed, the last two's whole.
+    assert seen == ["mix", "step"] * 4 + ["step"] * 4
 
 
 def test_progressive_resizing_trains_small_then_full_and_validates_full(tmp_path: Path) -> None:

@@ -67,6 +67,10 @@ class AugmentConfig(_Strict):
     cutmix: float = 0.0  # probability of a CutMix batch
     mixup_alpha: float = 0.4
     cutmix_alpha: float = 1.0
+    # Mixup and CutMix only in the first fraction of the epochs: the last ones train on whole
+    # images (timm's ``mixup_off_epoch``, as a fraction so that it holds for the epochs a time
+    # budget plans). 1.0: in every epoch.
+    mix_until: float = Field(1.0, gt=0, le=1)
     # Progressive resizing (FFCV's rule): the training batches' side starts at
     # ``progressive_scale`` x the model's input side and grows linearly to the full side
     # between the fractions ``progressive_ramp`` of the epochs, in steps of 8 pixels

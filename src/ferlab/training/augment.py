@@ -233,6 +233,12 @@ def _beta(alpha: float, g: torch.Generator) -> float:
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
+def mixing(cfg: AugmentConfig, epoch: int, epochs: int) -> bool:
+    """Whether Mixup or CutMix may touch the batches of 0-based ``epoch`` of ``epochs``: one
+    of them is on and the epoch lies in the first fraction ``cfg.mix_until`` of the schedule."""
+    return cfg.enabled and cfg.mixup + cfg.cutmix > 0 and epoch < cfg.mix_until * epochs
+
+
 def mixup_cutmix(
     x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:

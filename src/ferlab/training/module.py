@@ -21,7 +21,7 @@ from torch import nn
 
 from ferlab.config import TrainConfig
 from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
-from ferlab.training.augment import augment_batch, mixup_cutmix, progressive_side
+from ferlab.training.augment import augment_batch, mixing, mixup_cutmix, progressive_side
 from ferlab.training.budget import MAX_WARMUP_FRACTION, ResizableOneCycleLR, WarmupCosine
 from ferlab.training.data import derive_seed
 
@@ -233,7 +233,7 @@ class FerModule(pl.LightningModule):
         if aug.enabled or side != x_u8.shape[1]:
             g = self._step_generator(batch_idx)
             x = augment_batch(self.to_float(x_u8), aug, g, self.channels, side)
-            if aug.enabled and (aug.mixup > 0 or aug.cutmix > 0):
+            if mixing(aug, self.current_epoch, epochs):
                 x, target = mixup_cutmix(x, target, aug, g)
             x = self.normalise(x)
         else:
