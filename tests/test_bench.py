@@ -132,25 +132,33 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
     assert machine["cpu"] in machine["cpu_kernels"] and isinstance(machine["native_bf16"], bool)
     # --precision both: each path under bf16 against its own floor, and the floors' speed-up
     # paired window by window; ferlab's bf16/fp32 is the ratio of its two medians.
-    b, speedup = res["bf16"], res["bf16_speedup"]
+    # The ratios are checked against the unrounded rates in "details": the reported rates are
+    # rounded to 0.1 img/s, which at tens of images/s (a loaded machine) moves a ratio by 0.2%.
+    b, speedup, details = res["bf16"], res["bf16_speedup"], res["details"]
+
+    def ips(name: str) -> float:
+        v = details[name]["ips"]
+        assert isinstance(v, float) and 1 < v < 1e6, (name, v)
+        return v
+
     for part in ("train", "eval"):
         for path in ("limit", "ferlab"):
-            assert isinstance(b[f"{path}_{part}_ips"], float) and 1 < b[f"{path}_{part}_ips"] < 1e6
+            assert b[f"{path}_{part}_ips"] == round(ips(f"{path}_{part}_bf16"), 1)
         assert b[f"ferlab_{part}/limit"] == pytest.approx(
-            b[f"ferlab_{part}_ips"] / b[f"limit_{part}_ips"], rel=2e-3, abs=1e-3
+            ips(f"ferlab_{part}_bf16") / ips(f"limit_{part}_bf16"), rel=2e-3, abs=1e-3
         )  # one window each: the paired ratio is the ratio of the two rates
         floors = res["details"]["bf16_speedup"][part]
         paired = floors["bf16"]["windows"][0] / floors["fp32"]["windows"][0]  # one window each
         assert speedup[f"limit_{part}"] == pytest.approx(paired, rel=2e-3, abs=1e-3)
         assert speedup[f"ferlab_{part}"] == pytest.approx(
-            b[f"ferlab_{part}_ips"] / res[f"ferlab_{part}_ips"], rel=2e-3, abs=1e-3
+            ips(f"ferlab_{part}_bf16") / ips(f"ferlab_{part}"), rel=2e-3, abs=1e-3
         )
     rates = {}
     for path in ("limit", "ferlab", "naive"):
         for part in ("train", "eval"):
-            v = res[f"{path}_{part}_ips"]
             # Tiny models at 48x48 on a CPU: hundreds to thousands of images/s, not 0 or 1e9.
-            assert isinstance(v, float) and 1 < v < 1e6, (path, part, v)
+            v = ips(f"{path}_{part}_w0" if path == "naive" else f"{path}_{part}")
+            assert res[f"{path}_{part}_ips"] == round(v, 1), (path, part)
             rates[path, part] = v
     ratios = res["ratios"]
     for part in ("train", "eval"):
