@@ -147,7 +147,7 @@ def test_throughput_smoke_on_fer2013(tmp_path: Path) -> None:
         assert b[f"ferlab_{part}/limit"] == pytest.approx(
             ips(f"ferlab_{part}_bf16") / ips(f"limit_{part}_bf16"), rel=2e-3, abs=1e-3
         )  # one window each: the paired ratio is the ratio of the two rates
-        floors = res["details"]["bf16_speedup"][part]
+        floors = details["bf16_speedup"][part]
         paired = floors["bf16"]["windows"][0] / floors["fp32"]["windows"][0]  # one window each
         assert speedup[f"limit_{part}"] == pytest.approx(paired, rel=2e-3, abs=1e-3)
         assert speedup[f"ferlab_{part}"] == pytest.approx(
