@@ -115,6 +115,12 @@ class TrainConfig(_Strict):
     # optimizer step with decay min(ema_decay, (1 + step) / (10 + step)); validation, the best
     # epoch and the saved weights are the average's. None: off.
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    # Sharpness-aware minimisation (ferlab.training.sam): each step also takes the gradient at
+    # weights moved rho along the normalised gradient, and steps with that one; about twice
+    # a step's cost. 0: off. sam_from: the share of the epochs trained before SAM starts (0.8:
+    # the last fifth of the schedule only; late SAM is reported to give most of its effect).
+    sam_rho: float = Field(0.0, ge=0)
+    sam_from: float = Field(0.0, ge=0, lt=1)
     monitor: Literal["balanced_accuracy", "accuracy", "macro_f1", "loss"] = "balanced_accuracy"
     patience: int = Field(8, ge=1)
     min_delta: float = Field(0.0, ge=0)

@@ -28,7 +28,9 @@ budget counts every epoch at its own cost: a measured epoch is scaled to the ful
 epochs' costs under that plan's own schedule (a longer plan moves the ramp). Scaling the
 training time by the pixel share assumes no per-step cost that does not shrink with the side;
 where there is one, the larger sides are overestimated, so the plan errs short and the guard
-below lengthens it (in the first half) once larger epochs are measured.
+below lengthens it (in the first half) once larger epochs are measured. Late SAM
+(``train.sam_from``) makes the last epochs dearer the same way: each costs
+``ferlab.training.sam.SAM_EPOCH_COST`` plain ones.
 
 Every plan is decided on rank 0 and broadcast (``_decide``), so DDP ranks, each timing its
 own clock, train one plan. The first plan must leave at least one epoch after those done (a
@@ -159,7 +161,8 @@ class TimeBudget(Callback):
     ``val_images`` the images one validation pass scores (for the first estimate).
     ``on_plan(epochs)`` is told every plan (the module uses it for the checkpoint and logs).
     ``epoch_cost(epoch, epochs)``: the training cost of 0-based ``epoch`` in a plan of
-    ``epochs``, relative to an epoch at the full input side (default: every epoch costs 1).
+    ``epochs``, relative to a plain epoch at the full input side (default: every epoch costs
+    1; progressive resizing makes early epochs cheaper, SAM's epochs cost about 2).
     """
 
     def __init__(
@@ -278,7 +281,7 @@ class TimeBudget(Callback):
         )
         if self.on_plan is not None:
             self.on_plan(epochs)
-        at = "" if self.epoch_cost is None else " at the full side"
+        at = "" if self.epoch_cost is None else " for a plain epoch at the full side"
         self.say(
             f"time budget {self.budget_s / 60:.1f} min: {epochs} epochs planned ({reason}; "
             f"{epoch_s:.1f} s per epoch{at}, {self.elapsed() / 60:.1f} min used)"

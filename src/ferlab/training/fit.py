@@ -67,6 +67,7 @@ from ferlab.training.budget import TimeBudget
 from ferlab.training.calibrate import bf16_agreement, fit_on_split
 from ferlab.training.data import EvalBatches, TrainBatches, class_weights, remap_targets
 from ferlab.training.module import HISTORY_COLUMNS, FerModule
+from ferlab.training.sam import SAM_EPOCH_COST, sam_active
 from ferlab.training.trainer import PROGRESS_REFRESH_STEPS, TrainerSetup, build_trainer
 
 # ModelMeta.extra keys fit writes itself; ``extra_meta`` may not replace them.
@@ -339,16 +340,18 @@ def fit(
             n_val = min(n_val, train_cfg.limit_val_batches * max(train_cfg.batch_size, 256))
         aug, side = train_cfg.augment, int(train.images.shape[1])  # the side the module sees
 
-        def pixel_share(epoch: int, epochs: int) -> float:
-            return progressive_pixel_share(side, aug, epoch, epochs)
+        def epoch_cost(epoch: int, epochs: int) -> float:
+            sam = SAM_EPOCH_COST if sam_active(train_cfg, epoch, epochs) else 1.0
+            return progressive_pixel_share(side, aug, epoch, epochs) * sam
 
+        uneven = aug.progressive_scale < 1 or train_cfg.sam_rho > 0
         budget = TimeBudget(
             train_cfg.time_budget_min * 60,
             train_cfg.epochs,
             val_images=n_val,
             log=log,
             on_plan=on_plan,
-            epoch_cost=pixel_share if aug.progressive_scale < 1 else None,
+            epoch_cost=epoch_cost if uneven else None,
         )
 
     monitor = f"val_{train_cfg.monitor}"

@@ -9,9 +9,10 @@ uninterrupted run exactly on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,6 +25,7 @@ from ferlab.data.tensors import normalise, uint8_normalised, uint8_unit
 from ferlab.training.augment import augment_batch, mixing, mixup_cutmix, progressive_side
 from ferlab.training.budget import MAX_WARMUP_FRACTION, ResizableOneCycleLR, WarmupCosine
 from ferlab.training.data import derive_seed
+from ferlab.training.sam import SAM, sam_active
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -94,9 +96,17 @@ def build_optimizer(
 
     Not fused under mixed precision (``precision`` is Lightning's flag) with gradient clipping:
     Lightning refuses to clip for an optimizer that could unscale gradients itself, as the fused
-    kernel can, even under bf16 where nothing is scaled.
+    kernel can, even under bf16 where nothing is scaled. With ``cfg.sam_rho`` the optimizer is
+    wrapped in ``SAM``, which needs a closure: not under fp16 mixed precision (a scaler).
     """
+    if cfg.sam_rho and str(precision) in ("16", "16-mixed"):
+        raise ValueError(
+            f"train.sam_rho={cfg.sam_rho} needs a precision without a gradient scaler, and this "
+            f"run resolved runtime.precision to {precision!r} (a GPU without bf16): set "
+            "runtime.precision to 32, or train.sam_rho to 0"
+        )
     groups = param_groups(model, cfg.weight_decay)
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "adamw":
         params = [p for g in groups for p in g["params"]]
         mixed_clipped = "mixed" in str(precision) and bool(cfg.grad_clip)
@@ -105,8 +115,28 @@ def build_optimizer(
             and bool(params)
             and all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
         )
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+    else:
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return SAM(opt, cfg.sam_rho) if cfg.sam_rho else opt
+
+
+@contextlib.contextmanager
+def frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with the batch as usual but leave their running statistics
+    and batch counts as they are, for a repeated pass over a batch already counted (SAM's)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = 1 * running + 0 * batch
+        if m.num_batches_tracked is not None:
+            m.num_batches_tracked = m.num_batches_tracked.clone()
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked = count
 
 
 class WeightEMA(nn.Module):
@@ -181,6 +211,7 @@ class FerModule(pl.LightningModule):
         # Set by the time budget (ferlab.training.budget); saved in checkpoints.
         self.planned_epochs: int | None = None
         self.history: list[dict[str, float]] = []
+        self._counted_batch: tuple[int, int] | None = None  # (epoch, batch) last counted
         self._val_metrics: dict[str, float] = {}
         self._reset_train_stats()
         self._reset_val_stats()
@@ -238,9 +269,16 @@ class FerModule(pl.LightningModule):
             x = self.normalise(x)
         else:
             x = self.model_input(x_u8)
-        logits = self.model(x)
+        # A second call for the same batch (SAM's pass at perturbed weights) keeps the norm
+        # statistics and the epoch's loss and accuracy to the first, at the weights themselves.
+        repeat = self._counted_batch == (self.current_epoch, batch_idx)
+        with frozen_norm_statistics(self.model) if repeat else contextlib.nullcontext():
+            logits = self.model(x)
         weight = self.class_weights if self.class_weights.numel() else None
         loss = soft_cross_entropy(logits, target, weight)
+        if repeat:
+            return loss
+        self._counted_batch = (self.current_epoch, batch_idx)
         n = y.shape[0]
         self._train_loss_sum += loss.detach().float() * n
         self._train_correct += (logits.detach().argmax(1) == y).sum()
@@ -260,6 +298,10 @@ class FerModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Dropout and other layers draw from the global RNG: make it a function of the epoch.
         torch.manual_seed(derive_seed(self.seed, self.current_epoch, self.global_rank, "global"))
+        opt = getattr(self.optimizers(), "optimizer", None)  # inside Lightning's wrapper
+        if isinstance(opt, SAM):  # on from train.sam_from of the current plan
+            epochs = self.planned_epochs or self.cfg.epochs
+            opt.active = sam_active(self.cfg, self.current_epoch, epochs)
         self._reset_train_stats()
         self._epoch_t0 = time.perf_counter()
 
