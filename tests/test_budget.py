@@ -9,11 +9,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from ferlab.config import AugmentConfig
+from ferlab.config import AugmentConfig, TrainConfig
+from ferlab.data.base import LoadedDataset
 from ferlab.layout import FIT_JSON
 from ferlab.models import load_model
 from ferlab.training import budget as budget_mod
 from ferlab.training.budget import ResizableOneCycleLR, WarmupCosine, resize_schedule
+from ferlab.training.fit import FitResult
 from ferlab.training.module import WeightEMA
 from training_fakes import quiet_fit, tcfg, toy_dataset
 
@@ -165,10 +167,10 @@ class StopAt(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
-@pytest.mark.slow
-def test_ema_run_resumes_to_the_same_weights_and_saves_the_average(tmp_path: Path) -> None:
-    data = toy_dataset(n_train=256)
-    cfg = tcfg(epochs=4, ema_decay=0.9)
+def resumes_exactly(data: LoadedDataset, cfg: TrainConfig, tmp_path: Path) -> FitResult:
+    """Trains ``cfg`` straight into ``tmp_path/straight``, and again into ``tmp_path/killed``
+    with a crash at epoch 3's start and a rerun; asserts the rerun resumed to the same weights
+    and returns the straight run."""
     straight = quiet_fit(data, cfg, tmp_path / "straight")
     with pytest.raises(RuntimeError, match="simulated crash"):
         quiet_fit(data, cfg, tmp_path / "killed", callbacks=[StopAt(2)])
@@ -178,6 +180,14 @@ def test_ema_run_resumes_to_the_same_weights_and_saves_the_average(tmp_path: Pat
         straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+    return straight
+
+
+@pytest.mark.slow
+def test_ema_run_resumes_to_the_same_weights_and_saves_the_average(tmp_path: Path) -> None:
+    data = toy_dataset(n_train=256)
+    cfg = tcfg(epochs=4, ema_decay=0.9)
+    straight = resumes_exactly(data, cfg, tmp_path)
     # What is saved is the average, not the last live weights.
     model, _ = load_model(tmp_path / "straight")
     plain = quiet_fit(data, cfg.model_copy(update={"ema_decay": None}), tmp_path / "plain")
@@ -394,6 +404,26 @@ class PixelClock(FakeClock):
         self.t += self.dt * (self.seen / self.side) ** 2
 
 
+def exact_budget_fit(
+    data: LoadedDataset,
+    cfg: TrainConfig,
+    run_dir: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> FitResult:
+    """A budgeted fit on ``clock``, for a clock the budget's cost model predicts exactly: the
+    plan made after epoch 2 is never changed, and the run ends inside the budget, annealed."""
+    monkeypatch.setattr(budget_mod, "_now", clock)
+    result = quiet_fit(data, cfg, run_dir, callbacks=[clock])
+    tb = budget_of(run_dir)
+    assert plan_reasons(run_dir) == ["epoch 1", "epochs 1-2"], tb["plans"]
+    assert result.epochs_run == tb["planned_epochs"]
+    budget_s = 60 * float(cfg.time_budget_min or 0)
+    assert tb["seconds_used"] <= budget_s and clock.t <= budget_s
+    assert result.history[-1]["lr"] < 1e-3 * cfg.lr  # annealed to its end
+    return result
+
+
 @pytest.mark.slow
 def test_a_budget_with_progressive_resizing_counts_each_epoch_at_its_cost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -401,17 +431,11 @@ def test_a_budget_with_progressive_resizing_counts_each_epoch_at_its_cost(
     data = toy_dataset(n_train=512)  # 16 steps an epoch, 16 px
     aug = AugmentConfig(progressive_scale=0.5, progressive_ramp=(0.25, 0.75))
     cfg = tcfg(epochs=400, time_budget_min=1.0, scheduler="onecycle", warmup_epochs=2)
-    runs = {}
-    for name, c in (("equal", cfg), ("progressive", cfg.model_copy(update={"augment": aug}))):
-        clock = PixelClock(0.25, 16)
-        monkeypatch.setattr(budget_mod, "_now", clock)
-        runs[name] = quiet_fit(data, c, tmp_path / name, callbacks=[clock])
-        tb = budget_of(tmp_path / name)
+    runs = {
         # The pixel share predicts every epoch's cost exactly here: the plan never changes.
-        assert plan_reasons(tmp_path / name) == ["epoch 1", "epochs 1-2"], tb["plans"]
-        assert runs[name].epochs_run == tb["planned_epochs"]
-        assert tb["seconds_used"] <= 60 and clock.t <= 60
-        assert runs[name].history[-1]["lr"] < 1e-3 * cfg.lr  # annealed to its end
+        name: exact_budget_fit(data, c, tmp_path / name, PixelClock(0.25, 16), monkeypatch)
+        for name, c in (("equal", cfg), ("progressive", cfg.model_copy(update={"augment": aug})))
+    }
     equal, prog = runs["equal"].epochs_run, runs["progressive"].epochs_run
     # 4 s an epoch at 16 px, 1 s at 8 px, and the first half of any plan at 8 px here (an
     # average cost of 0.625): 12 equal epochs and 19 progressive ones fit when this was written.

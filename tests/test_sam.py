@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from ferlab.config import AugmentConfig, TrainConfig
-from ferlab.training import budget as budget_mod
-from ferlab.training import module as module_mod
 from ferlab.training.module import build_optimizer, frozen_norm_statistics
 from ferlab.training.sam import SAM, sam_active
-from test_budget import FakeClock, StopAt, budget_of, plan_reasons
-from training_fakes import quiet_fit, tcfg, toy_dataset
+from test_budget import FakeClock, exact_budget_fit, resumes_exactly
+from training_fakes import quiet_fit, recorded_steps, tcfg, toy_dataset
 
 
 def _toy_problem() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -131,29 +128,12 @@ def test_sam_fit_takes_two_passes_per_batch_on_the_same_mixed_batch(
 ) -> None:
     # Every training forward of the first convolution is recorded with its input; every
     # mixing call too.
-    seen: list[str] = []
-    inputs: list[torch.Tensor] = []
-    real = module_mod.mixup_cutmix
-
-    def mix(*args: Any) -> Any:
-        seen.append("mix")
-        return real(*args)
-
-    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
-            seen.append("step")
-            inputs.append(args[0].detach().clone())
-
-    monkeypatch.setattr(module_mod, "mixup_cutmix", mix)
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
-    try:
+    with recorded_steps(monkeypatch) as (seen, inputs):
         aug = AugmentConfig(mixup=1.0)
         cfg = tcfg(
             epochs=4, sam_rho=0.05, sam_from=0.5, augment=aug, balance="none", scheduler="onecycle"
         )
         result = quiet_fit(toy_dataset(n_train=64), cfg, tmp_path / "run")
-    finally:
-        hook.remove()
     # 4 epochs of 2 batches: the first two epochs' batches passed once, the last two's twice
     # (SAM from half the plan), each pass augmented and mixed alike.
     assert seen == ["mix", "step"] * 4 + ["mix", "step"] * 8
@@ -188,20 +168,12 @@ def test_a_budget_counts_late_sam_epochs_at_their_cost(
 ) -> None:
     data = toy_dataset(n_train=512)  # 16 steps an epoch: 4 fake s plain, 8 with SAM
     cfg = tcfg(epochs=400, time_budget_min=1.0, scheduler="onecycle", warmup_epochs=2)
-    runs = {}
-    for name, c in (
-        ("plain", cfg),
-        ("late", cfg.model_copy(update={"sam_rho": 0.05, "sam_from": 0.5})),
-    ):
-        clock = ForwardClock(0.25)
-        monkeypatch.setattr(budget_mod, "_now", clock)
-        runs[name] = quiet_fit(data, c, tmp_path / name, callbacks=[clock])
-        tb = budget_of(tmp_path / name)
-        # The cost model is exact here: the plan made after epoch 2 is never changed.
-        assert plan_reasons(tmp_path / name) == ["epoch 1", "epochs 1-2"], tb["plans"]
-        assert runs[name].epochs_run == tb["planned_epochs"]
-        assert tb["seconds_used"] <= 60 and clock.t <= 60
-        assert runs[name].history[-1]["lr"] < 1e-3 * cfg.lr  # annealed to its end
+    late_cfg = cfg.model_copy(update={"sam_rho": 0.05, "sam_from": 0.5})
+    runs = {
+        # Two forwards a SAM step, as SAM_EPOCH_COST counts: the plan never changes.
+        name: exact_budget_fit(data, c, tmp_path / name, ForwardClock(0.25), monkeypatch)
+        for name, c in (("plain", cfg), ("late", late_cfg))
+    }
     plain, late = runs["plain"].epochs_run, runs["late"].epochs_run
     # Half the plan at twice the cost: 1.5x a plain epoch on average.
     assert late < plain and late >= (plain * 2) // 3 - 1, (plain, late)
@@ -211,16 +183,8 @@ def test_a_budget_counts_late_sam_epochs_at_their_cost(
 def test_sam_run_learns_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
     data = toy_dataset(n_train=256)
     cfg = tcfg(epochs=4, sam_rho=0.05)
-    straight = quiet_fit(data, cfg, tmp_path / "straight")
+    straight = resumes_exactly(data, cfg, tmp_path)
     assert straight.history[-1]["val_accuracy"] > 0.6  # 4 classes: chance is 0.25
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        quiet_fit(data, cfg, tmp_path / "killed", callbacks=[StopAt(2)])
-    resumed = quiet_fit(data, cfg, tmp_path / "killed")
-    assert resumed.resumed
-    for a, b in zip(
-        straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b)
     plain = quiet_fit(data, cfg.model_copy(update={"sam_rho": 0.0}), tmp_path / "plain")
     assert any(
         not torch.equal(a, b)

@@ -6,7 +6,6 @@ import csv
 import importlib
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +49,7 @@ from ferlab.training.module import (
     param_groups,
     soft_cross_entropy,
 )
-from training_fakes import CPU, LABELS, quiet_fit, tcfg, toy_dataset, toy_split
+from training_fakes import CPU, LABELS, quiet_fit, recorded_steps, tcfg, toy_dataset, toy_split
 
 
 # -- sampling ----------------------------------------------------------------------------------
@@ -435,7 +434,6 @@ def test_early_stopping_counts_only_improvements_above_min_delta(tmp_path: Path)
 
 def spy_on_the_loss(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor | None]]:
     """Record every training step's batch and the arguments and value of its loss."""
-    import ferlab.training.module as module_mod
 
     calls: list[dict[str, torch.Tensor | None]] = []
     real_loss, real_step = module_mod.soft_cross_entropy, FerModule.training_step
@@ -673,25 +671,10 @@ def test_balanced_counts_follow_the_samplers_cells() -> None:
 
 def test_mixup_stops_for_the_last_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each training forward of the first convolution is recorded, and each mixing call before it.
-    seen: list[str] = []
-    real = module_mod.mixup_cutmix
-
-    def mix(*args: Any) -> Any:
-        seen.append("mix")
-        return real(*args)
-
-    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
-            seen.append("step")
-
-    monkeypatch.setattr(module_mod, "mixup_cutmix", mix)
     aug = AugmentConfig(mixup=1.0, mix_until=0.5)
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
-    try:
+    with recorded_steps(monkeypatch) as (seen, _):
         cfg = tcfg(epochs=4, augment=aug, balance="none")
         quiet_fit(toy_dataset(n_train=64), cfg, tmp_path / "run")
-    finally:
-        hook.remove()
     # 4 epochs of 2 batches: the first two epochs' batches mixed, the last two's whole.
     assert seen == ["mix", "step"] * 4 + ["step"] * 4
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import torch
 
 from ferlab.config import ModelConfig, RuntimeConfig, TrainConfig
 from ferlab.data.base import ArraySplit, LoadedDataset
 from ferlab.labels import CANONICAL
 from ferlab.training import fit
+from ferlab.training import module as module_mod
 
 LABELS = ["angry", "happy", "sad", "neutral"]
 CANON = np.array([0, 3, 4, 6])  # canonical indices of LABELS
@@ -71,3 +76,30 @@ def quiet_fit(
         log=kw.pop("log", lambda s: None),
         **kw,
     )
+
+
+@contextlib.contextmanager
+def recorded_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[list[str], list[torch.Tensor]]]:
+    """Records, in order, every mixing call ("mix") and every training forward of a first
+    convolution (one input channel: "step"), with that forward's input."""
+    seen: list[str] = []
+    inputs: list[torch.Tensor] = []
+    real = module_mod.mixup_cutmix
+
+    def mix(*args: Any) -> Any:
+        seen.append("mix")
+        return real(*args)
+
+    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 1 and module.training:
+            seen.append("step")
+            inputs.append(args[0].detach().clone())
+
+    monkeypatch.setattr(module_mod, "mixup_cutmix", mix)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield seen, inputs
+    finally:
+        hook.remove()
