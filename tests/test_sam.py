@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -58,12 +59,10 @@ def test_sam_shares_param_groups_and_state_with_its_base() -> None:
     model, x, y = _toy_problem()
     base = torch.optim.AdamW(model.parameters(), lr=0.01)
     opt = SAM(base, rho=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
-    assert base.param_groups[0]["lr"] == pytest.approx(0.005)  # the scheduler reaches the base
-    # One-cycle cycles Adam's beta1 too: it finds the base's betas through SAM.
+    # One-cycle sets the LR and cycles Adam's beta1: it reaches both in the base through SAM.
     torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=10)
+    assert base.param_groups[0]["lr"] == pytest.approx(0.01 / 25)
     assert base.param_groups[0]["betas"][0] == pytest.approx(0.95)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -72,9 +71,9 @@ def test_sam_shares_param_groups_and_state_with_its_base() -> None:
         return loss
 
     opt.step(closure)
-    sched.step()
     state = opt.state_dict()
-    assert state == base.state_dict() and state["state"]  # Adam's moments, as the base keeps them
+    assert state["state"]  # Adam's moments, kept by the base and saved through SAM
+    assert state["param_groups"] == base.state_dict()["param_groups"]
     fresh = SAM(torch.optim.AdamW(model.parameters(), lr=0.01), rho=0.05)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.base.state_dict()["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
@@ -123,6 +122,20 @@ def test_sam_active_from_its_share_of_the_plan() -> None:
     assert not any(sam_active(TrainConfig(sam_from=0.5), e, 10) for e in range(10))  # rho 0
 
 
+class EpochCounts(pl.Callback):
+    """At each epoch end: the training model's BatchNorm batch counts (``num_batches_tracked``)
+    and the images the epoch's training loss and accuracy counted."""
+
+    def __init__(self) -> None:
+        self.counts: list[set[int]] = []
+        self.images: list[int] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        buffers = pl_module.model.named_buffers()
+        self.counts.append({int(b) for n, b in buffers if n.endswith("num_batches_tracked")})
+        self.images.append(int(pl_module._train_count))
+
+
 def test_sam_fit_takes_two_passes_per_batch_on_the_same_mixed_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,7 +146,8 @@ def test_sam_fit_takes_two_passes_per_batch_on_the_same_mixed_batch(
         cfg = tcfg(
             epochs=4, sam_rho=0.05, sam_from=0.5, augment=aug, balance="none", scheduler="onecycle"
         )
-        result = quiet_fit(toy_dataset(n_train=64), cfg, tmp_path / "run")
+        counted = EpochCounts()
+        result = quiet_fit(toy_dataset(n_train=64), cfg, tmp_path / "run", callbacks=[counted])
     # 4 epochs of 2 batches: the first two epochs' batches passed once, the last two's twice
     # (SAM from half the plan), each pass augmented and mixed alike.
     assert seen == ["mix", "step"] * 4 + ["mix", "step"] * 8
@@ -141,9 +155,10 @@ def test_sam_fit_takes_two_passes_per_batch_on_the_same_mixed_batch(
     for first, second in zip(late[::2], late[1::2], strict=True):
         assert torch.equal(first, second)
     assert not torch.equal(inputs[0], inputs[1]) and not torch.equal(late[0], late[2])
-    # The BatchNorm statistics counted each batch once (2 a epoch, up to the kept best epoch).
-    counts = {int(b) for n, b in result.model.named_buffers() if n.endswith("num_batches_tracked")}
-    assert counts == {2 * result.best_epoch}
+    # The BatchNorm statistics and the epoch's loss and accuracy counted each batch once, SAM's
+    # epochs included (2 batches, 64 images an epoch).
+    assert counted.counts == [{2}, {4}, {6}, {8}]
+    assert counted.images == [64] * 4
     assert len(result.history) == 4
 
 

@@ -57,14 +57,11 @@ class SAM(torch.optim.Optimizer):
         self.state = base.state
         self.active = True  # False: plain steps of the base optimizer (before ``sam_from``)
 
-    def _grads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(p, p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
-
     @torch.no_grad()
     def perturb(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Move every parameter with a gradient by ``rho * g / ||g||`` (the global L2 norm over
         all of them, in fp32); returns (parameter, its value before) pairs to restore."""
-        pairs = self._grads()
+        pairs = [(p, p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not pairs:
             return []
         norm = torch.linalg.vector_norm(
